@@ -1,0 +1,1 @@
+"""Scale Diffusion shared library: what every service needs, nothing service-specific."""

@@ -1,0 +1,102 @@
+"""Prometheus metrics: the /metrics endpoint and per-RPC counters and latencies for gRPC servers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram, start_http_server
+
+GRPC_HANDLED = Counter(
+    "sd_grpc_server_handled_total",
+    "gRPC calls completed, by method and status code",
+    ["service", "grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_SECONDS = Histogram(
+    "sd_grpc_server_handling_seconds",
+    "Time to complete a gRPC call",
+    ["service", "grpc_service", "grpc_method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+
+
+def start_metrics_server(host: str, port: int) -> int:
+    """Serves /metrics on a thread; returns the bound port (port 0 picks a free one)."""
+    server, _thread = start_http_server(port, addr=host)
+    return server.server_port
+
+
+def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if exc is not None and not isinstance(exc, grpc.RpcError):
+        return "UNKNOWN"
+    code = context.code()
+    if code is None:
+        return "OK" if exc is None else "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode(code).name if not isinstance(code, int) else _from_int(code)
+
+
+def _from_int(value: int) -> str:
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c.name
+    return "UNKNOWN"
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC by method and final status code."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        _, grpc_service, grpc_method = details.method.split("/", 2)
+        labels = (self._service, grpc_service, grpc_method)
+
+        def record(context: Any, start: float, exc: BaseException | None) -> None:
+            GRPC_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+            GRPC_HANDLED.labels(*labels, _code_of(context, exc)).inc()
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start, exc = time.perf_counter(), None
+                try:
+                    return await inner(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    record(context, start, exc)
+
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(unary, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, exc = time.perf_counter(), None
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                record(context, start, exc)
+
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return make(streaming, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)

@@ -1,0 +1,1 @@
+"""Scale Diffusion diffusion service: real-time video diffusion over WebRTC."""

@@ -1,0 +1,1 @@
+"""Scale Diffusion gateway: the browser-facing front door (HTTP/JSON and gRPC)."""

@@ -1,0 +1,1 @@
+"""Scale Diffusion ingest service: consumes object-created events, catalogs and dispatches sessions."""

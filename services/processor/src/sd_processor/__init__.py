@@ -1,0 +1,1 @@
+"""Scale Diffusion processor service: align, splice, clean and export CILRS segments."""

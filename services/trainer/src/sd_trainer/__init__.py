@@ -1,0 +1,1 @@
+"""Scale Diffusion trainer service: CILRS training runs per dataset version."""

@@ -37,7 +37,7 @@ bench: install
 
 # Records the current field numbers so a later change cannot silently reuse one.
 proto-lock: install
-	$(BIN)/python -m tests.contracts.proto_lock --write
+	$(BIN)/python -m tests.contracts.proto_rules --write
 
 clean:
 	rm -rf $(VENV) services/common/src/scale_diffusion .run

@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+
 GRPC_HANDLED = Counter(
     "sd_grpc_server_handled_total",
     "gRPC calls completed, by method and status code",
@@ -18,7 +20,7 @@ GRPC_SECONDS = Histogram(
     "sd_grpc_server_handling_seconds",
     "Time to complete a gRPC call",
     ["service", "grpc_service", "grpc_method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+    buckets=LATENCY_BUCKETS_S,
 )
 
 
@@ -29,21 +31,15 @@ def start_metrics_server(host: str, port: int) -> int:
 
 
 def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
-    if exc is not None and not isinstance(exc, grpc.RpcError):
-        return "UNKNOWN"
+    """The status the client sees: the one set on the context wins, else OK or UNKNOWN from the outcome."""
     code = context.code()
-    if code is None:
-        return "OK" if exc is None else "UNKNOWN"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return grpc.StatusCode(code).name if not isinstance(code, int) else _from_int(code)
-
-
-def _from_int(value: int) -> str:
-    for c in grpc.StatusCode:
-        if c.value[0] == value:
-            return c.name
-    return "UNKNOWN"
+    if code is not None:
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        for c in grpc.StatusCode:
+            if c.value[0] == code:
+                return c.name
+    return "OK" if exc is None else "UNKNOWN"
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -100,3 +96,45 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         return make(streaming, request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)
+
+
+HTTP_REQUESTS = Counter(
+    "sd_http_requests_total",
+    "HTTP requests completed, by route template, method and status",
+    ["service", "route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "sd_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["service", "route", "method"],
+    buckets=LATENCY_BUCKETS_S,
+)
+
+
+class HttpMetricsMiddleware:
+    """ASGI middleware counting and timing requests by route template (never the raw path)."""
+
+    def __init__(self, app: Any, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            HTTP_SECONDS.labels(self.service, template, scope["method"]).observe(time.perf_counter() - start)
+            HTTP_REQUESTS.labels(self.service, template, scope["method"], str(status)).inc()

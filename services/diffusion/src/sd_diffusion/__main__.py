@@ -8,13 +8,18 @@ from sd_diffusion.server import register
 from sd_diffusion.settings import DiffusionSettings
 
 
+async def serve(settings: DiffusionSettings) -> None:
+    """Builds the server inside the running event loop and serves until a shutdown signal."""
+    rt = GrpcRuntime("diffusion", settings)
+    register(rt)
+    await run_service(rt)
+
+
 def main() -> None:
     """Entry point of the diffusion service."""
     settings = DiffusionSettings()
     configure_logging("diffusion", settings.log_format, settings.log_level)
-    rt = GrpcRuntime("diffusion", settings)
-    register(rt)
-    asyncio.run(run_service(rt))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ from sd_evaluator.server import register
 from sd_evaluator.settings import EvaluatorSettings
 
 
+async def serve(settings: EvaluatorSettings) -> None:
+    """Builds the server inside the running event loop and serves until a shutdown signal."""
+    rt = GrpcRuntime("evaluator", settings)
+    register(rt)
+    await run_service(rt)
+
+
 def main() -> None:
     """Entry point of the evaluator service."""
     settings = EvaluatorSettings()
     configure_logging("evaluator", settings.log_format, settings.log_level)
-    rt = GrpcRuntime("evaluator", settings)
-    register(rt)
-    asyncio.run(run_service(rt))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

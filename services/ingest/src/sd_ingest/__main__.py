@@ -8,13 +8,18 @@ from sd_ingest.server import register
 from sd_ingest.settings import IngestSettings
 
 
+async def serve(settings: IngestSettings) -> None:
+    """Builds the server inside the running event loop and serves until a shutdown signal."""
+    rt = GrpcRuntime("ingest", settings)
+    register(rt)
+    await run_service(rt)
+
+
 def main() -> None:
     """Entry point of the ingest service."""
     settings = IngestSettings()
     configure_logging("ingest", settings.log_format, settings.log_level)
-    rt = GrpcRuntime("ingest", settings)
-    register(rt)
-    asyncio.run(run_service(rt))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

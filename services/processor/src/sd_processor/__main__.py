@@ -8,13 +8,18 @@ from sd_processor.server import register
 from sd_processor.settings import ProcessorSettings
 
 
+async def serve(settings: ProcessorSettings) -> None:
+    """Builds the server inside the running event loop and serves until a shutdown signal."""
+    rt = GrpcRuntime("processor", settings)
+    register(rt)
+    await run_service(rt)
+
+
 def main() -> None:
     """Entry point of the processor service."""
     settings = ProcessorSettings()
     configure_logging("processor", settings.log_format, settings.log_level)
-    rt = GrpcRuntime("processor", settings)
-    register(rt)
-    asyncio.run(run_service(rt))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`sdctl`, the operator's command-line tool for the Scale Diffusion stack."""

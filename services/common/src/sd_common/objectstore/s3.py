@@ -1,0 +1,238 @@
+"""The cluster object store: an S3 bucket through aiobotocore, with real presigned URLs.
+
+Clients upload straight to S3; S3 itself checks the signature, the expiry and the signed
+Content-Length, and sends object-created events to SQS (``configure_event_notifications``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from sd_common.objectstore.aws import LazyAwsClient
+from sd_common.objectstore.base import (
+    MAX_SINGLE_PUT_BYTES,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    PresignedPart,
+    PresignedRequest,
+    check_object_size,
+    check_part_list,
+    plan_parts,
+    quote_etag,
+)
+from sd_common.objectstore.errors import MultipartInvalid, ObjectNotFound, ObjectTooLarge
+from sd_common.objectstore.keys import validate_key, validate_prefix
+
+MAX_EXPIRES_S = 7 * 24 * 3600
+_SIZE_METADATA = "sd-size-bytes"  # the planned size, checked when a multipart upload completes
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_MULTIPART_ERRORS = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML"}
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in one S3 bucket (or any S3-protocol server at ``endpoint_url``)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_object_bytes: int = 2 * 1024**3,
+    ) -> None:
+        self.bucket = bucket
+        self.max_object_bytes = max_object_bytes
+        # A custom endpoint (a dev server on loopback) has no per-bucket host names: use path style.
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if endpoint_url else "virtual"},
+            retries={"mode": "standard", "max_attempts": 3},
+        )
+        self._client = LazyAwsClient("s3", region=region, endpoint_url=endpoint_url, config=config)
+
+    async def presign_put(
+        self, key: str, *, size_bytes: int, content_type: str, expires_s: int
+    ) -> PresignedRequest:
+        validate_key(key)
+        check_object_size(size_bytes, min(self.max_object_bytes, MAX_SINGLE_PUT_BYTES))
+        _check_expiry(expires_s)
+        s3 = await self._client.get()
+        # Content-Length is signed, so S3 rejects a body of any other size.
+        url = await s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size_bytes},
+            ExpiresIn=expires_s,
+        )
+        return PresignedRequest(
+            url=url,
+            method="PUT",
+            headers={"Content-Type": content_type, "Content-Length": str(size_bytes)},
+            expires_at=datetime.now(UTC) + timedelta(seconds=expires_s),
+        )
+
+    async def create_multipart(
+        self, key: str, *, size_bytes: int, part_bytes: int, content_type: str, expires_s: int
+    ) -> MultipartUpload:
+        validate_key(key)
+        check_object_size(size_bytes, self.max_object_bytes)
+        plan = plan_parts(size_bytes, part_bytes)
+        _check_expiry(expires_s)
+        s3 = await self._client.get()
+        created = await s3.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type, Metadata={_SIZE_METADATA: str(size_bytes)}
+        )
+        upload_id = created["UploadId"]
+        parts = []
+        for number, offset, size in plan:
+            url = await s3.generate_presigned_url(
+                "upload_part",
+                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
+                        "ContentLength": size},
+                ExpiresIn=expires_s,
+            )
+            parts.append(PresignedPart(number, url, offset, size))
+        return MultipartUpload(key, upload_id, parts, datetime.now(UTC) + timedelta(seconds=expires_s))
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> ObjectInfo:
+        validate_key(key)
+        ordered = check_part_list(parts)
+        s3 = await self._client.get()
+        try:
+            await s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in ordered]},
+            )
+        except ClientError as exc:
+            if _code(exc) in _MULTIPART_ERRORS:
+                raise MultipartInvalid(f"S3 refused to complete upload {upload_id} of {key!a}: {_message(exc)}") from exc
+            raise
+        response = await self._head_object(key)
+        if response is None:
+            raise ObjectNotFound(f"object {key!a} vanished right after its multipart upload completed")
+        planned = response.get("Metadata", {}).get(_SIZE_METADATA)
+        if planned is not None and int(planned) != response["ContentLength"]:
+            # S3 joins whichever parts it is given; a forgotten last part would leave a short object.
+            await s3.delete_object(Bucket=self.bucket, Key=key)
+            raise MultipartInvalid(
+                f"upload {upload_id} of {key!a} was planned as {planned} bytes but its parts make "
+                f"{response['ContentLength']}; the object was removed"
+            )
+        return _info(key, response)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        validate_key(key)
+        s3 = await self._client.get()
+        try:
+            await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) in _MULTIPART_ERRORS:
+                raise MultipartInvalid(f"S3 refused to abort upload {upload_id} of {key!a}: {_message(exc)}") from exc
+            raise
+
+    async def _head_object(self, key: str) -> dict | None:
+        s3 = await self._client.get()
+        try:
+            return await s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        validate_key(key)
+        response = await self._head_object(key)
+        return None if response is None else _info(key, response)
+
+    async def _get_object(self, key: str) -> dict:
+        validate_key(key)
+        s3 = await self._client.get()
+        try:
+            return await s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise ObjectNotFound(f"no object {key!a} in bucket {self.bucket!a}") from exc
+            raise
+
+    async def sha256(self, key: str) -> str:
+        sha = hashlib.sha256()
+        async for chunk in self.iter_bytes(key):
+            sha.update(chunk)
+        return sha.hexdigest()
+
+    async def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        response = await self._get_object(key)
+        async with response["Body"] as body:
+            async for chunk in body.iter_chunks(chunk_bytes):
+                yield chunk
+
+    async def get_bytes(self, key: str, *, max_bytes: int) -> bytes:
+        response = await self._get_object(key)
+        async with response["Body"] as body:
+            if response["ContentLength"] > max_bytes:
+                raise ObjectTooLarge(
+                    f"object {key!a} has {response['ContentLength']} bytes, more than the {max_bytes} asked for"
+                )
+            return await body.read()
+
+    async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        validate_key(key)
+        check_object_size(len(data), min(self.max_object_bytes, MAX_SINGLE_PUT_BYTES))
+        s3 = await self._client.get()
+        await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        response = await self._head_object(key)
+        if response is None:
+            raise ObjectNotFound(f"object {key!a} vanished right after it was written")
+        return _info(key, response)
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        validate_prefix(prefix)
+        s3 = await self._client.get()
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(item["Key"], item["Size"], quote_etag(item["ETag"]), item["LastModified"])
+
+    async def configure_event_notifications(self, queue_arn: str) -> None:
+        """Sends every s3:ObjectCreated:* event of the bucket to the SQS queue ``queue_arn``.
+
+        The queue's policy must allow S3 to send to it; S3 then sends one ``s3:TestEvent`` message.
+        """
+        s3 = await self._client.get()
+        await s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"Id": "sd-object-created", "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
+                ]
+            },
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _info(key: str, response: dict) -> ObjectInfo:
+    return ObjectInfo(key, response["ContentLength"], quote_etag(response["ETag"]), response["LastModified"])
+
+
+def _check_expiry(expires_s: int) -> None:
+    if not 1 <= expires_s <= MAX_EXPIRES_S:
+        raise ValueError(f"expires_s must be within [1, {MAX_EXPIRES_S}], got {expires_s}")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _message(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")

@@ -1,0 +1,159 @@
+"""The gateway's records of players and sessions (SQLAlchemy: SQLite locally, PostgreSQL in cluster)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, Float, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sd_common.problems import Problem
+from scale_diffusion.common.v1 import common_pb2
+
+STATE_OPEN = common_pb2.SESSION_STATE_OPEN
+STATE_UPLOADED = common_pb2.SESSION_STATE_UPLOADED
+STATE_REJECTED = common_pb2.SESSION_STATE_REJECTED
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class PlayerRow(_Base):
+    __tablename__ = "players"
+    player_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client_build: Mapped[str] = mapped_column(String(128), default="")
+
+
+class SessionRow(_Base):
+    __tablename__ = "sessions"
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    player_id: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client_build: Mapped[str] = mapped_column(String(128), default="")
+    city: Mapped[str] = mapped_column(String(128), default="")
+    route_id: Mapped[str] = mapped_column(String(128), default="")
+    key_prefix: Mapped[str] = mapped_column(String(256))
+    problems_json: Mapped[str] = mapped_column(Text, default="[]")
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as the gateway knows it."""
+
+    session_id: str
+    player_id: str
+    state: int
+    created_at: datetime
+    client_build: str
+    city: str
+    route_id: str
+    key_prefix: str
+    problems: list[Problem]
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class PlayerTotals:
+    """What a player has contributed."""
+
+    player_id: str
+    sessions_total: int
+    sessions_uploaded: int
+    sessions_rejected: int
+    seconds_uploaded: float
+
+
+def _record(row: SessionRow) -> SessionRecord:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return SessionRecord(
+        session_id=row.session_id, player_id=row.player_id, state=row.state, created_at=created,
+        client_build=row.client_build, city=row.city, route_id=row.route_id, key_prefix=row.key_prefix,
+        problems=[Problem(**p) for p in json.loads(row.problems_json)], duration_s=row.duration_s,
+    )
+
+
+class GatewayDatabase:
+    """Synchronous repository; the async service calls it through a worker thread."""
+
+    def __init__(self, url: str) -> None:
+        kwargs: dict = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self._engine = create_engine(url, pool_pre_ping=True, **kwargs)
+        if url.startswith("sqlite"):
+            @event.listens_for(self._engine, "connect")
+            def _wal(dbapi_conn, _rec):  # concurrent readers while a writer commits
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        _Base.metadata.create_all(self._engine)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        """Releases pooled connections."""
+        self._engine.dispose()
+
+    def add_player(self, player_id: str, client_build: str) -> None:
+        """Records a new player."""
+        with self._sessions.begin() as s:
+            s.add(PlayerRow(player_id=player_id, created_at=datetime.now(UTC), client_build=client_build))
+
+    def add_session(self, session_id: str, player_id: str, key_prefix: str, client_build: str,
+                    city: str, route_id: str) -> SessionRecord:
+        """Records a new open session."""
+        now = datetime.now(UTC)
+        row = SessionRow(session_id=session_id, player_id=player_id, state=STATE_OPEN, created_at=now,
+                         updated_at=now, client_build=client_build, city=city, route_id=route_id,
+                         key_prefix=key_prefix, problems_json="[]", duration_s=0.0)
+        with self._sessions.begin() as s:
+            s.add(row)
+        return _record(row)
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None."""
+        with self._sessions() as s:
+            row = s.get(SessionRow, session_id)
+            return _record(row) if row else None
+
+    def list_sessions(self, player_id: str, limit: int, before_id: str | None) -> list[SessionRecord]:
+        """The player's sessions, newest first, after the page cursor."""
+        q = select(SessionRow).where(SessionRow.player_id == player_id)
+        if before_id:
+            q = q.where(SessionRow.session_id < before_id)
+        q = q.order_by(SessionRow.session_id.desc()).limit(limit)
+        with self._sessions() as s:
+            return [_record(r) for r in s.scalars(q)]
+
+    def set_state(self, session_id: str, state: int, problems: list[Problem], duration_s: float | None = None) -> SessionRecord:
+        """Moves a session to a new state with its problems (empty when accepted)."""
+        with self._sessions.begin() as s:
+            row = s.get(SessionRow, session_id)
+            if row is None:
+                raise KeyError(session_id)
+            row.state = state
+            row.problems_json = json.dumps([p.to_dict() for p in problems])
+            row.updated_at = datetime.now(UTC)
+            if duration_s is not None:
+                row.duration_s = duration_s
+            return _record(row)
+
+    def player_totals(self, player_id: str) -> PlayerTotals:
+        """Counts and uploaded seconds of the player's sessions."""
+        q = (select(SessionRow.state, func.count(), func.coalesce(func.sum(SessionRow.duration_s), 0.0))
+             .where(SessionRow.player_id == player_id).group_by(SessionRow.state))
+        with self._sessions() as s:
+            rows = s.execute(q).all()
+        by_state = {state: (n, secs) for state, n, secs in rows}
+        return PlayerTotals(
+            player_id=player_id,
+            sessions_total=sum(n for n, _ in by_state.values()),
+            sessions_uploaded=by_state.get(STATE_UPLOADED, (0, 0.0))[0],
+            sessions_rejected=by_state.get(STATE_REJECTED, (0, 0.0))[0],
+            seconds_uploaded=float(by_state.get(STATE_UPLOADED, (0, 0.0))[1]),
+        )

@@ -1,0 +1,62 @@
+"""Gateway domain errors and the one place they map to HTTP statuses and gRPC codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from sd_common.problems import Problem
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client; the message is shown to the user."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    code = "internal"
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+
+class InvalidArgument(GatewayError):
+    http_status, grpc_code, code = 400, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument"
+
+
+class Unauthenticated(GatewayError):
+    http_status, grpc_code, code = 401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"
+
+
+class PermissionDenied(GatewayError):
+    http_status, grpc_code, code = 403, grpc.StatusCode.PERMISSION_DENIED, "permission_denied"
+
+
+class NotFound(GatewayError):
+    http_status, grpc_code, code = 404, grpc.StatusCode.NOT_FOUND, "not_found"
+
+
+class FailedPrecondition(GatewayError):
+    http_status, grpc_code, code = 409, grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"
+
+
+class TooLarge(GatewayError):
+    http_status, grpc_code, code = 413, grpc.StatusCode.INVALID_ARGUMENT, "too_large"
+
+
+class RateLimited(GatewayError):
+    http_status, grpc_code, code = 429, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(GatewayError):
+    http_status, grpc_code, code = 503, grpc.StatusCode.UNAVAILABLE, "unavailable"
+
+
+def error_body(err: GatewayError) -> dict:
+    """The JSON body every HTTP error carries: {"error": {"code", "message", "problems"}}."""
+    return {"error": {"code": err.code, "message": err.message,
+                      "problems": [p.to_dict() for p in err.problems]}}

@@ -1,0 +1,259 @@
+"""HTTP/JSON API for browsers: the same SessionService as gRPC, plus local-store uploads and the game."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from scale_diffusion.common.v1 import common_pb2
+
+from sd_common.metrics import HttpMetricsMiddleware
+from sd_common.objectstore import ObjectStoreError
+from sd_gateway.database import SessionRecord
+from sd_gateway.errors import GatewayError, error_body
+from sd_gateway.sessions import FileSpec, SessionService
+from sd_gateway.signaling import DiffusionSignaling
+
+Auth = Annotated[str | None, Header(alias="Authorization")]
+
+
+class ProblemOut(BaseModel):
+    code: str
+    path: str
+    message: str
+
+
+class CreatePlayerIn(BaseModel):
+    client_build: str = ""
+
+
+class CreatePlayerOut(BaseModel):
+    player_id: str
+    device_token: str
+
+
+class PlayerOut(BaseModel):
+    player_id: str
+    sessions_total: int
+    sessions_uploaded: int
+    sessions_rejected: int
+    seconds_uploaded: float
+
+
+class CreateSessionIn(BaseModel):
+    client_build: str = ""
+    city: str = ""
+    route_id: str = ""
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    player_id: str
+    state: str = Field(description="OPEN, UPLOADED, REJECTED, PROCESSING or PROCESSED")
+    created_at: datetime
+    key_prefix: str
+    problems: list[ProblemOut]
+    client_build: str
+    city: str
+    route_id: str
+    duration_s: float
+
+
+class SessionListOut(BaseModel):
+    sessions: list[SessionOut]
+    next_page_token: str
+
+
+class FileIn(BaseModel):
+    path: str
+    size_bytes: int
+    sha256: str = ""
+    content_type: str = "application/octet-stream"
+
+
+class UploadUrlsIn(BaseModel):
+    files: list[FileIn]
+
+
+class PartOut(BaseModel):
+    part_number: int
+    url: str
+    offset_bytes: int
+    size_bytes: int
+
+
+class TargetOut(BaseModel):
+    path: str
+    method: str
+    url: str
+    headers: dict[str, str]
+    multipart_upload_id: str
+    parts: list[PartOut]
+    expires_at: datetime
+
+
+class UploadUrlsOut(BaseModel):
+    targets: list[TargetOut]
+
+
+class PartIn(BaseModel):
+    part_number: int
+    etag: str
+
+
+class CompleteMultipartIn(BaseModel):
+    path: str
+    multipart_upload_id: str
+    parts: list[PartIn]
+
+
+class CompleteMultipartOut(BaseModel):
+    size_bytes: int
+
+
+class CompleteSessionOut(BaseModel):
+    session: SessionOut
+    accepted: bool
+    problems: list[ProblemOut]
+
+
+class OfferIn(BaseModel):
+    session_id: str
+    sdp_offer: str
+    prompt: str = ""
+
+
+class OfferOut(BaseModel):
+    sdp_answer: str
+    stream_id: str
+    backend: str
+
+
+def state_name(state: int) -> str:
+    """OPEN, UPLOADED, … from the proto enum value."""
+    return common_pb2.SessionState.Name(state).removeprefix("SESSION_STATE_")
+
+
+def session_out(rec: SessionRecord) -> SessionOut:
+    """The HTTP view of a session record."""
+    return SessionOut(session_id=rec.session_id, player_id=rec.player_id, state=state_name(rec.state),
+                      created_at=rec.created_at, key_prefix=rec.key_prefix,
+                      problems=[ProblemOut(**p.to_dict()) for p in rec.problems], client_build=rec.client_build,
+                      city=rec.city, route_id=rec.route_id, duration_s=rec.duration_s)
+
+
+_NOT_BUILT = """<!doctype html><html><head><meta charset="utf-8"><title>Scale Diffusion</title></head>
+<body><h1>Scale Diffusion gateway</h1><p>The game is not built into this gateway. The HTTP API is
+under <code>/v1/</code>; its reference is at <a href="/docs">/docs</a>.</p></body></html>"""
+
+
+def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_origins: list[str],
+               local_store=None, web_dir: Path | None = None) -> FastAPI:
+    """The gateway's ASGI app. `local_store` set: it also receives uploads for the embedded store."""
+    app = FastAPI(title="Scale Diffusion gateway", version="1",
+                  description="Player identity, sessions, presigned uploads and diffusion signaling.")
+    app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "PUT"],
+                       allow_headers=["Authorization", "Content-Type"], expose_headers=["ETag", "Retry-After"],
+                       max_age=600)
+    app.add_middleware(HttpMetricsMiddleware, service="gateway")
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_req: Request, err: GatewayError) -> JSONResponse:
+        headers = {}
+        if getattr(err, "retry_after_s", None) is not None:
+            headers["Retry-After"] = str(max(1, int(err.retry_after_s + 0.999)))
+        return JSONResponse(error_body(err), status_code=err.http_status, headers=headers)
+
+    @app.exception_handler(ObjectStoreError)
+    async def _store_error(_req: Request, err: ObjectStoreError) -> JSONResponse:
+        return JSONResponse({"error": {"code": type(err).__name__, "message": str(err), "problems": []}},
+                            status_code=err.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [{"code": "invalid_field", "path": ".".join(str(x) for x in e["loc"][1:]), "message": e["msg"]}
+                    for e in err.errors()]
+        return JSONResponse({"error": {"code": "invalid_argument", "message": "request body is invalid",
+                                       "problems": problems}}, status_code=400)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/players", response_model=CreatePlayerOut, status_code=201)
+    async def create_player(body: CreatePlayerIn, request: Request) -> CreatePlayerOut:
+        player_id, token = await service.create_player(body.client_build, request.client.host if request.client else "")
+        return CreatePlayerOut(player_id=player_id, device_token=token)
+
+    @app.get("/v1/players/me", response_model=PlayerOut)
+    async def get_player(authorization: Auth = None) -> PlayerOut:
+        t = await service.player_totals(service.authenticate(authorization))
+        return PlayerOut(**t.__dict__)
+
+    @app.post("/v1/sessions", response_model=SessionOut, status_code=201)
+    async def create_session(body: CreateSessionIn, authorization: Auth = None) -> SessionOut:
+        player = service.authenticate(authorization)
+        return session_out(await service.create_session(player, body.client_build, body.city, body.route_id))
+
+    @app.get("/v1/sessions", response_model=SessionListOut)
+    async def list_sessions(page_size: int = 50, page_token: str = "", authorization: Auth = None) -> SessionListOut:
+        rows, nxt = await service.list_sessions(service.authenticate(authorization), page_size, page_token)
+        return SessionListOut(sessions=[session_out(r) for r in rows], next_page_token=nxt)
+
+    @app.get("/v1/sessions/{session_id}", response_model=SessionOut)
+    async def get_session(session_id: str, authorization: Auth = None) -> SessionOut:
+        return session_out(await service.get_session(service.authenticate(authorization), session_id))
+
+    @app.post("/v1/sessions/{session_id}/upload-urls", response_model=UploadUrlsOut)
+    async def upload_urls(session_id: str, body: UploadUrlsIn, authorization: Auth = None) -> UploadUrlsOut:
+        player = service.authenticate(authorization)
+        targets = await service.create_upload_urls(player, session_id, [FileSpec(**f.model_dump()) for f in body.files])
+        return UploadUrlsOut(targets=[TargetOut(
+            path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
+            parts=[PartOut(**p.__dict__) for p in t.parts], expires_at=t.expires_at) for t in targets])
+
+    @app.post("/v1/sessions/{session_id}/multipart/complete", response_model=CompleteMultipartOut)
+    async def complete_multipart(session_id: str, body: CompleteMultipartIn,
+                                 authorization: Auth = None) -> CompleteMultipartOut:
+        player = service.authenticate(authorization)
+        size = await service.complete_multipart(player, session_id, body.path, body.multipart_upload_id,
+                                                [(p.part_number, p.etag) for p in body.parts])
+        return CompleteMultipartOut(size_bytes=size)
+
+    @app.post("/v1/sessions/{session_id}/complete", response_model=CompleteSessionOut)
+    async def complete_session(session_id: str, authorization: Auth = None) -> CompleteSessionOut:
+        result = await service.complete_session(service.authenticate(authorization), session_id)
+        return CompleteSessionOut(session=session_out(result.session), accepted=result.accepted,
+                                  problems=[ProblemOut(**p.to_dict()) for p in result.problems])
+
+    @app.post("/v1/diffusion/offer", response_model=OfferOut)
+    async def diffusion_offer(body: OfferIn, authorization: Auth = None) -> OfferOut:
+        player = service.authenticate(authorization)
+        await service.get_session(player, body.session_id)
+        ans = await signaling.offer(body.session_id, body.sdp_offer, body.prompt)
+        return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)
+
+    if local_store is not None:
+        @app.put("/v1/store/{key:path}", include_in_schema=False)
+        async def receive_upload(key: str, request: Request) -> JSONResponse:
+            length = request.headers.get("content-length")
+            info = await local_store.receive_upload(
+                key=key, query=dict(request.query_params),
+                content_length=int(length) if length and length.isdigit() else None, body=request.stream())
+            return JSONResponse({"size_bytes": info.size_bytes}, headers={"ETag": info.etag})
+
+    if web_dir is not None and (web_dir / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    else:
+        @app.get("/", include_in_schema=False)
+        async def index() -> HTMLResponse:
+            return HTMLResponse(_NOT_BUILT)
+
+    return app

@@ -1,0 +1,314 @@
+"""Players, sessions and uploads: the gateway's domain logic, shared by its HTTP and gRPC APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+from prometheus_client import Counter
+
+from sd_common.objectstore import ObjectStore, ObjectStoreError
+from sd_common.problems import Problem, ProblemError
+from sd_common.session_format.spec import parse_manifest
+from sd_gateway.database import (STATE_OPEN, STATE_REJECTED, STATE_UPLOADED, GatewayDatabase,
+                                 PlayerTotals, SessionRecord)
+from sd_gateway.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
+                               RateLimited, TooLarge)
+from sd_gateway.ratelimit import TokenBucketLimiter
+from sd_gateway.settings import GatewaySettings
+from sd_gateway.tokens import DeviceTokens, bearer_token
+
+log = structlog.get_logger()
+
+MANIFEST = "manifest.json"
+MANIFEST_MAX_BYTES = 1024 * 1024
+# A session file is one plain name: no folders, no dot-files, nothing a filesystem or URL reinterprets.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TEXT_FIELD = re.compile(r"^[\x20-\x7e]{0,128}$")
+_HASH_CONCURRENCY = 4
+
+UPLOAD_TARGETS = Counter("sd_gateway_upload_targets_total", "Presigned upload targets issued", ["kind"])
+COMPLETIONS = Counter("sd_gateway_session_completions_total", "Session completion checks", ["outcome"])
+PROBLEMS = Counter("sd_gateway_completion_problems_total", "Problems found at completion, by code", ["code"])
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file the client is about to upload."""
+
+    path: str
+    size_bytes: int
+    content_type: str = "application/octet-stream"
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class UploadPartView:
+    part_number: int
+    url: str
+    offset_bytes: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class UploadTargetView:
+    """Where and how to upload one file: a single PUT, or numbered parts then a completion call."""
+
+    path: str
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime
+    multipart_upload_id: str = ""
+    parts: list[UploadPartView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    session: SessionRecord
+    accepted: bool
+    problems: list[Problem]
+
+
+def new_session_id(now: datetime | None = None) -> str:
+    """Sortable by creation time, unguessable, and a valid object-store key segment."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(8)
+
+
+def _check_text(name: str, value: str) -> str:
+    if not _TEXT_FIELD.match(value):
+        raise InvalidArgument(f"{name} must be at most 128 printable ASCII characters")
+    return value
+
+
+class SessionService:
+    """What the gateway does for a player; front ends only translate requests and errors."""
+
+    def __init__(self, settings: GatewaySettings, db: GatewayDatabase, store: ObjectStore,
+                 tokens: DeviceTokens, *, url_expiry_s: int, multipart_threshold_bytes: int,
+                 multipart_part_bytes: int, max_object_bytes: int) -> None:
+        self._settings = settings
+        self._db = db
+        self._store = store
+        self._tokens = tokens
+        self._url_expiry_s = url_expiry_s
+        self._multipart_threshold = multipart_threshold_bytes
+        self._part_bytes = multipart_part_bytes
+        self._max_object_bytes = max_object_bytes
+        self._players_limit = TokenBucketLimiter(settings.players_per_minute_per_ip, settings.players_burst_per_ip)
+        self._sessions_limit = TokenBucketLimiter(settings.sessions_per_minute, settings.sessions_burst)
+        self._uploads_limit = TokenBucketLimiter(settings.upload_calls_per_minute, settings.upload_calls_burst)
+
+    # identity ------------------------------------------------------------------------------------
+
+    async def create_player(self, client_build: str, client_ip: str) -> tuple[str, str]:
+        """A new anonymous player and its device token."""
+        self._limit(self._players_limit, client_ip, "new player identities from this address")
+        _check_text("client_build", client_build)
+        player_id = self._tokens.new_player_id()
+        await asyncio.to_thread(self._db.add_player, player_id, client_build)
+        log.info("player created", player_id=player_id, client_build=client_build)
+        return player_id, self._tokens.issue(player_id)
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The player id behind an Authorization header value."""
+        return self._tokens.verify(bearer_token(authorization))
+
+    async def player_totals(self, player_id: str) -> PlayerTotals:
+        """The player's contribution totals."""
+        return await asyncio.to_thread(self._db.player_totals, player_id)
+
+    # sessions ------------------------------------------------------------------------------------
+
+    async def create_session(self, player_id: str, client_build: str, city: str, route_id: str) -> SessionRecord:
+        """Opens a session for the player; its files go under raw/<session_id>/."""
+        self._limit(self._sessions_limit, player_id, "new sessions")
+        for name, value in (("client_build", client_build), ("city", city), ("route_id", route_id)):
+            _check_text(name, value)
+        session_id = new_session_id()
+        rec = await asyncio.to_thread(self._db.add_session, session_id, player_id, f"raw/{session_id}",
+                                      client_build, city, route_id)
+        log.info("session created", session_id=session_id, player_id=player_id)
+        return rec
+
+    async def get_session(self, player_id: str, session_id: str) -> SessionRecord:
+        """The player's own session."""
+        return await self._owned(player_id, session_id)
+
+    async def list_sessions(self, player_id: str, page_size: int, page_token: str) -> tuple[list[SessionRecord], str]:
+        """The player's sessions, newest first; returns the page and the next page token."""
+        size = min(max(page_size or 50, 1), 200)
+        rows = await asyncio.to_thread(self._db.list_sessions, player_id, size + 1, page_token or None)
+        more = len(rows) > size
+        rows = rows[:size]
+        return rows, (rows[-1].session_id if more else "")
+
+    # uploads -------------------------------------------------------------------------------------
+
+    async def create_upload_urls(self, player_id: str, session_id: str, files: list[FileSpec]) -> list[UploadTargetView]:
+        """Presigned URLs for each file: one PUT below the multipart threshold, numbered parts above."""
+        self._limit(self._uploads_limit, player_id, "upload calls")
+        rec = await self._owned(player_id, session_id)
+        self._require_writable(rec)
+        self._check_files(files)
+        targets = []
+        for f in files:
+            key = f"{rec.key_prefix}/{f.path}"
+            try:
+                if f.size_bytes >= self._multipart_threshold:
+                    mp = await self._store.create_multipart(key, size_bytes=f.size_bytes, part_bytes=self._part_bytes,
+                                                            content_type=f.content_type, expires_s=self._url_expiry_s)
+                    targets.append(UploadTargetView(
+                        path=f.path, method="PUT", url="", headers={}, expires_at=mp.expires_at,
+                        multipart_upload_id=mp.upload_id,
+                        parts=[UploadPartView(p.part_number, p.url, p.offset_bytes, p.size_bytes) for p in mp.parts]))
+                else:
+                    req = await self._store.presign_put(key, size_bytes=f.size_bytes, content_type=f.content_type,
+                                                        expires_s=self._url_expiry_s)
+                    targets.append(UploadTargetView(path=f.path, method=req.method, url=req.url,
+                                                    headers=dict(req.headers), expires_at=req.expires_at))
+            except ObjectStoreError as e:
+                raise InvalidArgument(f"{f.path}: {e}") from None
+        for t in targets:
+            UPLOAD_TARGETS.labels("multipart" if t.multipart_upload_id else "single").inc()
+        log.info("upload urls issued", session_id=session_id, files=len(files))
+        return targets
+
+    async def complete_multipart(self, player_id: str, session_id: str, path: str, upload_id: str,
+                                 parts: list[tuple[int, str]]) -> int:
+        """Assembles an uploaded multipart file; returns its size."""
+        self._limit(self._uploads_limit, player_id, "upload calls")
+        rec = await self._owned(player_id, session_id)
+        self._require_writable(rec)
+        self._check_name(path)
+        if not parts:
+            raise InvalidArgument("parts must list every uploaded part with its ETag")
+        try:
+            info = await self._store.complete_multipart(f"{rec.key_prefix}/{path}", upload_id, parts)
+        except ObjectStoreError as e:
+            raise InvalidArgument(f"{path}: {e}") from None
+        return info.size_bytes
+
+    async def complete_session(self, player_id: str, session_id: str) -> CompletionResult:
+        """Checks the manifest and every file it lists; accepts the session or says precisely why not."""
+        self._limit(self._uploads_limit, player_id, "upload calls")
+        rec = await self._owned(player_id, session_id)
+        if rec.state == STATE_UPLOADED:
+            return CompletionResult(rec, True, [])  # completing twice changes nothing
+        self._require_writable(rec)
+        problems, duration_s = await self._check_uploaded(rec)
+        state = STATE_REJECTED if problems else STATE_UPLOADED
+        rec = await asyncio.to_thread(self._db.set_state, session_id, state, problems,
+                                      duration_s if not problems else None)
+        COMPLETIONS.labels("rejected" if problems else "accepted").inc()
+        for p in problems:
+            PROBLEMS.labels(p.code).inc()
+        log.info("session completed", session_id=session_id, accepted=not problems,
+                 problems=[p.code for p in problems])
+        return CompletionResult(rec, not problems, problems)
+
+    async def _check_uploaded(self, rec: SessionRecord) -> tuple[list[Problem], float]:
+        prefix = rec.key_prefix + "/"
+        try:
+            data = await self._store.get_bytes(prefix + MANIFEST, max_bytes=MANIFEST_MAX_BYTES)
+        except ObjectStoreError as e:
+            code = "manifest_missing" if getattr(e, "http_status", 0) == 404 else "manifest_unreadable"
+            msg = ("manifest.json was not uploaded; upload it last, after every file it lists"
+                   if code == "manifest_missing" else f"manifest.json could not be read: {e}")
+            return [Problem(code, MANIFEST, msg)], 0.0
+        try:
+            manifest = parse_manifest(data)
+        except ProblemError as e:
+            return list(e.problems), 0.0
+        problems: list[Problem] = []
+        if manifest.session_id != rec.session_id:
+            problems.append(Problem("manifest_session_mismatch", f"{MANIFEST}:session_id",
+                                    f"manifest names session {manifest.session_id!r}, but it was uploaded "
+                                    f"to session {rec.session_id!r}"))
+        if manifest.player_id != rec.player_id:
+            problems.append(Problem("manifest_player_mismatch", f"{MANIFEST}:player_id",
+                                    "manifest names another player than the one completing the session"))
+        listed = {f.path for f in manifest.files}
+        present = {}
+        async for info in self._store.list(prefix):
+            present[info.key[len(prefix):]] = info
+        sem = asyncio.Semaphore(_HASH_CONCURRENCY)
+
+        async def check(f) -> list[Problem]:
+            info = present.get(f.path)
+            if info is None:
+                return [Problem("file_missing", f.path, f"{f.path} is listed in the manifest but was not uploaded")]
+            if info.size_bytes != f.size_bytes:
+                return [Problem("file_size_mismatch", f.path,
+                                f"{f.path} has {info.size_bytes} bytes; the manifest says {f.size_bytes}")]
+            async with sem:
+                digest = await self._store.sha256(prefix + f.path)
+            if digest != f.sha256.lower():
+                return [Problem("file_sha256_mismatch", f.path,
+                                f"{f.path} has sha256 {digest}; the manifest says {f.sha256}")]
+            return []
+
+        for found in await asyncio.gather(*(check(f) for f in manifest.files)):
+            problems.extend(found)
+        for extra in sorted(set(present) - listed - {MANIFEST}):
+            problems.append(Problem("file_unlisted", extra, f"{extra} was uploaded but the manifest does not list it"))
+        return problems, float(manifest.duration_s)
+
+    # helpers -------------------------------------------------------------------------------------
+
+    async def _owned(self, player_id: str, session_id: str) -> SessionRecord:
+        if not session_id or not _FILE_NAME.match(session_id):
+            raise InvalidArgument("session_id is malformed")
+        rec = await asyncio.to_thread(self._db.get_session, session_id)
+        if rec is None:
+            raise NotFound(f"no session {session_id}")
+        if rec.player_id != player_id:
+            raise PermissionDenied(f"session {session_id} belongs to another player")
+        return rec
+
+    @staticmethod
+    def _require_writable(rec: SessionRecord) -> None:
+        if rec.state not in (STATE_OPEN, STATE_REJECTED):
+            raise FailedPrecondition(f"session {rec.session_id} is already complete; start a new session")
+
+    def _check_name(self, path: str) -> None:
+        if not _FILE_NAME.match(path) or ".." in path:
+            raise InvalidArgument(
+                f"file name {path!r} is not allowed: use a plain name of letters, digits, '.', '_' and '-'")
+
+    def _check_files(self, files: list[FileSpec]) -> None:
+        if not files:
+            raise InvalidArgument("files must list at least one file")
+        if len(files) > self._settings.max_files_per_session:
+            raise InvalidArgument(f"a session holds at most {self._settings.max_files_per_session} files")
+        seen: set[str] = set()
+        total = 0
+        for f in files:
+            self._check_name(f.path)
+            if f.path in seen:
+                raise InvalidArgument(f"file {f.path} is listed twice")
+            seen.add(f.path)
+            if f.size_bytes <= 0:
+                raise InvalidArgument(f"{f.path}: size_bytes must be positive")
+            if f.size_bytes > self._max_object_bytes:
+                raise TooLarge(f"{f.path}: {f.size_bytes} bytes is over the {self._max_object_bytes}-byte limit")
+            if f.sha256 and not _SHA256.match(f.sha256):
+                raise InvalidArgument(f"{f.path}: sha256 must be 64 lowercase hex digits")
+            if not _TEXT_FIELD.match(f.content_type) or not f.content_type:
+                raise InvalidArgument(f"{f.path}: content_type must be a MIME type")
+            total += f.size_bytes
+        if total > self._settings.max_session_bytes:
+            raise TooLarge(f"files total {total} bytes; a session may upload at most "
+                           f"{self._settings.max_session_bytes}")
+
+    @staticmethod
+    def _limit(limiter: TokenBucketLimiter, key: str, what: str) -> None:
+        wait_s = limiter.acquire(key)
+        if wait_s is not None:
+            raise RateLimited(f"too many {what}; retry in {wait_s:.0f} s", retry_after_s=wait_s)

@@ -1,0 +1,53 @@
+"""Settings of the gateway, from `SD_GATEWAY_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import field_validator
+from typing import Annotated
+
+from sd_common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """Listening addresses, identity, limits and neighbours of the gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="SD_GATEWAY_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    # Signs device tokens. Unset: generated once and kept in state_dir, so local restarts keep players.
+    token_secret: SecretStr | None = None
+    token_ttl_days: int = Field(365, ge=1)
+    state_dir: Path = Path(".run/gateway")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in state_dir")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8080", "http://localhost:8080",
+                                 "http://127.0.0.1:5173", "http://localhost:5173"],
+        description="comma-separated browser origins allowed to call the HTTP API",
+    )
+    # Per-player limits (token buckets: a burst, refilled at rate per minute).
+    players_per_minute_per_ip: float = Field(2.0, gt=0)
+    players_burst_per_ip: int = Field(20, ge=1)
+    sessions_per_minute: float = Field(4.0, gt=0)
+    sessions_burst: int = Field(20, ge=1)
+    upload_calls_per_minute: float = Field(120.0, gt=0)
+    upload_calls_burst: int = Field(120, ge=1)
+    # Bounds on what one session may upload.
+    max_files_per_session: int = Field(16, ge=1)
+    max_session_bytes: int = Field(2 * 1024**3, ge=1)
+    # host:port of the diffusion service's gRPC; unset means signaling answers UNAVAILABLE.
+    diffusion_target: str | None = None
+    # Built web game (web/dist) served at /; unset or missing means a page that says how to build it.
+    web_dir: Path | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v

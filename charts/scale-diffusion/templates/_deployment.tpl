@@ -1,0 +1,174 @@
+{{/*
+The Deployment every service shares: one container running the service's image, settings from its
+ConfigMap, gRPC health probes on the grpc port, metrics on the metrics port, a non-root read-only
+container with a writable /tmp, and a termination grace period longer than the service's own drain.
+
+What differs per service comes from its values block (replicas, resources, gpu, shm, probes, scheduling)
+and from <svc>-deployment.yaml, which passes YAML snippets:
+  "ports"        extra container ports (list)
+  "env"          extra env entries (list), e.g. read from Secrets
+  "volumes"      extra pod volumes (list)
+  "volumeMounts" extra container mounts (list)
+Takes (dict "root" $ "svc" "gateway" …).
+*/}}
+{{- define "sd.deployment" -}}
+{{- $root := .root -}}
+{{- $svc := .svc -}}
+{{- $v := index $root.Values $svc -}}
+{{- $g := $root.Values.global -}}
+{{- /* Per-service blocks are merged over the global ones; deepCopy keeps .Values unchanged. */ -}}
+{{- $probes := mergeOverwrite (deepCopy $g.probes) (deepCopy ($v.probes | default dict)) -}}
+{{- $podSecurity := mergeOverwrite (deepCopy $g.podSecurityContext) (deepCopy ($v.podSecurityContext | default dict)) -}}
+{{- $security := mergeOverwrite (deepCopy $g.securityContext) (deepCopy ($v.securityContext | default dict)) -}}
+{{- $resources := deepCopy ($v.resources | default dict) -}}
+{{- if and $v.gpu (gt (int $v.gpu.count) 0) -}}
+{{- /* Extended resources such as GPUs must be requested and limited alike. */ -}}
+{{- $limits := $resources.limits | default dict -}}
+{{- $requests := $resources.requests | default dict -}}
+{{- $_ := set $limits $v.gpu.resourceName (int $v.gpu.count) -}}
+{{- $_ := set $requests $v.gpu.resourceName (int $v.gpu.count) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- end -}}
+{{- $grace := int $v.shutdownGraceSeconds -}}
+{{- $terminationGrace := add (int $g.preStopSleepSeconds) $grace (int $g.terminationGraceMarginSeconds) -}}
+{{- $grpcPort := int $g.containerPorts.grpc -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "sd.componentName" . }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "sd.labels" . | nindent 4 }}
+spec:
+  replicas: {{ $v.replicas }}
+  revisionHistoryLimit: 5
+  {{- with $v.strategy }}
+  strategy:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "sd.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "sd.labels" . | nindent 8 }}
+        {{- with $v.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # Rolls the pods when their settings change.
+        checksum/config: {{ include "sd.configmap" (dict "root" $root "svc" $svc) | sha256sum }}
+        {{- if $root.Values.metrics.podAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $g.containerPorts.metrics | quote }}
+        prometheus.io/path: {{ $root.Values.metrics.path | quote }}
+        {{- end }}
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "sd.serviceAccountName" $root }}
+      automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
+      {{- with $g.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $podSecurity | nindent 8 }}
+      # preStop sleep + the service's drain (SD_{{ upper $svc }}_SHUTDOWN_GRACE_S={{ $grace }}) + margin.
+      terminationGracePeriodSeconds: {{ $terminationGrace }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ $svc }}
+          image: {{ include "sd.image" . | quote }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          ports:
+            - name: grpc
+              containerPort: {{ $grpcPort }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ $g.containerPorts.metrics }}
+              protocol: TCP
+            {{- with .ports }}
+            {{- . | nindent 12 }}
+            {{- end }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "sd.componentName" . }}
+          {{- $env := trim (default "" .env) }}
+          {{- if or $env $v.extraEnv }}
+          env:
+            {{- with $env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- end }}
+          resources:
+            {{- toYaml $resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $security | nindent 12 }}
+          {{- if $probes.startup.enabled }}
+          startupProbe:
+            grpc:
+              port: {{ $grpcPort }}
+            periodSeconds: {{ $probes.startup.periodSeconds }}
+            failureThreshold: {{ $probes.startup.failureThreshold }}
+            timeoutSeconds: {{ $probes.startup.timeoutSeconds }}
+          {{- end }}
+          readinessProbe:
+            grpc:
+              port: {{ $grpcPort }}
+            periodSeconds: {{ $probes.readiness.periodSeconds }}
+            failureThreshold: {{ $probes.readiness.failureThreshold }}
+            timeoutSeconds: {{ $probes.readiness.timeoutSeconds }}
+          livenessProbe:
+            grpc:
+              port: {{ $grpcPort }}
+            periodSeconds: {{ $probes.liveness.periodSeconds }}
+            failureThreshold: {{ $probes.liveness.failureThreshold }}
+            timeoutSeconds: {{ $probes.liveness.timeoutSeconds }}
+          {{- if gt (int $g.preStopSleepSeconds) 0 }}
+          lifecycle:
+            preStop:
+              sleep:
+                seconds: {{ int $g.preStopSleepSeconds }}
+          {{- end }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- if $v.shm.enabled }}
+            - name: shm
+              mountPath: /dev/shm
+            {{- end }}
+            {{- with .volumeMounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $g.tmpSizeLimit }}
+        {{- if $v.shm.enabled }}
+        - name: shm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $v.shm.sizeLimit }}
+        {{- end }}
+        {{- with .volumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
+{{- end -}}

@@ -1,0 +1,535 @@
+"""Synthetic sessions: a car driving a procedural city, recorded exactly as the game records a player.
+
+``synth_session(out_dir, config)`` writes ``out_dir/session/`` (the files a client uploads) and
+``out_dir/truth.json`` beside it (what the generator knows and the uploader never sends): for every
+encoded video frame the frame id it shows and its pts, and which corruptions were applied. The
+corruption knobs make each kind of broken upload on purpose, for the validator and the cleaner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import barcode
+from .scene import BLOCK_PITCH_M, LANE_OFFSET_M, ROAD_HALF_WIDTH_M, City, Renderer, angles, rotation
+from .spec import (
+    EVENTS_NAME,
+    FRAMES_NAME,
+    LATENCY_NAME,
+    MANIFEST_NAME,
+    MAX_FRAME_ID,
+    REQUIRED_FILES,
+    SCHEMA_VERSION,
+    VIDEO_NAME,
+    RoadOption,
+    file_sha256,
+)
+from .video import VideoWriter
+
+SESSION_DIR_NAME = "session"
+TRUTH_NAME = "truth.json"
+
+WHEELBASE_M = 2.8
+MAX_STEER_RAD = math.radians(35.0)
+THROTTLE_ACCEL_MPS2 = 4.0
+BRAKE_DECEL_MPS2 = 8.0
+DRAG_PER_S = 0.03
+CRUISE_MPS = 9.0
+TURN_MPS = 4.5
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A corruption: the value ``--corrupt NAME`` alone sets, and the problem code it must cause."""
+
+    on_value: Any
+    expected_code: str | None  # None: the session stays valid (e.g. blur is for the cleaner)
+    help: str
+
+
+CORRUPTIONS: dict[str, Knob] = {
+    "truncate_video_fraction": Knob(0.3, "video_truncated", "cut this fraction of video.webm off its end"),
+    "truncate_video_bytes": Knob(1000, "video_truncated", "cut this many bytes off the end of video.webm"),
+    "drop_frames": Knob(10, "video_frames_dropped", "leave this many logged frames out of the video"),
+    "duplicate_frames": Knob(10, "video_frames_duplicated", "encode this many frames twice"),
+    "clock_skew_ms": Knob(1000.0, "video_clock_offset", "shift every page-clock time in the logs"),
+    "clock_drift": Knob(0.2, "video_clock_drift", "scale every page-clock time by (1 + drift)"),
+    "blur_frames": Knob(10, None, "blur this many rendered frames (before the barcode is drawn)"),
+    "nan_controls": Knob(3, "frame_value_not_finite", "write NaN as throttle on this many lines"),
+    "out_of_range_controls": Knob(3, "frame_value_out_of_range", "write steer 1.7 on this many lines"),
+    "bad_command": Knob(3, "frame_value_invalid", "write command 0 (not a RoadOption) on this many lines"),
+    "non_monotonic_timestamps": Knob(2, "frame_time_not_monotonic",
+                                     "swap the times of this many pairs of adjacent lines"),
+    "repeated_frame_ids": Knob(2, "frame_id_not_increasing", "repeat the previous frame_id on this many lines"),
+    "garbage_lines": Knob(2, "frame_line_not_json", "replace this many frames.jsonl lines with junk"),
+    "unlogged_frame_ids": Knob(3, "video_frame_not_logged", "barcode this many video frames with ids no line has"),
+    "frame_count_off": Knob(5, "frame_count_mismatch", "add this to the manifest's frame_count"),
+    "wrong_hash": Knob(VIDEO_NAME, "file_sha256_mismatch", "list a wrong sha256 for this file"),
+    "wrong_size": Knob(FRAMES_NAME, "file_size_mismatch", "list a wrong size_bytes for this file"),
+    "missing_file": Knob(LATENCY_NAME, "file_missing", "list this file but do not write it"),
+    "unlisted_file": Knob("notes.txt", "file_unlisted", "write this extra file without listing it"),
+    "wrong_resolution": Knob(True, "video_resolution_mismatch", "manifest states twice the real size"),
+    "wrong_codec": Knob(True, "video_codec_mismatch", "encode VP9 instead of VP8"),
+    "garbage_video": Knob(True, "video_unreadable", "replace video.webm with random bytes"),
+}
+
+
+@dataclass
+class SynthConfig:
+    """What to generate; every corruption is off unless set (see CORRUPTIONS)."""
+
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    duration_s: float = 3.0
+    seed: int = 0
+    bitrate: int | None = None  # bits/s; None scales 2.5 Mbps at 720p30 by pixel rate
+    cell_px: int | None = None  # None: barcode.default_cell_px(height)
+    fov_deg: float = 100.0
+    diffusion: bool = False
+    infractions: bool = False
+    # corruptions
+    truncate_video_fraction: float = 0.0
+    truncate_video_bytes: int = 0
+    drop_frames: int = 0
+    duplicate_frames: int = 0
+    clock_skew_ms: float = 0.0
+    clock_drift: float = 0.0
+    blur_frames: int = 0
+    nan_controls: int = 0
+    out_of_range_controls: int = 0
+    bad_command: int = 0
+    non_monotonic_timestamps: int = 0
+    repeated_frame_ids: int = 0
+    garbage_lines: int = 0
+    unlogged_frame_ids: int = 0
+    frame_count_off: int = 0
+    wrong_hash: str | None = None
+    wrong_size: str | None = None
+    missing_file: str | None = None
+    unlisted_file: str | None = None
+    wrong_resolution: bool = False
+    wrong_codec: bool = False
+    garbage_video: bool = False
+
+    def corruptions(self) -> dict[str, Any]:
+        """The corruption knobs that are on, with their values."""
+        defaults = SynthConfig()
+        return {k: getattr(self, k) for k in CORRUPTIONS if getattr(self, k) != getattr(defaults, k)}
+
+    def with_corruption(self, name: str, value: Any = None) -> SynthConfig:
+        """A copy with one knob set; ``value=None`` takes the knob's usual 'on' value."""
+        if name not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+        return dataclasses.replace(self, **{name: CORRUPTIONS[name].on_value if value is None else value})
+
+
+@dataclass
+class SynthTruth:
+    """What the generator knows about a session it wrote; never part of the upload."""
+
+    session_dir: Path
+    session_id: str
+    frame_count: int  # lines in frames.jsonl
+    video_frames: list[tuple[int, int]]  # (frame id shown by the barcode, pts_ms) per encoded frame
+    dropped_frame_ids: list[int] = field(default_factory=list)
+    duplicated_frame_ids: list[int] = field(default_factory=list)
+    blurred_frame_ids: list[int] = field(default_factory=list)
+    corruptions: dict[str, Any] = field(default_factory=dict)
+    expected_problem_codes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as written to truth.json."""
+        d = dataclasses.asdict(self)
+        d["session_dir"] = str(self.session_dir)
+        d["video_frames"] = [{"frame_id": f, "pts_ms": p} for f, p in self.video_frames]
+        return d
+
+    @classmethod
+    def load(cls, path: Path) -> SynthTruth:
+        """Reads a truth.json written by :func:`synth_session`."""
+        d = json.loads(Path(path).read_text())
+        d["session_dir"] = Path(d["session_dir"])
+        d["video_frames"] = [(v["frame_id"], v["pts_ms"]) for v in d["video_frames"]]
+        return cls(**d)
+
+
+# --- route and motion --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Route:
+    points: np.ndarray  # lane centre polyline, (N, 2)
+    cum: np.ndarray  # arc length at each point
+    crossings: list[tuple[float, RoadOption]]  # (arc length of the crossing, what the route does there)
+
+    @property
+    def length_m(self) -> float:
+        return float(self.cum[-1])
+
+    def point_at(self, s: float) -> np.ndarray:
+        s = min(max(s, 0.0), self.length_m)
+        k = int(np.searchsorted(self.cum, s, side="right") - 1)
+        k = min(k, len(self.points) - 2)
+        seg = self.cum[k + 1] - self.cum[k]
+        t = 0.0 if seg == 0 else (s - self.cum[k]) / seg
+        return self.points[k] + t * (self.points[k + 1] - self.points[k])
+
+    def project(self, p: np.ndarray, hint: int) -> tuple[float, int]:
+        best = (math.inf, 0.0, hint)
+        for k in range(max(0, hint - 1), min(len(self.points) - 1, hint + 3)):
+            a, b = self.points[k], self.points[k + 1]
+            ab = b - a
+            t = float(np.clip(np.dot(p - a, ab) / max(np.dot(ab, ab), 1e-9), 0.0, 1.0))
+            d = float(np.sum((a + t * ab - p) ** 2))
+            if d < best[0]:
+                best = (d, float(self.cum[k] + t * np.linalg.norm(ab)), k)
+        return best[1], best[2]
+
+
+def _make_route(rng: np.random.Generator, min_length_m: float) -> _Route:
+    """A random walk over the road grid, starting mid-block and turning at some crossings."""
+    dirs = [np.array(d, float) for d in ((1, 0), (0, 1), (-1, 0), (0, -1))]  # E, N, W, S
+    heading = int(rng.integers(4))
+    node = np.zeros(2)
+    right = lambda h: np.array([dirs[h][1], -dirs[h][0]])
+    start = node - dirs[heading] * BLOCK_PITCH_M / 2
+    points = [start + right(heading) * LANE_OFFSET_M]
+    crossings: list[tuple[np.ndarray, RoadOption]] = []
+    length = BLOCK_PITCH_M / 2
+    while length < min_length_m:
+        blocks = int(rng.integers(1, 4))
+        for k in range(blocks - 1):  # straight through the crossings before the turn
+            crossings.append((node + dirs[heading] * BLOCK_PITCH_M * k, RoadOption.STRAIGHT))
+        node = node + dirs[heading] * BLOCK_PITCH_M * (blocks - 1)
+        turn_left = bool(rng.random() < 0.5)
+        new_heading = (heading + (1 if turn_left else -1)) % 4
+        corner = node + right(heading) * LANE_OFFSET_M + right(new_heading) * LANE_OFFSET_M
+        points.append(corner)
+        crossings.append((node, RoadOption.LEFT if turn_left else RoadOption.RIGHT))
+        length += BLOCK_PITCH_M * blocks
+        heading = new_heading
+        node = node + dirs[heading] * BLOCK_PITCH_M
+    points.append(node - dirs[heading] * BLOCK_PITCH_M / 2 + right(heading) * LANE_OFFSET_M)
+    pts = np.array(points)
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    route = _Route(pts, cum, [])
+    hint = 0
+    for where, option in crossings:
+        s, hint = route.project(where, hint)
+        route.crossings.append((s, option))
+    return route
+
+
+@dataclass
+class _State:
+    x: float
+    y: float
+    yaw: float  # radians, CCW from east
+    v: float
+
+
+def _controls(route: _Route, st: _State, s: float, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Pure pursuit for the wheel and a speed controller for the pedals, as a steady player drives."""
+    lookahead = max(6.0, 0.8 * st.v)
+    target = route.point_at(s + lookahead)
+    dx, dy = target[0] - st.x, target[1] - st.y
+    fwd = math.cos(st.yaw) * dx + math.sin(st.yaw) * dy
+    left = -math.sin(st.yaw) * dx + math.cos(st.yaw) * dy
+    alpha = math.atan2(left, fwd)
+    delta_left = math.atan(2 * WHEELBASE_M * math.sin(alpha) / lookahead)
+    steer = float(np.clip(-delta_left / MAX_STEER_RAD + rng.normal(0, 0.005), -1, 1))
+    near_turn = any(-8.0 < c - s < 30.0 for c, o in route.crossings if o in (RoadOption.LEFT, RoadOption.RIGHT))
+    v_target = TURN_MPS if near_turn else CRUISE_MPS
+    if s > route.length_m - 15:
+        v_target = 0.0
+    accel = float(np.clip(1.5 * (v_target - st.v), -6.0, 3.0))
+    if accel >= -0.2:
+        throttle = float(np.clip((accel + DRAG_PER_S * st.v) / THROTTLE_ACCEL_MPS2, 0, 1))
+        brake = 0.0
+    else:
+        throttle, brake = 0.0, float(np.clip(-accel / BRAKE_DECEL_MPS2, 0, 1))
+    return steer, throttle, brake
+
+
+def _step(st: _State, steer: float, throttle: float, brake: float, dt: float) -> None:
+    """Kinematic bicycle model; positive steer turns right (clockwise)."""
+    accel = THROTTLE_ACCEL_MPS2 * throttle - BRAKE_DECEL_MPS2 * brake - DRAG_PER_S * st.v
+    st.x += st.v * math.cos(st.yaw) * dt
+    st.y += st.v * math.sin(st.yaw) * dt
+    st.yaw += -st.v / WHEELBASE_M * math.tan(steer * MAX_STEER_RAD) * dt
+    st.v = max(0.0, st.v + accel * dt)
+
+
+def _command(route: _Route, s: float) -> RoadOption:
+    for c, option in route.crossings:
+        if c - 25.0 <= s <= c + ROAD_HALF_WIDTH_M:  # approaching or inside the crossing
+            return option
+    return RoadOption.LANEFOLLOW
+
+
+# --- clocks ------------------------------------------------------------------------------------------
+
+
+def _clocks(n: int, fps: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t_render_ms, t_capture_ms, pts_ms): a page loop with jitter and hitches, a recorder clock apart."""
+    period = 1000.0 / fps
+    t_render = 8.0 + np.arange(n) * period + np.clip(rng.normal(0, 1.5, n), -4, 4)
+    hitches = rng.random(n) < 0.01
+    t_render[hitches] += rng.uniform(15, 25, int(hitches.sum()))
+    for i in range(1, n):
+        t_render[i] = max(t_render[i], t_render[i - 1] + 1.0)
+    t_capture = t_render + rng.uniform(1.0, 4.0, n)
+    # The recorder stamps frames on its own wall clock: tens of ms apart from the page, wandering slowly.
+    offset = 25.0 + 12.0 * np.sin(2 * np.pi * np.arange(n) / (fps * 20)) + rng.normal(0, 1.0, n)
+    pts = np.round(t_capture + offset).astype(np.int64)
+    for i in range(1, n):
+        pts[i] = max(pts[i], pts[i - 1] + 2)
+    return np.round(t_render, 3), np.round(t_capture, 3), pts
+
+
+# --- the session -------------------------------------------------------------------------------------
+
+
+def _pose_dict(x: float, y: float, z: float, r: np.ndarray) -> dict[str, float]:
+    yaw, pitch, roll = angles(r)
+    return {"x_m": round(x, 3), "y_m": round(y, 3), "z_m": round(z, 3), "yaw_deg": round(_wrap(yaw), 3),
+            "pitch_deg": round(pitch, 3), "roll_deg": round(roll, 3)}
+
+
+def _wrap(deg: float) -> float:
+    w = (deg + 180.0) % 360.0 - 180.0
+    return 180.0 if w == -180.0 else w
+
+
+
+def _pick(rng: np.random.Generator, n: int, count: int, *, exclude: set[int] = frozenset(),
+          margin: int = 2) -> list[int]:
+    """``count`` distinct indices from the middle of 0..n-1, avoiding ``exclude``."""
+    pool = [i for i in range(margin, n - margin) if i not in exclude]
+    count = min(count, len(pool))
+    return sorted(int(i) for i in rng.choice(pool, size=count, replace=False)) if count else []
+
+
+def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTruth:
+    """Writes ``out_dir/session/`` and ``out_dir/truth.json``; returns the truth."""
+    cfg = config or SynthConfig()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    session_dir = out_dir / SESSION_DIR_NAME
+    if session_dir.exists():
+        shutil.rmtree(session_dir)
+    session_dir.mkdir(parents=True)
+    rng = np.random.default_rng(cfg.seed)
+    w, h, fps = cfg.width, cfg.height, cfg.fps
+    if w % 2 or h % 2:
+        raise ValueError(f"width and height must be even, got {w}x{h}")
+    n = max(1, round(cfg.duration_s * fps))
+    if n > MAX_FRAME_ID:
+        raise ValueError(f"{n} frames exceed the barcode's {MAX_FRAME_ID + 1}")
+    cell_px = cfg.cell_px or barcode.default_cell_px(h)
+    fx = (w / 2) / math.tan(math.radians(cfg.fov_deg) / 2)
+    bitrate = cfg.bitrate or int(2_500_000 * (w * h * fps) / (1280 * 720 * 30))
+    mount = {"x_m": 1.3, "y_m": 0.0, "z_m": 2.3, "pitch_deg": 0.0, "yaw_deg": 0.0, "roll_deg": 0.0}
+    mount_r = rotation(mount["yaw_deg"], mount["pitch_deg"], mount["roll_deg"])
+    mount_t = np.array([mount["x_m"], mount["y_m"], mount["z_m"]])
+
+    route = _make_route(rng, CRUISE_MPS * n / fps + 120.0)
+    t_render, t_capture, pts = _clocks(n, fps, rng)
+    # Page-clock corruptions touch the logs only; the recorder's pts keep the real time.
+    page = lambda t: float(t) * (1.0 + cfg.clock_drift) + cfg.clock_skew_ms
+    swaps = _pick(rng, n - 1, cfg.non_monotonic_timestamps)
+    for i in swaps:
+        t_render[[i, i + 1]] = t_render[[i + 1, i]]
+        t_capture[[i, i + 1]] = t_capture[[i + 1, i]]
+    dropped = set(_pick(rng, n, cfg.drop_frames))
+    duplicated = set(_pick(rng, n, cfg.duplicate_frames, exclude=dropped))
+    blurred = set(_pick(rng, n, cfg.blur_frames))
+    unlogged = set(_pick(rng, n, cfg.unlogged_frame_ids, exclude=dropped | duplicated))
+    nan_lines = set(_pick(rng, n, cfg.nan_controls))
+    range_lines = set(_pick(rng, n, cfg.out_of_range_controls))
+    command_lines = set(_pick(rng, n, cfg.bad_command))
+    repeat_lines = set(_pick(rng, n, cfg.repeated_frame_ids))
+    garbage = set(_pick(rng, n, cfg.garbage_lines))
+
+    renderer = Renderer(City(cfg.seed), w, h, fx, fx, w / 2, h / 2)
+    st = _State(float(route.points[0][0]), float(route.points[0][1]), 0.0, 0.0)
+    d0 = route.points[1] - route.points[0]
+    st.yaw = math.atan2(d0[1], d0[0])
+    hint, s_prev = 0, 0.0
+    dt = 1.0 / fps
+    diffusion_lag = 5
+    video_frames: list[tuple[int, int]] = []
+    events: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
+    last_sent = {"axis0": 0.0, "button7": 0.0, "button6": 0.0}
+    infraction_frame = n // 2 if cfg.infractions else -1
+    blur_sigma = max(2.5, h / 160)  # a defocus of several pixels at any resolution
+
+    video_path = session_dir / VIDEO_NAME
+    writer = VideoWriter(video_path, w, h, codec="libvpx-vp9" if cfg.wrong_codec else "libvpx",
+                         bitrate=bitrate, fps_hint=round(fps))
+    with writer, open(session_dir / FRAMES_NAME, "w", encoding="utf-8") as frames_out:
+        for i in range(n):
+            s, hint = route.project(np.array([st.x, st.y]), hint)
+            s = max(s, s_prev)
+            s_prev = s
+            steer, throttle, brake = _controls(route, st, s, rng)
+            vehicle_r = rotation(math.degrees(st.yaw), 0.0, 0.0)
+            cam_r = vehicle_r @ mount_r
+            cam_p = np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t
+
+            image = renderer.render(cam_p, cam_r)
+            if i in blurred:
+                image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
+            if cfg.diffusion:
+                image = cv2.applyColorMap(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLORMAP_TWILIGHT)
+            shown_id = i + 500_000 if i in unlogged else i
+            barcode.draw(image, shown_id, cell_px)
+            if i not in dropped:
+                writer.write_bgr(image, int(pts[i]))
+                video_frames.append((shown_id, int(pts[i])))
+                if i in duplicated:
+                    gap = (int(pts[i + 1]) - int(pts[i])) if i + 1 < n else 34
+                    dup_pts = int(pts[i]) + max(1, gap // 2)
+                    writer.write_bgr(image, dup_pts)
+                    video_frames.append((shown_id, dup_pts))
+
+            record: dict[str, Any] = {
+                "frame_id": i - 1 if i in repeat_lines else i,
+                "t_render_ms": round(page(t_render[i]), 3),
+                "t_capture_ms": round(page(t_capture[i]), 3),
+                "sim_t_ms": round(i * 1000.0 / fps, 3),
+                "vehicle": _pose_dict(st.x, st.y, 0.0, vehicle_r),
+                "camera": _pose_dict(float(cam_p[0]), float(cam_p[1]), float(cam_p[2]), cam_r),
+                "speed_mps": round(st.v, 4),
+                "controls": {"steer": round(steer, 4), "throttle": round(throttle, 4), "brake": round(brake, 4)},
+                "command": int(_command(route, s)),
+                "route": {"progress": round(min(1.0, s / route.length_m), 6),
+                          "distance_remaining_m": round(max(0.0, route.length_m - s), 3)},
+                "infractions": [{"kind": "collision_static", "actor": "building", "impulse_ns": 850.0}]
+                if i == infraction_frame else [],
+                "diffusion_frame_id": (i - diffusion_lag if i >= diffusion_lag else None) if cfg.diffusion else None,
+            }
+            if i in nan_lines:
+                record["controls"]["throttle"] = float("nan")
+            if i in range_lines:
+                record["controls"]["steer"] = 1.7
+            if i in command_lines:
+                record["command"] = 0
+            line = "{not json" if i in garbage else json.dumps(record, separators=(",", ":"))
+            frames_out.write(line + "\n")
+
+            for code, value in (("axis0", steer), ("button7", throttle), ("button6", brake)):
+                if abs(value - last_sent[code]) > 0.02 or (i == 0 and value):
+                    kind = "axis" if code.startswith("axis") else "button"
+                    events.append({"t_ms": round(page(max(0.0, t_render[i] - rng.uniform(2, 12))), 3), "device": "gamepad",
+                                   "kind": kind, "code": code, "value": round(value, 4)})
+                    last_sent[code] = value
+            if i % 10 == 0:
+                probes.append({"t_ms": round(page(t_capture[i]), 3), "kind": "frame_present",
+                               "sent_ms": round(page(t_render[i]), 3), "received_ms": round(page(t_capture[i]), 3),
+                               "frame_id": i})
+            if cfg.diffusion and i >= diffusion_lag:
+                sent = page(t_render[i - diffusion_lag])
+                probes.append({"t_ms": round(page(t_render[i]), 3), "kind": "diffusion_rtt",
+                               "sent_ms": round(sent, 3), "received_ms": round(page(t_render[i]) - 1.0, 3),
+                               "frame_id": i - diffusion_lag})
+            _step(st, steer, throttle, brake, dt)
+
+    horn_t = float(t_render[n // 3])
+    events += [{"t_ms": round(page(horn_t), 3), "device": "keyboard", "kind": "keydown", "code": "KeyH", "value": 1},
+               {"t_ms": round(page(horn_t + 180.0), 3), "device": "keyboard", "kind": "keyup", "code": "KeyH",
+                "value": 0}]
+    events.sort(key=lambda e: e["t_ms"])
+    probes.sort(key=lambda p: p["t_ms"])
+    with open(session_dir / EVENTS_NAME, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+    with open(session_dir / LATENCY_NAME, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, separators=(",", ":")) + "\n" for p in probes)
+
+    video_size = video_path.stat().st_size
+    if cfg.garbage_video:
+        video_path.write_bytes(rng.bytes(video_size))
+    cut = cfg.truncate_video_bytes + int(video_size * cfg.truncate_video_fraction)
+    if cut:
+        with open(video_path, "r+b") as f:
+            f.truncate(max(0, video_size - cut))
+
+    session_id = f"synth-{cfg.seed:x}-{w}x{h}"
+    created = datetime(2025, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=cfg.seed % 100_000)
+    files = [VIDEO_NAME, FRAMES_NAME, EVENTS_NAME, LATENCY_NAME]
+    entries = []
+    for name in files:
+        p = session_dir / name
+        entries.append({"path": name, "size_bytes": p.stat().st_size, "sha256": file_sha256(p),
+                        "content_type": REQUIRED_FILES[name]})
+    for e in entries:
+        if e["path"] == cfg.wrong_hash:
+            e["sha256"] = hashlib.sha256(b"not the file" + e["sha256"].encode()).hexdigest()
+        if e["path"] == cfg.wrong_size:
+            e["size_bytes"] += 1
+    mw, mh = (w * 2, h * 2) if cfg.wrong_resolution else (w, h)
+    mfx = (mw / 2) / math.tan(math.radians(cfg.fov_deg) / 2)
+    goal = route.points[-1]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "session_id": session_id,
+        "player_id": "synth-player",
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "client": {"build": "synth-1", "user_agent": "sd_common.session_format.synth"},
+        "city": {"name": "grid", "seed": cfg.seed},
+        "route": {"route_id": f"route-{cfg.seed:x}",
+                  "start": {"x_m": round(float(route.points[0][0]), 3), "y_m": round(float(route.points[0][1]), 3),
+                            "z_m": 0.0},
+                  "goal": {"x_m": round(float(goal[0]), 3), "y_m": round(float(goal[1]), 3), "z_m": 0.0},
+                  "length_m": round(route.length_m, 3)},
+        "recording": {"width": mw, "height": mh, "fps_target": fps, "codec": "vp8", "container": "webm"},
+        "camera": {"intrinsics": {"fov_deg": cfg.fov_deg, "fx": round(mfx, 4), "fy": round(mfx, 4),
+                                  "cx": mw / 2, "cy": mh / 2},
+                   "mount": mount},
+        "barcode": {"cells": 23, "cell_px": cell_px, "bits": 20, "marker": [1, 0], "parity": "even",
+                    "origin": "bottom-left", "threshold": 127},
+        "diffusion": {"enabled": cfg.diffusion, "backend": "webrtc" if cfg.diffusion else None,
+                      "prompt": "a rainy evening street, photorealistic" if cfg.diffusion else None,
+                      "model": "synth-colormap" if cfg.diffusion else None},
+        "duration_s": round(float(t_capture[-1]) / 1000.0 + 0.5, 3),
+        "frame_count": n + cfg.frame_count_off,
+        "files": entries,
+    }
+    (session_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if cfg.missing_file:
+        (session_dir / cfg.missing_file).unlink(missing_ok=True)
+    if cfg.unlisted_file:
+        (session_dir / cfg.unlisted_file).write_text("not listed in the manifest\n")
+
+    corruptions = cfg.corruptions()
+    truth = SynthTruth(
+        session_dir=session_dir,
+        session_id=session_id,
+        frame_count=n,
+        video_frames=video_frames,
+        dropped_frame_ids=sorted(dropped),
+        duplicated_frame_ids=sorted(duplicated),
+        blurred_frame_ids=sorted(blurred),
+        corruptions=corruptions,
+        expected_problem_codes=sorted({c for k in corruptions if (c := CORRUPTIONS[k].expected_code)}),
+        config=dataclasses.asdict(cfg),
+        elapsed_s=round(time.perf_counter() - started, 3),
+    )
+    (out_dir / TRUTH_NAME).write_text(json.dumps(truth.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return truth

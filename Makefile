@@ -6,10 +6,14 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 SERVICES := gateway ingest processor diffusion trainer evaluator
 PYPROJECTS := $(wildcard services/*/pyproject.toml)
+# Debian packages the tests and benchmarks start for real: PostgreSQL (catalog tests), ffmpeg
+# (processor benchmark baseline), Chromium (the game's browser tests). Installed only when missing.
+DEB_PACKAGES := postgresql ffmpeg chromium
+NPM := npm --prefix web --no-audit --no-fund
 
-.PHONY: install protos run test test-fast bench proto-lock clean
+.PHONY: install system-deps protos web run test bench proto-lock clean
 
-install: $(VENV)/.installed protos
+install: $(VENV)/.installed protos web
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +30,32 @@ $(VENV)/.installed: $(BIN)/python constraints.txt tests/requirements.txt $(PYPRO
 	$(PIP) -e 'services/common[media]' $(foreach s,$(SERVICES),-e services/$(s)) -r tests/requirements.txt
 	touch $@
 
+# Debian packages: needs root (as on CI and the dev machines); otherwise says what to install.
+system-deps:
+	@missing="$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages (install them as root): $$missing"; exit 1; fi; \
+	fi
+
+# The game (web/), built into web/dist, which the gateway serves. Skipped until web/ exists.
+web:
+	@if [ -f web/package.json ]; then \
+	  if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then \
+	    $(NPM) ci; fi; \
+	  $(NPM) run build; \
+	fi
+
 run: install
 	$(BIN)/sdctl stack up
 
-test: install
+test: install system-deps
+	@if [ -f web/package.json ]; then $(NPM) test; fi
 	$(BIN)/python -m pytest
 
-bench: install
+bench: install system-deps
 	$(BIN)/python bench/presign_bench.py
 
 # Records the current field numbers so a later change cannot silently reuse one.
@@ -40,4 +63,4 @@ proto-lock: install
 	$(BIN)/python -m tests.contracts.proto_rules --write
 
 clean:
-	rm -rf $(VENV) services/common/src/scale_diffusion .run
+	rm -rf $(VENV) services/common/src/scale_diffusion .run web/node_modules web/dist

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from sd_common.cli.services import health_status, services_at
@@ -98,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--token", help="device token (default $SD_DEVICE_TOKEN; upload creates a player if unset)")
         c.set_defaults(fn=fn)
 
-    try:
-        from sd_common.session_format.commands import register as register_session_format
-    except ImportError:  # the media extra (PyAV, OpenCV) is not installed in this image
-        pass
-    else:
-        register_session_format(sub)
+    # Commands of other packages (`sdctl synth`, `sdctl process`, …) register themselves through the
+    # "sdctl.commands" entry-point group; a package that is not installed simply adds none.
+    for ep in sorted(entry_points(group="sdctl.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError:  # e.g. the media extra (PyAV, OpenCV) is not in this image
+            continue
+        register(sub)
     return p
 
 

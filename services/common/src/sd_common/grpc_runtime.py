@@ -96,3 +96,17 @@ async def run_service(rt: GrpcRuntime) -> None:
     await wait_for_shutdown_signal()
     log.info("shutting down", grace_s=rt.settings.shutdown_grace_s)
     await rt.stop()
+
+
+def run_grpc_service(name: str, settings: ServiceSettings, register: Callable[[GrpcRuntime], None]) -> None:
+    """A service's whole `main()`: logging, a runtime built inside the event loop, serve until signalled."""
+    from sd_common.logs import configure_logging
+
+    configure_logging(name, settings.log_format, settings.log_level)
+
+    async def serve() -> None:
+        rt = GrpcRuntime(name, settings)
+        register(rt)
+        await run_service(rt)
+
+    asyncio.run(serve())

@@ -27,7 +27,7 @@ protos: $(BIN)/python
 $(VENV)/.installed: $(BIN)/python constraints.txt tests/requirements.txt $(PYPROJECTS)
 	$(PIP) grpcio-tools
 	$(BIN)/python services/common/src/sd_common/protogen.py --protos protos --out services/common/src
-	$(PIP) -e 'services/common[media]' $(foreach s,$(SERVICES),-e services/$(s)) -r tests/requirements.txt
+	$(PIP) -e 'services/common[media,city]' $(foreach s,$(SERVICES),-e services/$(s)) -r tests/requirements.txt
 	touch $@
 
 # Debian packages: needs root (as on CI and the dev machines); otherwise says what to install.
@@ -57,6 +57,8 @@ test: install system-deps
 
 bench: install system-deps
 	$(BIN)/python bench/presign_bench.py
+	$(BIN)/python bench/processor_bench.py --runs 3
+	$(BIN)/python bench/city_bench.py --tiles 50 --repeat 5
 
 # Records the current field numbers so a later change cannot silently reuse one.
 proto-lock: install

@@ -475,13 +475,15 @@ async def test_factory_keeps_a_generated_signing_key(tmp_path: Path) -> None:
     assert isinstance(first, LocalObjectStore)
     key_file = tmp_path / "s" / SIGNING_KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    request = await first.presign_put("a/b", size_bytes=1, content_type="text/plain", expires_s=60)
+    request = await first.presign_put("raw/a/b", size_bytes=1, content_type="text/plain", expires_s=60)
     restarted = make_store(settings)  # a restart reads the same key, so earlier URLs still work
     assert (await upload(restarted, request.url, b"x")).size_bytes == 1
+    # outside the notification prefix (settings.notify_prefix, "raw/"), objects are silent
+    await restarted.put_bytes("processed/a/b", b"y", content_type="text/plain")
     queue = make_event_queue(settings)
     assert isinstance(queue, LocalEventQueue) and queue.directory == tmp_path / "s" / EVENTS_DIR
     (created,) = [r for m in await queue.receive(wait_s=0) for r in parse_s3_event(m.body)]
-    assert created.key == "a/b"
+    assert created.key == "raw/a/b"
 
 
 async def test_factory_uses_a_configured_signing_key(tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ class StoreSettings(BaseSettings):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     queue_url: str | None = Field(None, description="SQS queue receiving the bucket's object-created events")
+    notify_prefix: str = Field("raw/", description="only objects under this prefix announce themselves "
+                               "(the local store's equivalent of an S3 notification prefix filter)")
     # both
     url_expiry_s: int = Field(900, ge=1, le=7 * 24 * 3600)
     multipart_threshold_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024)

@@ -1,25 +1,28 @@
-"""`python -m sd_ingest`: read settings, build the server, serve until SIGTERM/SIGINT."""
+"""`python -m sd_ingest`: read settings, start the ingest, serve until SIGTERM/SIGINT."""
 
 import asyncio
 
-from sd_common.grpc_runtime import GrpcRuntime, run_service
+import structlog
+from sd_common.grpc_runtime import wait_for_shutdown_signal
 from sd_common.logs import configure_logging
-from sd_ingest.server import register
+from sd_common.settings import StoreSettings
+
+from sd_ingest.assembly import start_ingest
 from sd_ingest.settings import IngestSettings
 
 
-async def serve(settings: IngestSettings) -> None:
-    """Builds the server inside the running event loop and serves until a shutdown signal."""
-    rt = GrpcRuntime("ingest", settings)
-    register(rt)
-    await run_service(rt)
+async def _serve(settings: IngestSettings) -> None:
+    ingest = await start_ingest(settings, StoreSettings())
+    await wait_for_shutdown_signal()
+    structlog.get_logger().info("shutting down", grace_s=settings.shutdown_grace_s)
+    await ingest.stop()
 
 
 def main() -> None:
     """Entry point of the ingest service."""
     settings = IngestSettings()
     configure_logging("ingest", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":

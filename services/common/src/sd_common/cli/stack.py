@@ -24,7 +24,7 @@ def _port_free(port: int) -> bool:
 
 
 def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str, str],
-              diffusion_port: int) -> dict[str, str]:
+              diffusion_port: int, processor_port: int | None = None) -> dict[str, str]:
     """The environment one service process of the local stack runs with."""
     env = dict(base)
     env.setdefault("SD_STORE_BACKEND", "local")
@@ -41,6 +41,10 @@ def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str
         if web.is_dir():
             env.setdefault(p + "WEB_DIR", str(web))
         env.setdefault("SD_STORE_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}")
+    if spec.name == "ingest":
+        env.setdefault(p + "STATE_DIR", str(state_dir / "ingest"))
+        if processor_port is not None:
+            env.setdefault(p + "PROCESSOR_TARGET", f"127.0.0.1:{processor_port}")
     return env
 
 
@@ -56,6 +60,7 @@ async def run_stack(state_dir: Path, http_port: int, port_offset: int = 0, ready
     """Starts every service, waits until all are SERVING, serves until Ctrl-C/SIGTERM, stops all."""
     specs = services_at(port_offset)
     diffusion_port = next(s.grpc_port for s in specs if s.name == "diffusion")
+    processor_port = next(s.grpc_port for s in specs if s.name == "processor")
     busy = [(s.name, p) for s in specs for p in (s.grpc_port, s.metrics_port) if not _port_free(p)]
     if not _port_free(http_port):
         busy.append(("gateway http", http_port))
@@ -74,7 +79,7 @@ async def run_stack(state_dir: Path, http_port: int, port_offset: int = 0, ready
         for spec in specs:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", spec.module,
-                env=stack_env(state_dir, http_port, spec, dict(os.environ), diffusion_port),
+                env=stack_env(state_dir, http_port, spec, dict(os.environ), diffusion_port, processor_port),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
             procs[spec.name] = proc
             pipes.append(asyncio.create_task(_pipe(spec.name, proc.stdout)))

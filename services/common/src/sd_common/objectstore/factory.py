@@ -38,6 +38,7 @@ def make_store(settings: StoreSettings) -> ObjectStore:
         settings.max_object_bytes,
         bucket=settings.bucket,
         region=settings.region,
+        notify_prefix=settings.notify_prefix,
     )
 
 

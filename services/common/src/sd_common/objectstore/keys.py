@@ -15,7 +15,8 @@ from sd_common.objectstore.errors import InvalidKey
 
 MAX_KEY_CHARS = 512
 MAX_SEGMENT_CHARS = 128
-SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A segment may start with "_" (markers such as _SUCCESS.json) but never with "." or "-".
+SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def validate_key(key: str) -> str:

@@ -96,6 +96,7 @@ class LocalObjectStore(ObjectStore):
         bucket: str = "local",
         region: str = "local",
         clock: Callable[[], float] = time.time,
+        notify_prefix: str = "",
     ) -> None:
         if len(signing_key) < 16:
             raise ValueError("the signing key must be at least 16 bytes")
@@ -103,6 +104,8 @@ class LocalObjectStore(ObjectStore):
         self._signing_key = bytes(signing_key)
         self.public_base_url = public_base_url.rstrip("/")
         self.events = events
+        # Like an S3 notification's prefix filter: only keys under it announce themselves.
+        self.notify_prefix = notify_prefix
         self.max_object_bytes = max_object_bytes
         self.bucket = bucket
         self.region = region
@@ -401,7 +404,7 @@ class LocalObjectStore(ObjectStore):
         return ObjectInfo(key, stat.st_size, etag, _mtime(stat))
 
     async def _emit(self, info: ObjectInfo, event_name: str) -> None:
-        if self.events is None:
+        if self.events is None or not info.key.startswith(self.notify_prefix):
             return
         now = datetime.now(UTC)
         await self.events.send(

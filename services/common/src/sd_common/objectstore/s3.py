@@ -201,20 +201,17 @@ class S3ObjectStore(ObjectStore):
             for item in page.get("Contents", []):
                 yield ObjectInfo(item["Key"], item["Size"], quote_etag(item["ETag"]), item["LastModified"])
 
-    async def configure_event_notifications(self, queue_arn: str) -> None:
-        """Sends every s3:ObjectCreated:* event of the bucket to the SQS queue ``queue_arn``.
+    async def configure_event_notifications(self, queue_arn: str, prefix: str = "") -> None:
+        """Sends the bucket's s3:ObjectCreated:* events for keys under ``prefix`` to the SQS queue ``queue_arn``.
 
         The queue's policy must allow S3 to send to it; S3 then sends one ``s3:TestEvent`` message.
         """
+        config: dict = {"Id": "sd-object-created", "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
+        if prefix:
+            config["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
         s3 = await self._client.get()
         await s3.put_bucket_notification_configuration(
-            Bucket=self.bucket,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {"Id": "sd-object-created", "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
-                ]
-            },
-        )
+            Bucket=self.bucket, NotificationConfiguration={"QueueConfigurations": [config]})
 
     async def close(self) -> None:
         await self._client.close()

@@ -67,6 +67,11 @@ CORRUPTIONS: dict[str, Knob] = {
     "clock_skew_ms": Knob(1000.0, "video_clock_offset", "shift every page-clock time in the logs"),
     "clock_drift": Knob(0.2, "video_clock_drift", "scale every page-clock time by (1 + drift)"),
     "blur_frames": Knob(10, None, "blur this many rendered frames (before the barcode is drawn)"),
+    "black_frames": Knob(3, None, "render this many frames black (before the barcode is drawn)"),
+    "overexposed_frames": Knob(3, None, "render this many frames nearly white (before the barcode is drawn)"),
+    "flicker_frames": Knob(3, None, "show this many frames as a colour negative for one frame (flicker)"),
+    "frozen_frames": Knob(3, None, "repeat the previous picture on this many frames (new barcode, old image)"),
+    "no_barcode": Knob(True, "video_barcode_unreadable", "draw no barcode, as a recorder without one would"),
     "nan_controls": Knob(3, "frame_value_not_finite", "write NaN as throttle on this many lines"),
     "out_of_range_controls": Knob(3, "frame_value_out_of_range", "write steer 1.7 on this many lines"),
     "bad_command": Knob(3, "frame_value_invalid", "write command 0 (not a RoadOption) on this many lines"),
@@ -108,6 +113,11 @@ class SynthConfig:
     clock_skew_ms: float = 0.0
     clock_drift: float = 0.0
     blur_frames: int = 0
+    black_frames: int = 0
+    overexposed_frames: int = 0
+    flicker_frames: int = 0
+    frozen_frames: int = 0
+    no_barcode: bool = False
     nan_controls: int = 0
     out_of_range_controls: int = 0
     bad_command: int = 0
@@ -147,6 +157,8 @@ class SynthTruth:
     dropped_frame_ids: list[int] = field(default_factory=list)
     duplicated_frame_ids: list[int] = field(default_factory=list)
     blurred_frame_ids: list[int] = field(default_factory=list)
+    # frame ids whose picture was replaced on purpose, per knob (black_frames, flicker_frames, ...)
+    picture_frame_ids: dict[str, list[int]] = field(default_factory=dict)
     corruptions: dict[str, Any] = field(default_factory=dict)
     expected_problem_codes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -359,6 +371,13 @@ def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTrut
     dropped = set(_pick(rng, n, cfg.drop_frames))
     duplicated = set(_pick(rng, n, cfg.duplicate_frames, exclude=dropped))
     blurred = set(_pick(rng, n, cfg.blur_frames))
+    # Picture corruptions get their own generator, so turning one on changes nothing else.
+    picture_rng = np.random.default_rng([cfg.seed, 7])
+    picture: dict[str, set[int]] = {}
+    for knob in ("black_frames", "overexposed_frames", "flicker_frames", "frozen_frames"):
+        taken = set().union(*picture.values()) if picture else set()
+        picture[knob] = set(_pick(picture_rng, n, getattr(cfg, knob), exclude=taken | blurred, margin=3))
+    last_image: np.ndarray | None = None
     unlogged = set(_pick(rng, n, cfg.unlogged_frame_ids, exclude=dropped | duplicated))
     nan_lines = set(_pick(rng, n, cfg.nan_controls))
     range_lines = set(_pick(rng, n, cfg.out_of_range_controls))
@@ -398,8 +417,19 @@ def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTrut
                 image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
             if cfg.diffusion:
                 image = cv2.applyColorMap(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLORMAP_TWILIGHT)
+            if i in picture["black_frames"]:
+                image = np.zeros_like(image)
+            elif i in picture["overexposed_frames"]:
+                image = cv2.add(image, np.full_like(image, 220))
+            elif i in picture["flicker_frames"]:
+                image = 255 - image
+            elif i in picture["frozen_frames"] and last_image is not None:
+                image = last_image.copy()
+            if cfg.frozen_frames:
+                last_image = image.copy()
             shown_id = i + 500_000 if i in unlogged else i
-            barcode.draw(image, shown_id, cell_px)
+            if not cfg.no_barcode:
+                barcode.draw(image, shown_id, cell_px)
             if i not in dropped:
                 writer.write_bgr(image, int(pts[i]))
                 video_frames.append((shown_id, int(pts[i])))
@@ -526,6 +556,7 @@ def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTrut
         dropped_frame_ids=sorted(dropped),
         duplicated_frame_ids=sorted(duplicated),
         blurred_frame_ids=sorted(blurred),
+        picture_frame_ids={k: sorted(v) for k, v in picture.items() if v},
         corruptions=corruptions,
         expected_problem_codes=sorted({c for k in corruptions if (c := CORRUPTIONS[k].expected_code)}),
         config=dataclasses.asdict(cfg),

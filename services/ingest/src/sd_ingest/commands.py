@@ -1,0 +1,168 @@
+"""`sdctl dataset create|list|show` and `sdctl catalog list|show|reprocess`: the ingest's API from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from scale_diffusion.ingest.v1 import ingest_pb2 as pb
+from scale_diffusion.ingest.v1 import ingest_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50052"
+STATES = ["RECEIVING", "COMPLETE", "VALIDATED", "REJECTED", "PROCESSING", "PROCESSED", "FAILED"]
+
+
+def _target(a: argparse.Namespace) -> str:
+    if a.ingest:
+        return a.ingest
+    host, _, port = (os.environ.get("SD_INGEST_TARGET") or DEFAULT_TARGET).rpartition(":")
+    return f"{host}:{int(port) + a.port_offset}"
+
+
+def _as_dict(message) -> dict:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _call(a: argparse.Namespace, fn: Callable[[ingest_pb2_grpc.IngestServiceStub], object]) -> object | None:
+    with grpc.insecure_channel(_target(a)) as channel:
+        try:
+            return fn(ingest_pb2_grpc.IngestServiceStub(channel))
+        except grpc.RpcError as exc:
+            print(f"sdctl: ingest at {_target(a)} answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return None
+
+
+def _print_dataset(d: dict) -> None:
+    print(f"{d['dataset_id']}  {d['name']}\n"
+          f"  created {d['created_at']}; {float(d['hours']):.4f} h, {d['segments']} segments "
+          f"({d['train_segments']} train / {d['val_segments']} val), {d['sessions']} sessions, "
+          f"{d['players']} players, {d['frames']} frames\n"
+          f"  manifest {d['manifest_uri']}\n  lerobot  {d['lerobot_uri']}")
+
+
+def _dataset_create(a: argparse.Namespace) -> int:
+    r = _call(a, lambda s: s.CreateDataset(pb.CreateDatasetRequest(
+        name=a.name, val_fraction=a.val_fraction, split_seed=a.seed), timeout=a.timeout))
+    if r is None:
+        return 1
+    d = _as_dict(r.dataset)
+    if a.json:
+        print(json.dumps({"created": r.created, "dataset": d}, indent=1))
+    else:
+        print("created" if r.created else "unchanged: the same content already has this version")
+        _print_dataset(d)
+    return 0
+
+
+def _dataset_list(a: argparse.Namespace) -> int:
+    datasets, token = [], ""
+    while True:
+        r = _call(a, lambda s, t=token: s.ListDatasets(pb.ListDatasetsRequest(page_size=200, page_token=t),
+                                                         timeout=30))
+        if r is None:
+            return 1
+        datasets += [_as_dict(d) for d in r.datasets]
+        token = r.next_page_token
+        if not token:
+            break
+    if a.json:
+        print(json.dumps(datasets, indent=1))
+    else:
+        for d in datasets:
+            _print_dataset(d)
+        if not datasets:
+            print("no dataset versions yet (sdctl dataset create)")
+    return 0
+
+
+def _dataset_show(a: argparse.Namespace) -> int:
+    r = _call(a, lambda s: s.GetDataset(pb.GetDatasetRequest(dataset_id=a.dataset_id), timeout=30))
+    if r is None:
+        return 1
+    print(json.dumps(_as_dict(r.dataset), indent=1)) if a.json else _print_dataset(_as_dict(r.dataset))
+    return 0
+
+
+def _catalog_list(a: argparse.Namespace) -> int:
+    state = pb.CatalogState.Value(f"CATALOG_STATE_{a.state}") if a.state else 0
+    sessions, token = [], ""
+    while True:
+        r = _call(a, lambda s, t=token: s.ListCatalogSessions(pb.ListCatalogSessionsRequest(
+            page_size=500, page_token=t, catalog_state=state), timeout=30))
+        if r is None:
+            return 1
+        sessions += [_as_dict(x) for x in r.sessions]
+        token = r.next_page_token
+        if not token:
+            break
+    if a.json:
+        print(json.dumps(sessions, indent=1))
+    else:
+        for x in sessions:
+            st = x["catalog_state"].removeprefix("CATALOG_STATE_")
+            print(f"{x['session_id']:<40} {st:<11} attempts={x['attempts']} segments={x['segments_accepted']}"
+                  f"+{x['segments_rejected']} player={x['player_id'] or '-'}"
+                  + (f" error={x['last_error'][:80]!r}" if x["last_error"] else ""))
+    return 0
+
+
+def _catalog_show(a: argparse.Namespace) -> int:
+    r = _call(a, lambda s: s.GetSessionStatus(pb.GetSessionStatusRequest(session_id=a.session_id), timeout=30))
+    if r is None:
+        return 1
+    print(json.dumps(_as_dict(r.session), indent=1))
+    return 0
+
+
+def _catalog_reprocess(a: argparse.Namespace) -> int:
+    r = _call(a, lambda s: s.ReprocessSession(pb.ReprocessSessionRequest(session_id=a.session_id), timeout=30))
+    if r is None:
+        return 1
+    print(json.dumps(_as_dict(r.session), indent=1))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ingest", help=f"ingest gRPC target (default $SD_INGEST_TARGET or {DEFAULT_TARGET})")
+    p.add_argument("--port-offset", type=int, default=0, help="as for `sdctl stack up --port-offset`")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``dataset`` and ``catalog`` to sdctl's argument parser (handler in ``fn``)."""
+    dataset = subparsers.add_parser("dataset", help="dataset versions of the accepted segments (ingest)")
+    dsub = dataset.add_subparsers(dest="action", required=True)
+    create = dsub.add_parser("create", help="snapshot every accepted segment into a new dataset version")
+    create.add_argument("--name", default="", help="a label for the version (not part of its id)")
+    create.add_argument("--val-fraction", type=float, default=0.1, help="share of sessions for validation")
+    create.add_argument("--seed", type=int, default=0, help="split seed: the same seed gives the same split")
+    create.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the snapshot")
+    _common(create)
+    create.set_defaults(fn=_dataset_create)
+    lst = dsub.add_parser("list", help="list dataset versions, newest first")
+    _common(lst)
+    lst.set_defaults(fn=_dataset_list)
+    show = dsub.add_parser("show", help="show one dataset version")
+    show.add_argument("dataset_id")
+    _common(show)
+    show.set_defaults(fn=_dataset_show)
+
+    catalog = subparsers.add_parser("catalog", help="sessions as the ingest sees them (operators)")
+    csub = catalog.add_subparsers(dest="action", required=True)
+    clist = csub.add_parser("list", help="every session in the catalog")
+    clist.add_argument("--state", choices=STATES, help="only sessions in this state")
+    _common(clist)
+    clist.set_defaults(fn=_catalog_list)
+    cshow = csub.add_parser("show", help="one session: state, problems, attempts, segments")
+    cshow.add_argument("session_id")
+    _common(cshow)
+    cshow.set_defaults(fn=_catalog_show)
+    crep = csub.add_parser("reprocess", help="dispatch a processed or failed session again")
+    crep.add_argument("session_id")
+    _common(crep)
+    crep.set_defaults(fn=_catalog_reprocess)

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the ingest service (served on its metrics port with the gRPC ones)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+from sd_common.metrics import LATENCY_BUCKETS_S
+
+EVENTS_RECEIVED = Counter(
+    "sd_ingest_events_received_total",
+    "Object-created records delivered by the event queue (redeliveries included)",
+)
+EVENTS_PROCESSED = Counter(
+    "sd_ingest_events_processed_total",
+    "Object-created records handled and acknowledged, by outcome "
+    "(new, duplicate, stale, replaced, late_change, ignored)",
+    ["outcome"],
+)
+EVENTS_DUPLICATE = Counter(
+    "sd_ingest_events_duplicate_total",
+    "Records for an object already recorded with the same ETag (redelivered or repeated events)",
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "sd_ingest_events_dead_lettered_total",
+    "Queue messages set aside after failing too often, or unparseable",
+    ["reason"],
+)
+SESSIONS = Gauge("sd_ingest_sessions", "Sessions in the catalog, by state", ["state"])
+SESSION_TRANSITIONS = Counter(
+    "sd_ingest_session_transitions_total", "Sessions moved into a state by this replica", ["state"],
+)
+DISPATCH_SECONDS = Histogram(
+    "sd_ingest_dispatch_seconds",
+    "Time from dispatch to the processor's final answer, by outcome (processed, retry, failed)",
+    ["outcome"],
+    buckets=(*LATENCY_BUCKETS_S, 300, 900, 1800, 3600),
+)
+VALIDATION_SECONDS = Histogram(
+    "sd_ingest_validation_seconds", "Time to check a complete session against the session format",
+    buckets=(*LATENCY_BUCKETS_S, 300, 900),
+)
+DISPATCH_IN_FLIGHT = Gauge("sd_ingest_dispatch_in_flight", "ProcessSession calls open on this replica")

@@ -1,0 +1,105 @@
+"""What the processor does to a session, as one frozen dataclass with documented defaults.
+
+Every threshold the cleaner and splicer apply is here, so a dataset's metadata can say exactly how it
+was made (``ProcessorConfig.to_dict`` is written into ``segments.json``). The service builds it from
+``SD_PROCESSOR_*`` settings; ``sdctl process`` from its flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Per-frame and per-segment quality rules. Luma values are full-range (0-255) of the output image."""
+
+    # --- per frame -------------------------------------------------------------------------------
+    # Blur: variance of the Laplacian of the output luma. A frame is blurred when it is below the
+    # absolute floor, or below `blur_ratio` times the median of the last `history_frames` frames
+    # (a scene-relative test: flat scenes are legitimately low in texture).
+    blur_min_laplacian_var: float = 5.0
+    blur_ratio: float = 0.35
+    history_frames: int = 31
+    # Frozen: the picture hardly changed from the previous decoded frame (mean absolute luma difference
+    # of 64x64 thumbnails below `frozen_max_mad` and below `frozen_ratio` times the median difference
+    # of the last `history_frames` frame pairs, the scene's own motion) although the camera moved at
+    # least `frozen_min_motion_m` or turned at least `frozen_min_turn_deg` between the two logged states.
+    # (A re-encoded still picture is not bit-identical: VP8 keeps refining it, about 0.5 levels.)
+    frozen_max_mad: float = 0.6
+    frozen_ratio: float = 0.25
+    frozen_min_motion_m: float = 0.1
+    frozen_min_turn_deg: float = 0.5
+    # Exposure: black when the mean luma is below `black_max_mean`; overexposed when at least
+    # `overexposed_min_share` of the pixels are at or above 250.
+    black_max_mean: float = 12.0
+    overexposed_min_share: float = 0.5
+    # Flicker (diffusion output that jumps for one frame): the frame differs from both neighbours by
+    # more than `flicker_ratio` times what the neighbours differ from each other (the scene's own
+    # motion over the same time) plus `flicker_floor` luma levels.
+    flicker_ratio: float = 1.5
+    flicker_floor: float = 6.0
+    # --- per segment -----------------------------------------------------------------------------
+    min_good_share: float = 0.8  # kept frames / (frames decoded or logged in the segment's span)
+    stationary_max_speed_mps: float = 0.5  # stationary: never faster than this ...
+    stationary_max_distance_m: float = 1.0  # ... and moved less than this in the whole segment
+    teleport_slack_m: float = 1.0  # a step may exceed max(speed) * dt * 1.5 by this much
+    teleport_max_turn_dps: float = 360.0  # heading change per second above which the pose jumped
+    max_accel_mps2: float = 15.0  # |d speed / dt| above this is not a car
+    max_steer_rate_per_s: float = 20.0  # |d steer / dt| (steer in [-1, 1]) above this is not a player
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Output geometry, splicing and cleaning of one processing run."""
+
+    output_width: int = 256
+    output_height: int = 256
+    # Horizontal field of view of the output image. None: the largest crop of the output's aspect,
+    # centred on the principal point and above the barcode strip (a square crop of the recorded
+    # view for 256x256: about 64.7 degrees of a 100-degree 16:9 recording).
+    output_fov_deg: float | None = None
+    barcode_margin_px: int = 4  # rows above the barcode strip also cropped (codec ringing at its edge)
+    jpeg_quality: int = 90
+    segment_s: float = 5.0  # a segment covers at most this much video time
+    min_segment_s: float = 2.0  # shorter segments (session ends, gaps) are rejected as too_short
+    max_gap_frames: int = 2  # more missing/dropped/duplicated frames in a row end a segment
+    max_gap_ms: float = 250.0  # a longer hole between two kept frames' pts ends a segment
+    probe_frames: int = 15  # frames decoded up front to decide frame-id or timestamp alignment
+    min_barcode_share: float = 0.5  # share of probed frames whose barcode must read for frame-id mode
+    decode_threads: int = 1
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+    def __post_init__(self) -> None:
+        if not (16 <= self.output_width <= 4096 and 16 <= self.output_height <= 4096):
+            raise ValueError(f"output size {self.output_width}x{self.output_height} is outside 16..4096")
+        if self.output_width % 2 or self.output_height % 2:
+            raise ValueError(f"output size {self.output_width}x{self.output_height} must be even (YUV 4:2:0)")
+        if self.output_fov_deg is not None and not 0 < self.output_fov_deg < 180:
+            raise ValueError(f"output_fov_deg {self.output_fov_deg} is outside (0, 180)")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality {self.jpeg_quality} is outside 1..100")
+        if not 0 < self.min_segment_s <= self.segment_s:
+            raise ValueError(f"min_segment_s {self.min_segment_s} must be in (0, segment_s={self.segment_s}]")
+        if self.max_gap_frames < 0 or self.max_gap_ms <= 0:
+            raise ValueError("max_gap_frames must be >= 0 and max_gap_ms > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, written into segments.json."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole configuration: equal configs give equal outputs."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_clean(self, **overrides: float) -> ProcessorConfig:
+        """A copy with some clean thresholds replaced; unknown names raise ValueError."""
+        known = {f.name for f in dataclasses.fields(CleanConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown clean thresholds {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, clean=dataclasses.replace(self.clean, **overrides))

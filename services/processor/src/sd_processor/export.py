@@ -1,0 +1,125 @@
+"""EXPORT: accepted segments as CILRS route folders, written through a sink (a folder or the object store).
+
+``route_<session>_<nnn>/rgb_front/00000.jpg …`` holds the frames (JPEG straight from the output
+picture's Y/U/V planes with libjpeg-turbo) and ``route_<session>_<nnn>/measurements.json`` one entry
+per image: the logged state and the player's own inputs, never synthesized. Poses are converted to
+CARLA's left-handed world frame (y and the heading negated, as docs/session-format.md §2 says).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import simplejpeg
+
+from .framelog import FrameLog
+
+SUCCESS_NAME = "_SUCCESS.json"
+QC_REPORT_NAME = "qc_report.json"
+SEGMENTS_NAME = "segments.json"
+IMAGE_FOLDER = "rgb_front"
+MEASUREMENTS_NAME = "measurements.json"
+_MAX_SEGMENT_CHARS = 128  # object-store key segments (sd_common.objectstore.keys)
+
+
+class OutputSink(Protocol):
+    """Where outputs go: relative keys such as ``route_x_000/rgb_front/00000.jpg``."""
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Writes every (key, bytes) pair; returns when all are stored."""
+
+    def begin(self) -> None:
+        """Called before the first write of a run (a retry starts here too)."""
+
+    def finish(self, keys: set[str]) -> None:
+        """Called after the last output but before the success marker, with every key this run wrote."""
+
+
+class DirectorySink:
+    """Outputs as files under a local folder (``sdctl process --out``); stale outputs of earlier runs go."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def begin(self) -> None:
+        """Removes the success marker first, so a run that dies half-way never looks complete."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / SUCCESS_NAME).unlink(missing_ok=True)
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Writes each file through a temporary name and a rename."""
+        made: set[Path] = set()
+        for key, data in items:
+            path = self.root / key
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+    def finish(self, keys: set[str]) -> None:
+        """Deletes route folders and top-level files an earlier run left that this run did not write."""
+        tops = {k.split("/", 1)[0] for k in keys}
+        for entry in self.root.iterdir():
+            if entry.name in tops or entry.name == SUCCESS_NAME:
+                continue
+            if entry.is_dir() and entry.name.startswith("route_"):
+                shutil.rmtree(entry)
+            elif entry.is_file() and entry.name in (QC_REPORT_NAME, SEGMENTS_NAME):
+                entry.unlink()
+
+
+def route_folder(session_id: str, index: int) -> str:
+    """``route_<session>_<nnn>``; a session id too long for one key segment is shortened with a hash."""
+    name = f"route_{session_id}_{index:03d}"
+    if len(name) <= _MAX_SEGMENT_CHARS:
+        return name
+    digest = hashlib.sha256(session_id.encode()).hexdigest()[:12]
+    keep = _MAX_SEGMENT_CHARS - len(f"route__{index:03d}") - len(digest) - 1
+    return f"route_{session_id[:keep]}-{digest}_{index:03d}"
+
+
+def encode_jpeg(y, u, v, quality: int) -> bytes:
+    """JPEG (JFIF) from full-range 4:2:0 planes, without a colour conversion."""
+    return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=quality)
+
+
+def measurement(log: FrameLog, line: int, frame: int) -> dict[str, Any]:
+    """One measurements.json entry: the logged state of ``line`` as image number ``frame``."""
+    yaw = float(log.col("yaw_deg")[line])
+    theta = math.radians(-yaw)
+    theta = (theta + math.pi) % (2 * math.pi) - math.pi
+    y = float(log.col("y_m")[line])
+    return {
+        "frame": frame,
+        "x": float(log.col("x_m")[line]),
+        "y": -y if y else 0.0,
+        "theta": theta,
+        "speed": float(log.col("speed_mps")[line]),
+        "steer": float(log.col("steer")[line]),
+        "throttle": float(log.col("throttle")[line]),
+        "brake": float(log.col("brake")[line]),
+        "command": int(log.command[line]),
+    }
+
+
+def segment_items(folder: str, log: FrameLog, frames: list) -> list[tuple[str, bytes]]:
+    """The (key, bytes) pairs of one route folder: its images, then measurements.json."""
+    items = [(f"{folder}/{IMAGE_FOLDER}/{k:05d}.jpg", c.jpeg) for k, c in enumerate(frames)]
+    rows = [measurement(log, c.line, k) for k, c in enumerate(frames)]
+    items.append((f"{folder}/{MEASUREMENTS_NAME}", json_bytes(rows)))
+    return items
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact, deterministic JSON with a final newline; NaN is refused (JSON has none)."""
+    return (json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=True) + "\n").encode()

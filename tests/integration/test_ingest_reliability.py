@@ -1,0 +1,211 @@
+"""The ingest and a processor as real processes, killed with SIGKILL mid-session.
+
+- A processor killed mid-session: the session is retried and finishes once.
+- The ingest killed mid-stream and started again: no event is lost, nothing is counted twice.
+
+The processor here is the ingest's scripted stand-in (services/ingest/tests/fake_processor.py) run
+as its own process; the end-to-end tests (test_pipeline_*.py) run the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from sd_common.objectstore import LocalEventQueue
+from sd_ingest.catalog import Catalog, SessionState
+from sd_ingest.outputs import success_attempt
+
+from tests.integration.ports import free_port
+from tests.pg import start_postgres
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE = REPO / "services" / "ingest" / "tests" / "fake_processor.py"
+S = SessionState
+
+
+def _wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _calls(log_dir: Path) -> list[dict]:
+    path = log_dir / "calls.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+class Procs:
+    """Processes started by a test; every one still running is killed at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.store_root = tmp / "store"
+        self.log_dir = tmp / "processor"
+        self.running: list[subprocess.Popen] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "SD_STORE_BACKEND": "local", "SD_STORE_ROOT": str(self.store_root), **extra}
+
+    def processor(self, port: int, script: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--script", script,
+                                 "--log-dir", str(self.log_dir)], env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.running.append(proc)
+        line = proc.stdout.readline()
+        assert "listening" in line, line + proc.stdout.read()
+        return proc
+
+    def ingest(self, grpc_port: int, processor_port: int, database_url: str, **settings: str) -> subprocess.Popen:
+        env = self.env(**{f"SD_INGEST_{k.upper()}": str(v) for k, v in {
+            "grpc_port": grpc_port, "metrics_port": 0, "state_dir": self.tmp / "ingest",
+            "database_url": database_url, "processor_target": f"127.0.0.1:{processor_port}",
+            "scan_interval_s": 0.2, "receive_wait_s": 0.2, "retry_backoff_s": 0.2, "retry_backoff_max_s": 1,
+            "lease_s": 2, "visibility_timeout_s": 3, "log_format": "json", "shutdown_grace_s": 2,
+            **settings}.items()})
+        log = open(self.tmp / f"ingest-{grpc_port}-{len(self.running)}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "sd_ingest"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.running.append(proc)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            def healthy() -> bool:
+                assert proc.poll() is None, (self.tmp / log.name).read_text()
+                try:
+                    return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
+                        == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    return False
+            _wait(healthy, 60, "the ingest to be healthy")
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.kill_all()
+
+
+@pytest.fixture(scope="module")
+def session_6s(tmp_path_factory) -> Path:
+    from sd_common.session_format.synth import SynthConfig, synth_session
+    out = tmp_path_factory.mktemp("synth6-rel")
+    synth_session(out, SynthConfig(width=256, height=144, duration_s=6.0, seed=21))
+    return out / "session"
+
+
+def _upload(store_root: Path, session_dir: Path, sid: str) -> None:
+    """Writes the session into the embedded store as the gateway's uploads do (events included)."""
+    import asyncio
+
+    from sd_common.objectstore import make_store
+    from sd_common.settings import StoreSettings
+
+    async def go() -> None:
+        store = make_store(StoreSettings(backend="local", root=store_root))
+        doc = json.loads((session_dir / "manifest.json").read_text())
+        doc["session_id"], doc["player_id"] = sid, "p-rel"
+        for f in doc["files"]:
+            await store.put_bytes(f"raw/{sid}/{f['path']}", (session_dir / f["path"]).read_bytes(),
+                                  content_type=f["content_type"])
+        await store.put_bytes(f"raw/{sid}/manifest.json", json.dumps(doc).encode(), content_type="application/json")
+        await store.close()
+
+    asyncio.run(go())
+
+
+def _status(port: int, sid: str):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            return ingest_pb2_grpc.IngestServiceStub(ch).GetSessionStatus(
+                ingest_pb2.GetSessionStatusRequest(session_id=sid), timeout=5).session
+        except grpc.RpcError:
+            return None
+
+
+def test_a_processor_killed_mid_session_is_retried_and_finishes_once(procs, session_6s):
+    processor_port, ingest_port = free_port(), free_port()
+    first = procs.processor(processor_port, "slow:30")
+    procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=6)
+    _upload(procs.store_root, session_6s, "sess-kill")
+    _wait(lambda: any(c["outcome"] == "started" for c in _calls(procs.log_dir)), 60, "the first dispatch")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    procs.processor(processor_port, "ok")  # the processor comes back on the same address
+    done = _wait(lambda: (s := _status(ingest_port, "sess-kill")) and s.catalog_state in (
+        ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 60, "PROCESSED")
+    assert done.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, done.last_error
+    assert done.attempts >= 2 and done.segments_accepted == 1
+    finished = [c for c in _calls(procs.log_dir) if c["outcome"] == "ok"]
+    assert len(finished) == 1 and finished[0]["attempt_id"] == done.attempt_id
+    import asyncio
+
+    from sd_common.objectstore import make_store
+    from sd_common.settings import StoreSettings
+
+    async def marker() -> str | None:
+        store = make_store(StoreSettings(backend="local", root=procs.store_root))
+        try:
+            return await success_attempt(store, "processed/sess-kill/")
+        finally:
+            await store.close()
+
+    assert asyncio.run(marker()) == done.attempt_id
+    assert (procs.store_root / "raw" / "sess-kill" / "video.webm").is_file()  # the raw upload is kept
+
+
+def test_an_ingest_killed_mid_stream_loses_and_double_counts_nothing(procs, session_6s):
+    pg = start_postgres()
+    try:
+        url = pg.new_database()
+        processor_port, ingest_port = free_port(), free_port()
+        procs.processor(processor_port, "slow:1.5")
+        first = procs.ingest(ingest_port, processor_port, url, concurrency=1)
+        sids = [f"sess-{i}" for i in range(3)]
+        for sid in sids:
+            _upload(procs.store_root, session_6s, sid)
+        # Kill it while it holds a dispatch and has events still queued or leased.
+        _wait(lambda: any(c["outcome"] == "started" for c in _calls(procs.log_dir)), 60, "a dispatch")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        procs.ingest(ingest_port, processor_port, url, concurrency=1)
+        for sid in sids:
+            s = _wait(lambda sid=sid: (s := _status(ingest_port, sid)) and s.catalog_state in (
+                ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 90, f"{sid} PROCESSED")
+            assert s.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, s.last_error
+            assert s.segments_accepted == 1
+        queue = LocalEventQueue(procs.store_root / ".events")
+        import asyncio
+        _wait(lambda: asyncio.run(queue.pending()) == 0, 30, "every event to be handled")
+        catalog = Catalog(url)
+        try:
+            assert [r.session_id for r in catalog.list_sessions()] == sids
+            assert sorted(seg.session_id for seg in catalog.accepted_segments()) == sids  # once each
+            for sid in sids:
+                assert len(catalog.object_deliveries(sid)) == 5  # every raw file recorded, none lost
+        finally:
+            catalog.close()
+        finished = sorted(c["session_id"] for c in _calls(procs.log_dir) if c["outcome"] == "ok")
+        assert finished == sids  # each session's output was completed exactly once
+    finally:
+        procs.kill_all()
+        pg.stop()

@@ -13,13 +13,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from tests.ports import free_port
 
 USER = "test"
 
@@ -30,12 +30,6 @@ def postgres_bin_dir() -> Path:
     if not found:
         raise RuntimeError("PostgreSQL is not installed: `apt-get install -y postgresql` (make system-deps does it)")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,7 +81,7 @@ def start_postgres() -> PostgresCluster:
         pw = pwd.getpwnam("postgres")
         os.chown(directory, pw.pw_uid, pw.pw_gid)
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     try:
         subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(directory / "data"), "-A", "trust",
                         "-U", USER, "--no-sync"], check=True, capture_output=True, timeout=120)

@@ -14,7 +14,6 @@ import copy
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "scale-diffusion"
@@ -616,12 +616,6 @@ def test_long_release_names_still_give_valid_service_names():
 
 
 # --- the rendered settings, given to the real services ---------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_each_service_starts_with_its_pod_settings_and_stops_within_the_grace_period(tmp_path):
     """What the kubelet would see: each service started with its pod's environment (ConfigMap and

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.integration.ports import free_port
+from tests.ports import free_port
 
 
 async def test_in_flight_upload_finishes_after_sigterm(tmp_path):

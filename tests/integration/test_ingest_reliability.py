@@ -25,7 +25,7 @@ from sd_common.objectstore import LocalEventQueue
 from sd_ingest.catalog import Catalog, SessionState
 from sd_ingest.outputs import success_attempt
 
-from tests.integration.ports import free_port
+from tests.ports import free_port
 from tests.pg import start_postgres
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,6 @@
 """`sdctl stack up` brings all six services up healthy, takes an upload, and stops cleanly on Ctrl-C."""
 
 import json
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import stack_port_offset
+
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    offset = random.randrange(1000, 9000, 10)
+    offset = stack_port_offset()
     state = tmp_path_factory.mktemp("stack")
     proc = subprocess.Popen([str(BIN / "sdctl"), "stack", "up", "--state-dir", str(state),
                              "--port-offset", str(offset)],

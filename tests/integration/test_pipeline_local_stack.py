@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.ports import stack_port_offset
 
 BIN = Path(sys.executable).parent
 FAKE = Path(__file__).resolve().parents[2] / "services" / "ingest" / "tests" / "fake_processor.py"
@@ -36,7 +37,7 @@ def session_6s(tmp_path_factory) -> Path:
 def _start_stack(state: Path, env: dict[str, str], processor: str):
     """Starts `sdctl stack up` on a random port offset (another one if a port is taken); returns its parts."""
     for _ in range(5):
-        offset = random.randrange(1000, 9000, 10)
+        offset = stack_port_offset()
         fake = None
         if processor == "fake":
             port = 50060 + offset  # beside the stack's own ports (50051-50056 + offset), never among them

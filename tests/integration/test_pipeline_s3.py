@@ -33,7 +33,7 @@ from sd_ingest.assembly import start_ingest
 from sd_ingest.catalog import SessionState
 from sd_ingest.settings import IngestSettings
 
-from tests.integration.ports import free_port
+from tests.ports import free_port
 
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from scale_diffusion.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from scale_diffusion.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
-from tests.integration.ports import free_port
+from tests.ports import free_port
 
 # One not-yet-implemented call per service whose API a later issue implements: it must answer
 # UNIMPLEMENTED, not hang or crash.

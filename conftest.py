@@ -49,3 +49,25 @@ def moto_server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+async def bucket_and_queue(moto_server: str) -> tuple[str, str]:
+    """A fresh bucket announcing objects created under raw/ to a fresh SQS queue: (bucket, queue_url)."""
+    import uuid
+
+    from aiobotocore.session import get_session
+
+    from sd_common.objectstore.s3 import S3ObjectStore
+
+    name = f"sd-raw-{uuid.uuid4().hex[:10]}"
+    session = get_session()
+    async with session.create_client("s3", region_name=REGION, endpoint_url=moto_server) as s3:
+        await s3.create_bucket(Bucket=name)
+    async with session.create_client("sqs", region_name=REGION, endpoint_url=moto_server) as sqs:
+        url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+    store = S3ObjectStore(name, endpoint_url=moto_server, region=REGION)
+    await store.configure_event_notifications(arn, prefix="raw/")
+    await store.close()
+    return name, url

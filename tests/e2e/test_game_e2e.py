@@ -13,20 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.ports import stack_port_offset
+from tests.stack import start_stack
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-BIN = Path(sys.executable).parent
 CHROMIUM = [Path("/usr/lib/chromium/chromium"), Path("/usr/bin/chromium")]
 DRIVE_S = 32
 SIZE = (640, 360)
@@ -60,35 +59,12 @@ def _build_web() -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     _build_web()
-    offset = stack_port_offset()
     state = tmp_path_factory.mktemp("game-stack")
     env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
                SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES))
-    proc = subprocess.Popen([str(BIN / "sdctl"), "stack", "up", "--state-dir", str(state), "--port-offset", str(offset)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    url = None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if line.startswith("Scale Diffusion is up:"):
-            url = line.split(": ", 1)[1].strip()
-            break
-    if url is None:
-        proc.kill()
-        raise AssertionError("stack did not come up:\n" + "".join(lines))
-    # Keep draining its output so the services never block on a full pipe.
-    drain = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=subprocess.DEVNULL)
-    yield {"url": url, "state": state}
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    drain.kill()
+    running = start_stack(state, env)
+    yield {"url": running.url, "state": state}
+    running.stop(signal.SIGTERM, timeout_s=30)
 
 
 @pytest.fixture(scope="module")

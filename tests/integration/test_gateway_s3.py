@@ -9,35 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 
-import pytest
 from aiobotocore.session import get_session
 
 from sd_common.objectstore import SqsEventQueue, parse_s3_event
-from sd_common.objectstore.s3 import S3ObjectStore
 from sd_common.settings import StoreSettings
 from sd_common.upload_client import GatewayClient
 from sd_gateway.assembly import start_gateway
 from sd_gateway.settings import GatewaySettings
 
 REGION = "us-east-1"
-
-
-@pytest.fixture
-async def bucket_and_queue(moto_server):
-    """A fresh bucket whose object-created events go to a fresh SQS queue; yields (bucket, queue_url)."""
-    name = f"sd-raw-{uuid.uuid4().hex[:10]}"
-    session = get_session()
-    async with session.create_client("s3", region_name=REGION, endpoint_url=moto_server) as s3:
-        await s3.create_bucket(Bucket=name)
-    async with session.create_client("sqs", region_name=REGION, endpoint_url=moto_server) as sqs:
-        url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
-        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-    store = S3ObjectStore(name, endpoint_url=moto_server, region=REGION)
-    await store.configure_event_notifications(arn)
-    await store.close()
-    return name, url
 
 
 async def test_session_upload_lands_in_s3_with_events(moto_server, bucket_and_queue, synthetic_session_dir, tmp_path):

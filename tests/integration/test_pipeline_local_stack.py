@@ -1,10 +1,9 @@
 """End to end on the local stack (`sdctl stack up`): upload through the gateway → the ingest sees the
 store's event → a processor writes segments and a QC report → `sdctl dataset create` lists them.
 
-Two cases: ``real`` uses the stack's own processor (services/processor) and needs its
-ProcessSession — while it still answers UNIMPLEMENTED that case fails and says so (it is not
-skipped); ``fake`` points the stack's ingest at the ingest's scripted stand-in
-(services/ingest/tests/fake_processor.py, its own process), which proves the ingest's side today.
+Two cases: ``real`` uses the stack's own processor (services/processor); ``fake`` points the stack's
+ingest at the ingest's scripted stand-in (services/ingest/tests/fake_processor.py, its own process),
+which isolates the ingest's side.
 """
 
 from __future__ import annotations
@@ -18,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import stack_port_offset
+from tests.ports import free_port
+from tests.stack import BIN, start_stack
 
-BIN = Path(sys.executable).parent
 FAKE = Path(__file__).resolve().parents[2] / "services" / "ingest" / "tests" / "fake_processor.py"
-WAITS_FOR_PROCESSOR = ("the real processor answered UNIMPLEMENTED: this end-to-end test waits for "
-                       "services/processor's ProcessSession to land")
 
 
 @pytest.fixture(scope="module")
@@ -34,56 +31,23 @@ def session_6s(tmp_path_factory) -> Path:
     return out / "session"
 
 
-def _start_stack(state: Path, env: dict[str, str], processor: str):
-    """Starts `sdctl stack up` on a random port offset (another one if a port is taken); returns its parts."""
-    for _ in range(5):
-        offset = stack_port_offset()
-        fake = None
-        if processor == "fake":
-            port = 50060 + offset  # beside the stack's own ports (50051-50056 + offset), never among them
-            fake = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--script", "ok", "--log-dir",
-                                     str(state / "fake-processor")], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True,
-                                    env={**os.environ, "SD_STORE_BACKEND": "local",
-                                         "SD_STORE_ROOT": str(state / "store")})
-            if "listening" not in fake.stdout.readline():
-                fake.kill()
-                fake.wait()
-                continue
-            env = {**env, "SD_INGEST_PROCESSOR_TARGET": f"127.0.0.1:{port}"}  # the stack keeps a given target
-        proc = subprocess.Popen([str(BIN / "sdctl"), "stack", "up", "--state-dir", str(state), "--port-offset",
-                                 str(offset)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-            if line.startswith("Scale Diffusion is up:"):
-                return proc, fake, offset, line.split(": ", 1)[1].strip()
-        proc.kill()
-        proc.wait()
-        if fake:
-            fake.kill()
-            fake.wait()
-        if not any("ports already in use" in x for x in lines):
-            raise AssertionError("stack did not come up:\n" + "".join(lines))
-    raise AssertionError("no free port offset for a stack after 5 tries")
-
-
 @pytest.fixture(params=["fake", "real"])
 def stack(request, tmp_path_factory):
     state = tmp_path_factory.mktemp("stack-pipeline")
     env = {**os.environ, "SD_INGEST_RETRY_BACKOFF_S": "0.5", "SD_INGEST_MAX_ATTEMPTS": "2",
            "SD_INGEST_SCAN_INTERVAL_S": "0.3", "SD_INGEST_RECEIVE_WAIT_S": "0.5"}
-    proc, fake, offset, url = _start_stack(state, env, request.param)
-    yield {"proc": proc, "offset": offset, "url": url, "state": state, "processor": request.param}
-    proc.send_signal(2)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    fake = None
+    if request.param == "fake":
+        port = free_port()
+        fake = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--script", "ok", "--log-dir",
+                                 str(state / "fake-processor")], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "SD_STORE_BACKEND": "local", "SD_STORE_ROOT": str(state / "store")})
+        assert "listening" in fake.stdout.readline()
+        env["SD_INGEST_PROCESSOR_TARGET"] = f"127.0.0.1:{port}"  # the stack keeps a given target
+    running = start_stack(state, env)
+    yield {"offset": running.offset, "url": running.url, "state": state, "processor": request.param}
+    running.stop()
     if fake:
         fake.kill()
         fake.wait()
@@ -108,8 +72,6 @@ def test_an_upload_becomes_processed_segments_and_a_dataset(stack, session_6s):
             break
         assert time.monotonic() < deadline, f"session {sid} is still {state} after 120 s"
         time.sleep(0.5)
-    if stack["processor"] == "real" and state == "CATALOG_STATE_FAILED" and "UNIMPLEMENTED" in session["last_error"]:
-        pytest.fail(WAITS_FOR_PROCESSOR)
     assert state == "CATALOG_STATE_PROCESSED", session
     assert session["segments_accepted"] >= 1
 

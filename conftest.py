@@ -71,3 +71,21 @@ async def bucket_and_queue(moto_server: str) -> tuple[str, str]:
     await store.configure_event_notifications(arn, prefix="raw/")
     await store.close()
     return name, url
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL server (Debian's) for the whole run; each test gets its own database."""
+    from tests.pg import start_postgres
+
+    cluster = start_postgres()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database: SQLite in a temp dir, or a new database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("pg_cluster").new_database()

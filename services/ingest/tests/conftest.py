@@ -13,23 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # fake_processor.py beside this 
 
 from sd_common.objectstore import ObjectStore
 
-from tests.pg import start_postgres
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    """One throwaway PostgreSQL server for the whole run (each test gets its own database)."""
-    cluster = start_postgres()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    """A fresh, empty catalog database: SQLite in a temp dir, or a new database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.db'}"
-    return request.getfixturevalue("pg_cluster").new_database()
 
 
 @pytest.fixture(scope="session")

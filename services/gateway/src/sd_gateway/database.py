@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, create_engine, event, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import DateTime, Float, Integer, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
+from sd_common.sql import make_engine
 from scale_diffusion.common.v1 import common_pb2
 
 STATE_OPEN = common_pb2.SESSION_STATE_OPEN
@@ -83,15 +84,7 @@ class GatewayDatabase:
     """Synchronous repository; the async service calls it through a worker thread."""
 
     def __init__(self, url: str) -> None:
-        kwargs: dict = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self._engine = create_engine(url, pool_pre_ping=True, **kwargs)
-        if url.startswith("sqlite"):
-            @event.listens_for(self._engine, "connect")
-            def _wal(dbapi_conn, _rec):  # concurrent readers while a writer commits
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        self._engine = make_engine(url)
         _Base.metadata.create_all(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 

@@ -37,15 +37,15 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+
+from sd_common.sql import make_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -350,16 +350,8 @@ class Catalog:
     """Synchronous repository; the async service calls it through worker threads."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
-        kwargs: dict = {}
-        self._sqlite = url.startswith("sqlite")
-        if self._sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self._engine = create_engine(url, pool_pre_ping=True, **kwargs)
-        if self._sqlite:
-            @event.listens_for(self._engine, "connect")
-            def _wal(dbapi_conn, _rec):  # readers beside one writer; several processes may share the file
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        self._engine = make_engine(url)
+        self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock

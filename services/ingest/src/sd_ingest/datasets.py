@@ -24,7 +24,8 @@ import structlog
 from sd_common.objectstore import ObjectStore
 
 from sd_ingest.catalog import Catalog, DatasetRecord, SegmentRecord
-from sd_ingest.outputs import RGB_DIR, SEGMENTS_NAME, read_json, read_measurements
+from sd_common.processed_format import RGB_DIR, SEGMENTS_NAME
+from sd_ingest.outputs import read_json, read_measurements
 
 log = structlog.get_logger()
 

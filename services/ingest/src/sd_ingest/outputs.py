@@ -14,12 +14,9 @@ from typing import Any
 from sd_common.objectstore import ObjectNotFound, ObjectStore
 
 from sd_ingest.catalog import SegmentRecord
+from sd_common.processed_format import (MEASUREMENTS_NAME, SEGMENTS_NAME, SUCCESS_NAME, ProcessedFormatError,
+                                        SegmentsDocument, parse)
 
-SEGMENTS_NAME = "segments.json"
-QC_REPORT_NAME = "qc_report.json"
-SUCCESS_NAME = "_SUCCESS.json"
-MEASUREMENTS_NAME = "measurements.json"
-RGB_DIR = "rgb_front"
 MAX_META_BYTES = 64 * 1024 * 1024
 
 
@@ -59,48 +56,29 @@ async def success_attempt(store: ObjectStore, out_prefix: str) -> str | None:
     return str(marker.get("attempt_id", "")) if isinstance(marker, dict) else None
 
 
-def _number(seg: dict, name: str, where: str, kind: type = float) -> Any:
-    value = seg.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OutputInvalid(f"{where}.{name} should be a number, got {value!r}")
-    return kind(value)
-
-
 async def read_output(store: ObjectStore, out_prefix: str, session_id: str) -> ProcessedOutput:
     """Parses segments.json of a finished session; raises OutputInvalid naming what is wrong."""
     key = out_prefix + SEGMENTS_NAME
-    doc = await read_json(store, key)
-    if not isinstance(doc, dict):
+    raw = await read_json(store, key)
+    if not isinstance(raw, dict):
         raise OutputInvalid(f"{key} is missing or not a JSON object")
-    if doc.get("schema_version") != 1:
-        raise OutputInvalid(f"{key}: schema_version {doc.get('schema_version')!r} is not 1")
-    if doc.get("session_id") != session_id:
-        raise OutputInvalid(f"{key}: session_id {doc.get('session_id')!r} is not {session_id!r}")
-    player = str(doc.get("player_id", ""))
-    raw_segments = doc.get("segments")
-    if not isinstance(raw_segments, list):
-        raise OutputInvalid(f"{key}: 'segments' should be a list")
-    segments = []
-    for i, seg in enumerate(raw_segments):
-        where = f"{key}:segments[{i}]"
-        if not isinstance(seg, dict) or not isinstance(seg.get("segment_id"), str):
-            raise OutputInvalid(f"{where} has no segment_id")
-        counts = seg.get("command_counts") or {}
-        if not isinstance(counts, dict):
-            raise OutputInvalid(f"{where}.command_counts should be an object")
-        segments.append(SegmentRecord(
-            segment_id=seg["segment_id"], session_id=session_id, player_id=player,
-            index=_number(seg, "index", where, int), accepted=bool(seg.get("accepted", False)),
-            reasons=[str(r) for r in seg.get("reasons", [])], frames=_number(seg, "frames", where, int),
-            duration_s=_number(seg, "duration_s", where), t_start_ms=_number(seg, "t_start_ms", where),
-            t_end_ms=_number(seg, "t_end_ms", where), distance_m=_number(seg, "distance_m", where),
-            mean_speed_mps=_number(seg, "mean_speed_mps", where),
-            command_counts={str(k): int(v) for k, v in counts.items()},
-            uri=f"{out_prefix}{seg['segment_id']}/"))
+    try:
+        doc = parse(SegmentsDocument, raw, key)
+    except ProcessedFormatError as exc:
+        raise OutputInvalid(str(exc)) from None
+    if doc.session_id != session_id:
+        raise OutputInvalid(f"{key}: session_id {doc.session_id!r} is not {session_id!r}")
+    player = doc.player_id or ""
+    segments = [SegmentRecord(
+        segment_id=seg.segment_id, session_id=session_id, player_id=player, index=seg.index,
+        accepted=seg.accepted, reasons=list(seg.reasons), frames=seg.frames, duration_s=seg.duration_s,
+        t_start_ms=seg.t_start_ms, t_end_ms=seg.t_end_ms, distance_m=seg.distance_m,
+        mean_speed_mps=seg.mean_speed_mps, command_counts=dict(seg.command_counts),
+        uri=f"{out_prefix}{seg.segment_id}/") for seg in doc.segments]
     return ProcessedOutput(
-        session_id=session_id, player_id=player, attempt_id=str(doc.get("attempt_id", "")),
-        source=dict(doc.get("source") or {}), crop=dict(doc.get("crop") or {}),
-        output=dict(doc.get("output") or {}), intrinsics=dict(doc.get("intrinsics") or {}), segments=segments)
+        session_id=session_id, player_id=player, attempt_id=doc.attempt_id, source=dict(doc.source or {}),
+        crop=dict(doc.crop or {}), output=dict(doc.output or {}), intrinsics=dict(doc.intrinsics or {}),
+        segments=segments)
 
 
 async def read_measurements(store: ObjectStore, segment_uri: str) -> list[dict[str, Any]]:

@@ -30,7 +30,8 @@ from sd_ingest import metrics
 from sd_ingest.catalog import Catalog, LeaseLost, SessionRecord, SessionState, WorkItem
 from sd_ingest.completion import check_completeness, staged_session
 from sd_ingest.dispatch import DispatchFailed, ProcessorClient
-from sd_ingest.outputs import QC_REPORT_NAME, OutputInvalid, read_output, success_attempt
+from sd_common.processed_format import QC_REPORT_NAME
+from sd_ingest.outputs import OutputInvalid, read_output, success_attempt
 from sd_ingest.settings import IngestSettings
 
 log = structlog.get_logger()

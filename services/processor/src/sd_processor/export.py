@@ -20,12 +20,9 @@ from typing import Any, Protocol
 import simplejpeg
 
 from .framelog import FrameLog
+from sd_common.processed_format import MEASUREMENTS_NAME, QC_REPORT_NAME, SEGMENTS_NAME, SUCCESS_NAME
 
-SUCCESS_NAME = "_SUCCESS.json"
-QC_REPORT_NAME = "qc_report.json"
-SEGMENTS_NAME = "segments.json"
 IMAGE_FOLDER = "rgb_front"
-MEASUREMENTS_NAME = "measurements.json"
 _MAX_SEGMENT_CHARS = 128  # object-store key segments (sd_common.objectstore.keys)
 
 

@@ -20,8 +20,9 @@ from .clean import Candidate
 from .framelog import FrameLog
 from .geometry import CropPlan
 from .splice import Segment
+from sd_common.processed_format import SCHEMA_VERSION as PROCESSED_SCHEMA_VERSION
+from sd_common.processed_format import SegmentEntry, SegmentsDocument, SuccessMarker
 
-SCHEMA_VERSION = 1
 R_SEGMENT_REJECTED = "segment_rejected"
 R_NOT_IN_VIDEO = "not_in_video"
 
@@ -47,11 +48,11 @@ class SegmentRecord:
 
     def public(self) -> dict[str, Any]:
         """The segments.json entry."""
-        return {"segment_id": self.segment_id, "index": self.index, "accepted": self.accepted,
-                "reasons": self.reasons, "frames": self.frames, "duration_s": round(self.duration_s, 3),
-                "t_start_ms": round(self.t_start_ms, 3), "t_end_ms": round(self.t_end_ms, 3),
-                "distance_m": round(self.distance_m, 3), "mean_speed_mps": round(self.mean_speed_mps, 4),
-                "command_counts": self.command_counts}
+        return SegmentEntry(
+            segment_id=self.segment_id, index=self.index, accepted=self.accepted, reasons=self.reasons,
+            frames=self.frames, duration_s=round(self.duration_s, 3), t_start_ms=round(self.t_start_ms, 3),
+            t_end_ms=round(self.t_end_ms, 3), distance_m=round(self.distance_m, 3),
+            mean_speed_mps=round(self.mean_speed_mps, 4), command_counts=self.command_counts).model_dump()
 
     def detail(self) -> dict[str, Any]:
         """The QC report's entry: the public fields plus holes, and the raw frame id and pts of each image."""
@@ -118,7 +119,7 @@ class QcReport:
         align = self.alignment.to_dict() if self.alignment else {"mode": None, "frames_paired": 0,
                                                                    "estimated_error_ms": None}
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": PROCESSED_SCHEMA_VERSION,
             "session_id": self.session_id,
             "attempt_id": self.attempt_id,
             "rejected": self.rejected,
@@ -134,21 +135,16 @@ class QcReport:
 def segments_document(*, session_id: str, player_id: str | None, attempt_id: str, plan: CropPlan | None,
                       segments: list[SegmentRecord], config: dict[str, Any]) -> dict[str, Any]:
     """The segments.json document."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "session_id": session_id,
-        "player_id": player_id,
-        "attempt_id": attempt_id,
-        "source": {"width": plan.source_width, "height": plan.source_height} if plan else None,
-        "crop": plan.crop_dict() if plan else None,
-        "output": {"width": plan.output_width, "height": plan.output_height} if plan else None,
-        "intrinsics": plan.output.to_dict() if plan else None,
-        "segments": [s.public() for s in segments],
-        "config": config,
-    }
+    return SegmentsDocument(
+        session_id=session_id, player_id=player_id, attempt_id=attempt_id,
+        source={"width": plan.source_width, "height": plan.source_height} if plan else None,
+        crop=plan.crop_dict() if plan else None,
+        output={"width": plan.output_width, "height": plan.output_height} if plan else None,
+        intrinsics=plan.output.to_dict() if plan else None,
+        segments=[SegmentEntry(**s.public()) for s in segments], config=config).model_dump(mode="json")
 
 
 def success_document(attempt_id: str, segments_accepted: int) -> dict[str, Any]:
     """The _SUCCESS.json document."""
-    return {"attempt_id": attempt_id, "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "segments_accepted": segments_accepted}
+    return SuccessMarker(attempt_id=attempt_id, finished_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                         segments_accepted=segments_accepted).model_dump()

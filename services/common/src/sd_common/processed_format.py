@@ -1,0 +1,78 @@
+"""The processor's output contract (docs/dataset-format.md): one model for its writer and its readers.
+
+The processor writes these documents under `processed/<session_id>/`; the ingest reads them to
+register segments and build dataset versions. Within schema version 1 fields are only added, so
+readers ignore fields they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+SEGMENTS_NAME = "segments.json"
+QC_REPORT_NAME = "qc_report.json"
+SUCCESS_NAME = "_SUCCESS.json"
+MEASUREMENTS_NAME = "measurements.json"
+RGB_DIR = "rgb_front"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SegmentEntry(_Doc):
+    """One segment of a session, accepted (exported) or rejected with its reasons."""
+
+    segment_id: str = Field(pattern=r"^route_[A-Za-z0-9._-]+_\d{3,}$")
+    index: int = Field(ge=0)
+    accepted: bool
+    reasons: list[str] = []
+    frames: int = Field(ge=0)
+    duration_s: float = Field(ge=0)
+    t_start_ms: float
+    t_end_ms: float
+    distance_m: float = Field(ge=0)
+    mean_speed_mps: float
+    command_counts: dict[str, int] = {}
+
+
+class SegmentsDocument(_Doc):
+    """segments.json: the session's segments, the crop and the output camera's intrinsics."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    session_id: str | None  # None only for a rejected session whose manifest named none
+    player_id: str | None = None
+    attempt_id: str
+    source: dict[str, Any] | None = None
+    crop: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+    intrinsics: dict[str, Any] | None = None
+    segments: list[SegmentEntry]
+    config: dict[str, Any] = {}
+
+
+class SuccessMarker(_Doc):
+    """_SUCCESS.json, written last: the attempt whose outputs are complete."""
+
+    attempt_id: str
+    finished_at: str
+    segments_accepted: int = Field(ge=0)
+
+
+class ProcessedFormatError(ValueError):
+    """A document does not follow the contract; the message names the document and the field."""
+
+
+def parse(model: type[_Doc], data: bytes | str | dict, where: str) -> Any:
+    """Validates a document against `model`; ProcessedFormatError names `where` and each bad field."""
+    try:
+        if isinstance(data, dict):
+            return model.model_validate(data)
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(document)'}: {err['msg']}"
+                           for err in e.errors()[:10])
+        raise ProcessedFormatError(f"{where}: {fields}") from None

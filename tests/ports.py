@@ -9,8 +9,9 @@ implicitly, so a port found free here stays free until a test server binds it.
 from __future__ import annotations
 
 import random
-import socket
 from pathlib import Path
+
+from sd_common.cli.services import port_is_free, services_at
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -24,13 +25,7 @@ def ephemeral_range() -> tuple[int, int]:
 
 def is_free(port: int) -> bool:
     """Nothing listens on the port, on any address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+    return port_is_free(port, "0.0.0.0")
 
 
 def free_port() -> int:
@@ -49,8 +44,6 @@ def stack_port_offset() -> int:
     The stack's gRPC ports (50051…) move above the range, its HTTP (8080) and metrics (9101…) ports stay
     below it.
     """
-    from sd_common.cli.services import services_at
-
     low, high = ephemeral_range()
     first = max(high + 1 - 50051, 0)
     last = min(low - 9106 - 1, 65535 - 50056)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -50,14 +49,6 @@ def synthetic_session(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") 
     synth_session(out, SynthConfig(width=256, height=144, duration_s=2.0, seed=7))
     return out / "session"
-
-
-@pytest.fixture
-def session_copy(synthetic_session, tmp_path) -> Path:
-    """A private copy of the synthetic session a test may modify."""
-    dst = tmp_path / "session"
-    shutil.copytree(synthetic_session, dst)
-    return dst
 
 
 def manifest_of(session_dir: Path) -> dict:

@@ -73,6 +73,10 @@ class GatewayClient:
             await asyncio.sleep(min(8.0, 0.25 * 2**attempt))
         raise AssertionError("unreachable")
 
+    async def get(self, path: str) -> Any:
+        """GET an API path (e.g. /v1/sessions) as the current player; returns the JSON answer."""
+        return await self._call("GET", path)
+
     async def create_player(self, client_build: str = "sdctl") -> str:
         """Creates an anonymous player, keeps its token, returns the player id."""
         body = await self._call("POST", "/v1/players", json={"client_build": client_build})

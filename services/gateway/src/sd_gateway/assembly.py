@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from dataclasses import dataclass
 
@@ -72,7 +71,8 @@ async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings
     secret = (settings.token_secret.get_secret_value().encode() if settings.token_secret
               else load_or_create_secret(settings.state_dir / "token-secret"))
     db = GatewayDatabase(settings.database_url or f"sqlite:///{settings.state_dir / 'gateway.db'}")
-    if store_settings.backend == "local" and "SD_STORE_PUBLIC_BASE_URL" not in os.environ:
+    if store_settings.backend == "local" and "public_base_url" not in store_settings.model_fields_set:
+        # not configured (neither in the environment nor in code): uploads come to this gateway
         store_settings = store_settings.model_copy(update={"public_base_url": base_url})
     store = make_store(store_settings)
     signaling = DiffusionSignaling(settings.diffusion_target)

@@ -10,18 +10,20 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from sd_common.cli.services import services_at
 from scale_diffusion.ingest.v1 import ingest_pb2 as pb
 from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50052"
 STATES = ["RECEIVING", "COMPLETE", "VALIDATED", "REJECTED", "PROCESSING", "PROCESSED", "FAILED"]
 
 
 def _target(a: argparse.Namespace) -> str:
     if a.ingest:
         return a.ingest
-    host, _, port = (os.environ.get("SD_INGEST_TARGET") or DEFAULT_TARGET).rpartition(":")
-    return f"{host}:{int(port) + a.port_offset}"
+    if os.environ.get("SD_INGEST_TARGET"):
+        host, _, port = os.environ["SD_INGEST_TARGET"].rpartition(":")
+        return f"{host}:{int(port) + a.port_offset}"
+    return f"127.0.0.1:{next(s.grpc_port for s in services_at(a.port_offset) if s.name == 'ingest')}"
 
 
 def _as_dict(message) -> dict:
@@ -128,7 +130,7 @@ def _catalog_reprocess(a: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ingest", help=f"ingest gRPC target (default $SD_INGEST_TARGET or {DEFAULT_TARGET})")
+    p.add_argument("--ingest", help="ingest gRPC target (default $SD_INGEST_TARGET, else the local stack's ingest)")
     p.add_argument("--port-offset", type=int, default=0, help="as for `sdctl stack up --port-offset`")
     p.add_argument("--json", action="store_true", help="print JSON")
 

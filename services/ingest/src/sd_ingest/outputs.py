@@ -40,8 +40,6 @@ class ProcessedOutput:
 
 async def read_json(store: ObjectStore, key: str, max_bytes: int = MAX_META_BYTES) -> Any | None:
     """The JSON object under ``key``, or None if there is none."""
-    if await store.head(key) is None:
-        return None
     try:
         return json.loads(await store.get_bytes(key, max_bytes=max_bytes))
     except ObjectNotFound:

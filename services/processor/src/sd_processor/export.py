@@ -20,9 +20,8 @@ from typing import Any, Protocol
 import simplejpeg
 
 from .framelog import FrameLog
-from sd_common.processed_format import MEASUREMENTS_NAME, QC_REPORT_NAME, SEGMENTS_NAME, SUCCESS_NAME
+from sd_common.processed_format import MEASUREMENTS_NAME, QC_REPORT_NAME, RGB_DIR, SEGMENTS_NAME, SUCCESS_NAME
 
-IMAGE_FOLDER = "rgb_front"
 _MAX_SEGMENT_CHARS = 128  # object-store key segments (sd_common.objectstore.keys)
 
 
@@ -111,7 +110,7 @@ def measurement(log: FrameLog, line: int, frame: int) -> dict[str, Any]:
 
 def segment_items(folder: str, log: FrameLog, frames: list) -> list[tuple[str, bytes]]:
     """The (key, bytes) pairs of one route folder: its images, then measurements.json."""
-    items = [(f"{folder}/{IMAGE_FOLDER}/{k:05d}.jpg", c.jpeg) for k, c in enumerate(frames)]
+    items = [(f"{folder}/{RGB_DIR}/{k:05d}.jpg", c.jpeg) for k, c in enumerate(frames)]
     rows = [measurement(log, c.line, k) for k, c in enumerate(frames)]
     items.append((f"{folder}/{MEASUREMENTS_NAME}", json_bytes(rows)))
     return items

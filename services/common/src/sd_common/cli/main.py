@@ -63,7 +63,7 @@ def _cmd_sessions(a: argparse.Namespace) -> int:
         client = _client(a)
         try:
             path = f"/v1/sessions/{a.session_id}" if a.session_id else "/v1/sessions"
-            print(json.dumps(await client._call("GET", path), indent=1))
+            print(json.dumps(await client.get(path), indent=1))
         finally:
             await client.close()
         return 0

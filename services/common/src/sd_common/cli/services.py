@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +32,17 @@ SERVICES = [
     ServiceSpec("trainer", 50055, 9105),
     ServiceSpec("evaluator", 50056, 9106),
 ]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on host:port ("0.0.0.0": on any address) right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def services_at(offset: int = 0) -> list[ServiceSpec]:

@@ -5,22 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
-from sd_common.cli.services import SERVICES, ServiceSpec, health_status, services_at
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from sd_common.cli.services import SERVICES, ServiceSpec, health_status, port_is_free, services_at
 
 
 def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str, str],
@@ -40,7 +29,6 @@ def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str
         web = Path(__file__).resolve().parents[5] / "web" / "dist"
         if web.is_dir():
             env.setdefault(p + "WEB_DIR", str(web))
-        env.setdefault("SD_STORE_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}")
     if spec.name == "ingest":
         env.setdefault(p + "STATE_DIR", str(state_dir / "ingest"))
         if processor_port is not None:
@@ -61,8 +49,8 @@ async def run_stack(state_dir: Path, http_port: int, port_offset: int = 0, ready
     specs = services_at(port_offset)
     diffusion_port = next(s.grpc_port for s in specs if s.name == "diffusion")
     processor_port = next(s.grpc_port for s in specs if s.name == "processor")
-    busy = [(s.name, p) for s in specs for p in (s.grpc_port, s.metrics_port) if not _port_free(p)]
-    if not _port_free(http_port):
+    busy = [(s.name, p) for s in specs for p in (s.grpc_port, s.metrics_port) if not port_is_free(p)]
+    if not port_is_free(http_port):
         busy.append(("gateway http", http_port))
     if busy:
         print("cannot start: ports already in use: " + ", ".join(f"{n} {p}" for n, p in busy)

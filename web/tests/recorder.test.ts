@@ -15,6 +15,19 @@ import { World } from '../src/sim/world';
 const FRAME_KEYS = ['frame_id', 't_render_ms', 't_capture_ms', 'sim_t_ms', 'vehicle', 'camera', 'speed_mps', 'controls',
   'command', 'route', 'infractions', 'diffusion_frame_id'];
 
+/**
+ * The repository's Python (made by `make install`), which holds the session validator. Missing, the test
+ * fails and says how to make it: a validator check that silently does not run would pass for anything.
+ */
+function projectPython(): string {
+  const python = fileURLToPath(new URL('../../.venv/bin/python', import.meta.url));
+  if (!existsSync(python)) {
+    throw new Error(`no Python at ${python}: run \`make install\` at the repository root so this test can ` +
+      'run the session validator');
+  }
+  return python;
+}
+
 /** A recorded drive without a browser: 30 fps frames on a simulated page clock, the scripted driver's events. */
 function recordDrive(seconds: number) {
   const world = new World(generateCity(2), { seed: 4, cars: 20, pedestrians: 20 });
@@ -100,8 +113,7 @@ describe('recorder log', () => {
     expect(intr.fx).toBeCloseTo(focalPx(640, 100), 3);
     // The judge: the project's validator (manifest, sizes, hashes, every log line; the video here is
     // a stand-in, so without decoding it).
-    const python = fileURLToPath(new URL('../../.venv/bin/python', import.meta.url));
-    if (!existsSync(python)) return; // the venv is made by `make install`; without it only the checks above run
+    const python = projectPython();
     const out = spawnSync(python, ['-c', [
       'import sys, json',
       'from pathlib import Path',

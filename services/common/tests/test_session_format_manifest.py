@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sd_common.problems import ProblemError
 from sd_common.session_format import (
@@ -203,15 +203,49 @@ def test_any_bytes_either_parse_or_raise_problem_error(data):
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
                     max_leaves=30))
+@example(5)
+@example(None)
+@example(float("nan"))
+@example({"intrinsics": {}})
+@example("2025-05-01T12:00:00Z")
 def test_any_json_value_in_any_field_is_a_problem_not_a_crash(value):
     doc = valid_manifest()
     for key in ("files", "camera", "route", "frame_count", "created_at"):
         broken = copy.deepcopy(doc)
         broken[key] = value
         try:
-            parse_manifest(json.dumps(broken).encode())
-        except ProblemError:
-            pass
+            manifest = parse_manifest(json.dumps(broken).encode())
+        except ProblemError as exc:
+            # Named at the field that was replaced (or, for NaN/Infinity, as JSON the format forbids).
+            assert exc.problems
+            for p in exc.problems:
+                assert p.code.startswith("manifest_") and p.message, p
+                assert p.path == f"manifest.json:{key}" or p.path.startswith((f"manifest.json:{key}.",
+                                                                                f"manifest.json:{key}[")), (key, p)
+            assert not _must_parse(key, value), (key, value, exc.problems)
+        else:
+            assert _could_be_valid(key, value), f"{key}={value!r} was accepted"
+            if key == "frame_count":
+                assert manifest.frame_count == value
+
+
+def _could_be_valid(key: str, value) -> bool:
+    """A necessary condition, written apart from the model, for ``value`` to be a valid ``key``."""
+    if key == "frame_count":
+        return _must_parse(key, value)
+    if key == "created_at":
+        return isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)", value)
+    if key == "route":
+        return isinstance(value, dict) and {"route_id", "start", "goal", "length_m"} <= set(value)
+    if key == "camera":
+        return isinstance(value, dict) and "intrinsics" in value
+    # files: at least the four files every session lists, each a complete entry
+    return isinstance(value, list) and len(value) >= 4 and all(isinstance(f, dict) and len(f) == 4 for f in value)
+
+
+def _must_parse(key: str, value) -> bool:
+    """Values the field certainly accepts: a frame count in range (no other field here is that simple)."""
+    return key == "frame_count" and type(value) is int and 1 <= value <= 2**20
 
 
 def test_road_option_numbering_is_carlas():

@@ -122,7 +122,8 @@ def test_a_retry_leaves_exactly_one_complete_output(clean_session, tmp_path):
     out = tmp_path / "out"
     run(clean_session.session_dir, out, attempt_id="first", config=ProcessorConfig(segment_s=2.0, min_segment_s=1.5))
     assert len(list(out.glob("route_*"))) >= 2
-    first_image = next(out.glob("route_*_000/rgb_front/00010.jpg")).read_bytes()
+    first_path = next(out.glob("route_*_000/rgb_front/00010.jpg"))
+    first_image = first_path.read_bytes()
     run(clean_session.session_dir, out, attempt_id="second")
     run(clean_session.session_dir, out, attempt_id="third")
     segments = json.loads((out / "segments.json").read_text())
@@ -135,7 +136,11 @@ def test_a_retry_leaves_exactly_one_complete_output(clean_session, tmp_path):
     for p in sorted(again.glob("route_*/**/*")):
         if p.is_file():
             assert (out / p.relative_to(again)).read_bytes() == p.read_bytes()  # deterministic
-    assert first_image  # the first run did write images of its own
+    # The retries rewrote the frames the first run had written too, with the same pictures (the stale
+    # segment folders went, the picture of frame 10 of the first segment stayed what it was).
+    assert first_path.read_bytes() == first_image
+    decoded = cv2.imdecode(np.frombuffer(first_image, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape == (256, 256, 3)
 
 
 def test_exported_pairs_follow_the_video_order(processed_clean):

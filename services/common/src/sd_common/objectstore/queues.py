@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -78,8 +79,11 @@ class LocalEventQueue(EventQueue):
     out cannot delete the message from under the consumer that holds it now.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        # clock_ns: the wall clock leases are stamped and checked with (shared by every process using
+        # the directory); tests pass a settable one so a lease ends exactly when they say.
         self.directory = Path(directory)
+        self._clock_ns = clock_ns
         self._tmp = self.directory / "tmp"
         self._ready = self.directory / "ready"
         self._leased = self.directory / "leased"
@@ -109,7 +113,7 @@ class LocalEventQueue(EventQueue):
             await asyncio.sleep(min(_POLL_S, remaining))
 
     def _lease(self, max_messages: int, visibility_timeout_s: float) -> list[QueueMessage]:
-        now_ns = time.time_ns()
+        now_ns = self._clock_ns()
         candidates: list[tuple[str, Path, int]] = []  # (message id, current path, receive count so far)
         for name in os.listdir(self._ready):
             if _ID_RE.fullmatch(name):

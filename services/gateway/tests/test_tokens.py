@@ -11,16 +11,48 @@ from sd_gateway.tokens import DeviceTokens, bearer_token
 SECRET = b"k" * 32
 
 
+class SettableClock:
+    """Unix seconds that move only when the test says."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_round_trip_and_cache_keep_expiry():
-    t = DeviceTokens(SECRET, ttl_s=3)
+    clock = SettableClock(float(int(time.time())))
+    t = DeviceTokens(SECRET, ttl_s=3, clock=clock)
     tok = t.issue("p-1")
     assert t.verify(tok) == "p-1"
     assert t.verify(tok) == "p-1"  # cached
-    short = t.issue("p-2", now=time.time() - 1.0)  # expires 1 to 2 s from now (iat is whole seconds)
-    assert t.verify(short) == "p-2"
-    time.sleep(2.1)
+    clock.now += 2.999
+    assert t.verify(tok) == "p-1"  # still valid just before exp
+    clock.now += 0.001
     with pytest.raises(Unauthenticated, match="expired"):
-        t.verify(short)  # the cache must not outlive the token
+        t.verify(tok)  # the cache must not outlive the token
+    # An unseen token is checked against the same clock.
+    uncached = DeviceTokens(SECRET, ttl_s=3, clock=clock)
+    with pytest.raises(Unauthenticated, match="expired"):
+        uncached.verify(tok)
+
+
+def test_a_token_from_the_future_is_rejected():
+    clock = SettableClock(float(int(time.time())))
+    t = DeviceTokens(SECRET, ttl_s=60, clock=clock)
+    tok = t.issue("p-1", now=clock.now + 10)
+    with pytest.raises(Unauthenticated, match="not yet valid"):
+        t.verify(tok)
+    clock.now += 10
+    assert t.verify(tok) == "p-1"
+
+
+def test_the_default_clock_is_the_wall_clock():
+    t = DeviceTokens(SECRET, ttl_s=3600)
+    assert t.verify(t.issue("p-1")) == "p-1"
+    with pytest.raises(Unauthenticated, match="expired"):
+        t.verify(t.issue("p-2", now=time.time() - 3601))
 
 
 def test_forged_and_foreign_tokens_are_rejected():

@@ -64,10 +64,12 @@ class Harness:
         await self._proc_store.close()
 
     async def start_ingest(self, **overrides):
+        # No test here waits for a lease to run out (leases are released, or adopted in test_catalog with
+        # a settable clock), so the lease is long: a replica stalled on a loaded machine never loses it.
         settings = IngestSettings(**{
             "grpc_port": 0, "metrics_port": 0, "state_dir": self.tmp / "ingest", "database_url": self.db_url,
             "processor_target": f"127.0.0.1:{self.processor_port}", "scan_interval_s": 0.1,
-            "receive_wait_s": 0.1, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "lease_s": 3.0,
+            "receive_wait_s": 0.1, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "lease_s": 30.0,
             "dispatch_idle_timeout_s": 5.0, "shutdown_grace_s": 1.0, "visibility_timeout_s": 5.0, **overrides})
         ingest = await start_ingest(settings, self.store_settings)
         self.ingests.append(ingest)

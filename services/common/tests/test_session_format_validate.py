@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from sd_common.session_format import barcode
 from sd_common.session_format.commands import register
+from sd_common.session_format.scene import ROAD_HALF_WIDTH_M
 from sd_common.session_format.spec import RoadOption
 from sd_common.session_format.synth import (
     CORRUPTIONS,
@@ -26,6 +27,7 @@ from sd_common.session_format.synth import (
     SynthTruth,
     _State,
     _step,
+    plan_session,
     synth_session,
 )
 from sd_common.session_format.validate import PROBLEM_CODES, validate_session
@@ -42,8 +44,9 @@ def clean(tmp_path_factory) -> SynthTruth:
 
 @pytest.fixture(scope="module")
 def drive(tmp_path_factory) -> SynthTruth:
-    """A longer, tiny session: long enough to reach and take turns."""
-    return synth_session(tmp_path_factory.mktemp("drive"), SynthConfig(width=128, height=72, fps=15.0, duration_s=24.0, seed=3))
+    """A longer, tiny session: long enough to take at least one turn whatever the seed (the first turn
+    of any route is at most 200 m from its start; 40 s covers about 280 m)."""
+    return synth_session(tmp_path_factory.mktemp("drive"), SynthConfig(width=128, height=72, fps=15.0, duration_s=40.0, seed=3))
 
 
 @pytest.fixture
@@ -152,7 +155,13 @@ def test_commands_come_from_the_route_and_the_car_then_turns_that_way(drive):
             runs.append((cmds[start], start, i))
             start = i
     turns = [r for r in runs if r[0] in (RoadOption.LEFT, RoadOption.RIGHT) and r[2] < len(cmds)]
-    assert {t[0] for t in turns} == {RoadOption.LEFT, RoadOption.RIGHT}, "this route turns left, then right"
+    # The generator's own route says which turns the car has passed by the last frame, and which way.
+    route = plan_session(SynthConfig(**drive.config)).route
+    driven_m = frames[-1]["route"]["progress"] * route.length_m
+    expected = [o for c, o in route.crossings
+                if o in (RoadOption.LEFT, RoadOption.RIGHT) and c + ROAD_HALF_WIDTH_M < driven_m]
+    assert expected, "the fixture drive is too short to take a turn"
+    assert [t[0] for t in turns] == expected
     for option, begin, end in turns:
         change = (frames[end]["vehicle"]["yaw_deg"] - frames[begin]["vehicle"]["yaw_deg"] + 180) % 360 - 180
         assert (change > 60) if option == RoadOption.LEFT else (change < -60), (option, change)

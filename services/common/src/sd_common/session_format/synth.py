@@ -4,6 +4,11 @@
 ``out_dir/truth.json`` beside it (what the generator knows and the uploader never sends): for every
 encoded video frame the frame id it shows and its pts, and which corruptions were applied. The
 corruption knobs make each kind of broken upload on purpose, for the validator and the cleaner.
+
+The work is split into a plan (:func:`plan_session`), the drive (:func:`drive`), the video
+(:func:`write_video`), the logs (:func:`write_logs`) and the manifest (:func:`build_manifest`, the
+spec's model); each draws from its own named stream (:func:`stream`), so setting one knob changes
+only what that knob touches.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import json
 import math
 import shutil
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +40,21 @@ from .spec import (
     REQUIRED_FILES,
     SCHEMA_VERSION,
     VIDEO_NAME,
+    BarcodeSpec,
+    Camera,
+    Client,
+    Diffusion,
+    FileEntry,
+    Intrinsics,
+    Manifest,
+    Mount,
+    Point,
+    Recording,
     RoadOption,
+    RoutePlan,
     file_sha256,
 )
+from .spec import City as CityRef
 from .video import VideoWriter
 
 SESSION_DIR_NAME = "session"
@@ -314,19 +333,37 @@ def _clocks(n: int, fps: float, rng: np.random.Generator) -> tuple[np.ndarray, n
     return np.round(t_render, 3), np.round(t_capture, 3), pts
 
 
-# --- the session -------------------------------------------------------------------------------------
+# --- random streams --------------------------------------------------------------------------------
 
 
-def _pose_dict(x: float, y: float, z: float, r: np.ndarray) -> dict[str, float]:
-    yaw, pitch, roll = angles(r)
-    return {"x_m": round(x, 3), "y_m": round(y, 3), "z_m": round(z, 3), "yaw_deg": round(_wrap(yaw), 3),
-            "pitch_deg": round(pitch, 3), "roll_deg": round(roll, 3)}
+def stream(seed: int, name: str) -> np.random.Generator:
+    """The generator of one job of a seeded session, derived from the seed and the job's name alone.
+
+    Each job draws from its own stream, so turning a knob on (or adding one) changes only what that
+    knob's job draws: the drive, the clocks and every other corruption's frames stay as they were.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()),)))
 
 
-def _wrap(deg: float) -> float:
-    w = (deg + 180.0) % 360.0 - 180.0
-    return 180.0 if w == -180.0 else w
-
+# Per-frame corruptions: the picks each one keeps clear of, so two never land on one frame where one
+# would hide the other. A knob's frames depend on its own stream and on the picks it lists here, only.
+FRAME_PICKS: dict[str, tuple[str, ...]] = {
+    "non_monotonic_timestamps": (),
+    "drop_frames": (),
+    "duplicate_frames": ("drop_frames",),
+    "unlogged_frame_ids": ("drop_frames", "duplicate_frames"),
+    "blur_frames": (),
+    "black_frames": ("blur_frames",),
+    "overexposed_frames": ("blur_frames", "black_frames"),
+    "flicker_frames": ("blur_frames", "black_frames", "overexposed_frames"),
+    "frozen_frames": ("blur_frames", "black_frames", "overexposed_frames", "flicker_frames"),
+    "nan_controls": (),
+    "out_of_range_controls": (),
+    "bad_command": (),
+    "repeated_frame_ids": (),
+    "garbage_lines": (),
+}
+PICTURE_KNOBS = ("black_frames", "overexposed_frames", "flicker_frames", "frozen_frames")
 
 
 def _pick(rng: np.random.Generator, n: int, count: int, *, exclude: set[int] = frozenset(),
@@ -337,82 +374,125 @@ def _pick(rng: np.random.Generator, n: int, count: int, *, exclude: set[int] = f
     return sorted(int(i) for i in rng.choice(pool, size=count, replace=False)) if count else []
 
 
-def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTruth:
-    """Writes ``out_dir/session/`` and ``out_dir/truth.json``; returns the truth."""
-    cfg = config or SynthConfig()
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    session_dir = out_dir / SESSION_DIR_NAME
-    if session_dir.exists():
-        shutil.rmtree(session_dir)
-    session_dir.mkdir(parents=True)
-    rng = np.random.default_rng(cfg.seed)
+# --- plan: everything decided before a pixel is drawn or a byte written ----------------------------
+
+MOUNT = Mount()  # the CARLA evaluator agent's front camera, the format's default
+DIFFUSION_LAG_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """The sizes, the route, the clocks and the frames every corruption touches, for one config."""
+
+    config: SynthConfig
+    frame_count: int
+    cell_px: int
+    fx: float
+    bitrate: int
+    route: _Route
+    t_render_ms: np.ndarray  # page clock, before clock skew and drift (swapped pairs already swapped)
+    t_capture_ms: np.ndarray
+    pts_ms: np.ndarray  # the recorder's clock; page-clock corruptions never touch it
+    picks: dict[str, list[int]]  # knob of FRAME_PICKS -> sorted frame indices
+
+    def page_ms(self, t: float) -> float:
+        """A page-clock time as the logs state it (with the clock_skew_ms and clock_drift knobs)."""
+        return float(t) * (1.0 + self.config.clock_drift) + self.config.clock_skew_ms
+
+    def picked(self, knob: str) -> set[int]:
+        """The frames ``knob`` touches."""
+        return set(self.picks[knob])
+
+
+def plan_session(cfg: SynthConfig) -> SessionPlan:
+    """Checks the config and draws the route, the clocks and each corruption's frames, each from its stream."""
     w, h, fps = cfg.width, cfg.height, cfg.fps
     if w % 2 or h % 2:
         raise ValueError(f"width and height must be even, got {w}x{h}")
     n = max(1, round(cfg.duration_s * fps))
     if n > MAX_FRAME_ID:
         raise ValueError(f"{n} frames exceed the barcode's {MAX_FRAME_ID + 1}")
-    cell_px = cfg.cell_px or barcode.default_cell_px(h)
-    fx = (w / 2) / math.tan(math.radians(cfg.fov_deg) / 2)
-    bitrate = cfg.bitrate or int(2_500_000 * (w * h * fps) / (1280 * 720 * 30))
-    mount = {"x_m": 1.3, "y_m": 0.0, "z_m": 2.3, "pitch_deg": 0.0, "yaw_deg": 0.0, "roll_deg": 0.0}
-    mount_r = rotation(mount["yaw_deg"], mount["pitch_deg"], mount["roll_deg"])
-    mount_t = np.array([mount["x_m"], mount["y_m"], mount["z_m"]])
-
-    route = _make_route(rng, CRUISE_MPS * n / fps + 120.0)
-    t_render, t_capture, pts = _clocks(n, fps, rng)
-    # Page-clock corruptions touch the logs only; the recorder's pts keep the real time.
-    page = lambda t: float(t) * (1.0 + cfg.clock_drift) + cfg.clock_skew_ms
-    swaps = _pick(rng, n - 1, cfg.non_monotonic_timestamps)
-    for i in swaps:
+    route = _make_route(stream(cfg.seed, "route"), CRUISE_MPS * n / fps + 120.0)
+    t_render, t_capture, pts = _clocks(n, fps, stream(cfg.seed, "clocks"))
+    picks: dict[str, list[int]] = {}
+    for knob, avoid in FRAME_PICKS.items():
+        taken = set().union(*(picks[a] for a in avoid))
+        pool = n - 1 if knob == "non_monotonic_timestamps" else n  # a swap takes frame i and i + 1
+        picks[knob] = _pick(stream(cfg.seed, f"pick:{knob}"), pool, getattr(cfg, knob), exclude=taken,
+                            margin=3 if knob in PICTURE_KNOBS else 2)
+    for i in picks["non_monotonic_timestamps"]:
         t_render[[i, i + 1]] = t_render[[i + 1, i]]
         t_capture[[i, i + 1]] = t_capture[[i + 1, i]]
-    dropped = set(_pick(rng, n, cfg.drop_frames))
-    duplicated = set(_pick(rng, n, cfg.duplicate_frames, exclude=dropped))
-    blurred = set(_pick(rng, n, cfg.blur_frames))
-    # Picture corruptions get their own generator, so turning one on changes nothing else.
-    picture_rng = np.random.default_rng([cfg.seed, 7])
-    picture: dict[str, set[int]] = {}
-    for knob in ("black_frames", "overexposed_frames", "flicker_frames", "frozen_frames"):
-        taken = set().union(*picture.values()) if picture else set()
-        picture[knob] = set(_pick(picture_rng, n, getattr(cfg, knob), exclude=taken | blurred, margin=3))
-    last_image: np.ndarray | None = None
-    unlogged = set(_pick(rng, n, cfg.unlogged_frame_ids, exclude=dropped | duplicated))
-    nan_lines = set(_pick(rng, n, cfg.nan_controls))
-    range_lines = set(_pick(rng, n, cfg.out_of_range_controls))
-    command_lines = set(_pick(rng, n, cfg.bad_command))
-    repeat_lines = set(_pick(rng, n, cfg.repeated_frame_ids))
-    garbage = set(_pick(rng, n, cfg.garbage_lines))
+    return SessionPlan(
+        config=cfg, frame_count=n, cell_px=cfg.cell_px or barcode.default_cell_px(h),
+        fx=(w / 2) / math.tan(math.radians(cfg.fov_deg) / 2),
+        bitrate=cfg.bitrate or int(2_500_000 * (w * h * fps) / (1280 * 720 * 30)),
+        route=route, t_render_ms=t_render, t_capture_ms=t_capture, pts_ms=pts, picks=picks)
 
-    renderer = Renderer(City(cfg.seed), w, h, fx, fx, w / 2, h / 2)
+
+# --- drive: the car along the route, one tick per rendered frame ------------------------------------
+
+
+@dataclass(frozen=True)
+class DriveTick:
+    """The car at one rendered frame: where it is, what the player pressed, what the route says."""
+
+    s_m: float  # arc length along the route
+    x_m: float
+    y_m: float
+    yaw_rad: float
+    speed_mps: float
+    steer: float
+    throttle: float
+    brake: float
+    command: RoadOption
+    vehicle_r: np.ndarray
+    camera_p: np.ndarray
+    camera_r: np.ndarray
+
+
+def drive(plan: SessionPlan) -> list[DriveTick]:
+    """A steady player's drive along the plan's route; the controls' noise has its own stream."""
+    route, fps = plan.route, plan.config.fps
+    rng = stream(plan.config.seed, "drive")
+    mount_r = rotation(MOUNT.yaw_deg, MOUNT.pitch_deg, MOUNT.roll_deg)
+    mount_t = np.array([MOUNT.x_m, MOUNT.y_m, MOUNT.z_m])
     st = _State(float(route.points[0][0]), float(route.points[0][1]), 0.0, 0.0)
     d0 = route.points[1] - route.points[0]
     st.yaw = math.atan2(d0[1], d0[0])
     hint, s_prev = 0, 0.0
-    dt = 1.0 / fps
-    diffusion_lag = 5
-    video_frames: list[tuple[int, int]] = []
-    events: list[dict[str, Any]] = []
-    probes: list[dict[str, Any]] = []
-    last_sent = {"axis0": 0.0, "button7": 0.0, "button6": 0.0}
-    infraction_frame = n // 2 if cfg.infractions else -1
+    ticks: list[DriveTick] = []
+    for _ in range(plan.frame_count):
+        s, hint = route.project(np.array([st.x, st.y]), hint)
+        s = max(s, s_prev)
+        s_prev = s
+        steer, throttle, brake = _controls(route, st, s, rng)
+        vehicle_r = rotation(math.degrees(st.yaw), 0.0, 0.0)
+        ticks.append(DriveTick(s, st.x, st.y, st.yaw, st.v, steer, throttle, brake, _command(route, s), vehicle_r,
+                               np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t, vehicle_r @ mount_r))
+        _step(st, steer, throttle, brake, 1.0 / fps)
+    return ticks
+
+
+# --- video: render, corrupt the picture, draw the barcode, encode ------------------------------------
+
+
+def write_video(plan: SessionPlan, ticks: list[DriveTick], path: Path) -> list[tuple[int, int]]:
+    """Renders and encodes every tick as the recorder would; returns (barcoded id, pts_ms) per encoded frame."""
+    cfg, n, pts = plan.config, plan.frame_count, plan.pts_ms
+    w, h = cfg.width, cfg.height
+    dropped, duplicated, unlogged = (plan.picked(k) for k in ("drop_frames", "duplicate_frames",
+                                                              "unlogged_frame_ids"))
+    blurred = plan.picked("blur_frames")
+    picture = {k: plan.picked(k) for k in PICTURE_KNOBS}
     blur_sigma = max(2.5, h / 160)  # a defocus of several pixels at any resolution
-
-    video_path = session_dir / VIDEO_NAME
-    writer = VideoWriter(video_path, w, h, codec="libvpx-vp9" if cfg.wrong_codec else "libvpx",
-                         bitrate=bitrate, fps_hint=round(fps))
-    with writer, open(session_dir / FRAMES_NAME, "w", encoding="utf-8") as frames_out:
-        for i in range(n):
-            s, hint = route.project(np.array([st.x, st.y]), hint)
-            s = max(s, s_prev)
-            s_prev = s
-            steer, throttle, brake = _controls(route, st, s, rng)
-            vehicle_r = rotation(math.degrees(st.yaw), 0.0, 0.0)
-            cam_r = vehicle_r @ mount_r
-            cam_p = np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t
-
-            image = renderer.render(cam_p, cam_r)
+    renderer = Renderer(City(cfg.seed), w, h, plan.fx, plan.fx, w / 2, h / 2)
+    video_frames: list[tuple[int, int]] = []
+    last_image: np.ndarray | None = None
+    with VideoWriter(path, w, h, codec="libvpx-vp9" if cfg.wrong_codec else "libvpx", bitrate=plan.bitrate,
+                     fps_hint=round(cfg.fps)) as writer:
+        for i, tick in enumerate(ticks):
+            image = renderer.render(tick.camera_p, tick.camera_r)
             if i in blurred:
                 image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
             if cfg.diffusion:
@@ -429,119 +509,201 @@ def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTrut
                 last_image = image.copy()
             shown_id = i + 500_000 if i in unlogged else i
             if not cfg.no_barcode:
-                barcode.draw(image, shown_id, cell_px)
-            if i not in dropped:
-                writer.write_bgr(image, int(pts[i]))
-                video_frames.append((shown_id, int(pts[i])))
-                if i in duplicated:
-                    gap = (int(pts[i + 1]) - int(pts[i])) if i + 1 < n else 34
-                    dup_pts = int(pts[i]) + max(1, gap // 2)
-                    writer.write_bgr(image, dup_pts)
-                    video_frames.append((shown_id, dup_pts))
+                barcode.draw(image, shown_id, plan.cell_px)
+            if i in dropped:
+                continue
+            writer.write_bgr(image, int(pts[i]))
+            video_frames.append((shown_id, int(pts[i])))
+            if i in duplicated:
+                gap = (int(pts[i + 1]) - int(pts[i])) if i + 1 < n else 34
+                dup_pts = int(pts[i]) + max(1, gap // 2)
+                writer.write_bgr(image, dup_pts)
+                video_frames.append((shown_id, dup_pts))
+    return video_frames
 
-            record: dict[str, Any] = {
-                "frame_id": i - 1 if i in repeat_lines else i,
-                "t_render_ms": round(page(t_render[i]), 3),
-                "t_capture_ms": round(page(t_capture[i]), 3),
-                "sim_t_ms": round(i * 1000.0 / fps, 3),
-                "vehicle": _pose_dict(st.x, st.y, 0.0, vehicle_r),
-                "camera": _pose_dict(float(cam_p[0]), float(cam_p[1]), float(cam_p[2]), cam_r),
-                "speed_mps": round(st.v, 4),
-                "controls": {"steer": round(steer, 4), "throttle": round(throttle, 4), "brake": round(brake, 4)},
-                "command": int(_command(route, s)),
-                "route": {"progress": round(min(1.0, s / route.length_m), 6),
-                          "distance_remaining_m": round(max(0.0, route.length_m - s), 3)},
-                "infractions": [{"kind": "collision_static", "actor": "building", "impulse_ns": 850.0}]
-                if i == infraction_frame else [],
-                "diffusion_frame_id": (i - diffusion_lag if i >= diffusion_lag else None) if cfg.diffusion else None,
-            }
-            if i in nan_lines:
-                record["controls"]["throttle"] = float("nan")
-            if i in range_lines:
-                record["controls"]["steer"] = 1.7
-            if i in command_lines:
-                record["command"] = 0
-            line = "{not json" if i in garbage else json.dumps(record, separators=(",", ":"))
-            frames_out.write(line + "\n")
 
-            for code, value in (("axis0", steer), ("button7", throttle), ("button6", brake)):
-                if abs(value - last_sent[code]) > 0.02 or (i == 0 and value):
-                    kind = "axis" if code.startswith("axis") else "button"
-                    events.append({"t_ms": round(page(max(0.0, t_render[i] - rng.uniform(2, 12))), 3), "device": "gamepad",
-                                   "kind": kind, "code": code, "value": round(value, 4)})
-                    last_sent[code] = value
-            if i % 10 == 0:
-                probes.append({"t_ms": round(page(t_capture[i]), 3), "kind": "frame_present",
-                               "sent_ms": round(page(t_render[i]), 3), "received_ms": round(page(t_capture[i]), 3),
-                               "frame_id": i})
-            if cfg.diffusion and i >= diffusion_lag:
-                sent = page(t_render[i - diffusion_lag])
-                probes.append({"t_ms": round(page(t_render[i]), 3), "kind": "diffusion_rtt",
-                               "sent_ms": round(sent, 3), "received_ms": round(page(t_render[i]) - 1.0, 3),
-                               "frame_id": i - diffusion_lag})
-            _step(st, steer, throttle, brake, dt)
-
-    horn_t = float(t_render[n // 3])
-    events += [{"t_ms": round(page(horn_t), 3), "device": "keyboard", "kind": "keydown", "code": "KeyH", "value": 1},
-               {"t_ms": round(page(horn_t + 180.0), 3), "device": "keyboard", "kind": "keyup", "code": "KeyH",
-                "value": 0}]
-    events.sort(key=lambda e: e["t_ms"])
-    probes.sort(key=lambda p: p["t_ms"])
-    with open(session_dir / EVENTS_NAME, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
-    with open(session_dir / LATENCY_NAME, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(p, separators=(",", ":")) + "\n" for p in probes)
-
-    video_size = video_path.stat().st_size
+def damage_video(plan: SessionPlan, path: Path) -> None:
+    """The byte-level video knobs: replace the file with random bytes, cut its end off."""
+    cfg = plan.config
+    size = path.stat().st_size
     if cfg.garbage_video:
-        video_path.write_bytes(rng.bytes(video_size))
-    cut = cfg.truncate_video_bytes + int(video_size * cfg.truncate_video_fraction)
+        path.write_bytes(stream(cfg.seed, "garbage_video").bytes(size))
+    cut = cfg.truncate_video_bytes + int(size * cfg.truncate_video_fraction)
     if cut:
-        with open(video_path, "r+b") as f:
-            f.truncate(max(0, video_size - cut))
+        with open(path, "r+b") as f:
+            f.truncate(max(0, size - cut))
 
-    session_id = f"synth-{cfg.seed:x}-{w}x{h}"
-    created = datetime(2025, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=cfg.seed % 100_000)
-    files = [VIDEO_NAME, FRAMES_NAME, EVENTS_NAME, LATENCY_NAME]
-    entries = []
-    for name in files:
+
+# --- logs: frames.jsonl, events.jsonl, latency.jsonl ------------------------------------------------
+
+
+def _pose_dict(x: float, y: float, z: float, r: np.ndarray) -> dict[str, float]:
+    yaw, pitch, roll = angles(r)
+    return {"x_m": round(x, 3), "y_m": round(y, 3), "z_m": round(z, 3), "yaw_deg": round(_wrap(yaw), 3),
+            "pitch_deg": round(pitch, 3), "roll_deg": round(roll, 3)}
+
+
+def _wrap(deg: float) -> float:
+    w = (deg + 180.0) % 360.0 - 180.0
+    return 180.0 if w == -180.0 else w
+
+
+def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
+    """frames.jsonl, line by line, with the log corruptions the plan picked."""
+    cfg, route, fps = plan.config, plan.route, plan.config.fps
+    nan_lines, range_lines, command_lines, repeat_lines, garbage = (plan.picked(k) for k in (
+        "nan_controls", "out_of_range_controls", "bad_command", "repeated_frame_ids", "garbage_lines"))
+    infraction_frame = plan.frame_count // 2 if cfg.infractions else -1
+    for i, t in enumerate(ticks):
+        if i in garbage:
+            yield "{not json"
+            continue
+        record: dict[str, Any] = {
+            "frame_id": i - 1 if i in repeat_lines else i,
+            "t_render_ms": round(plan.page_ms(plan.t_render_ms[i]), 3),
+            "t_capture_ms": round(plan.page_ms(plan.t_capture_ms[i]), 3),
+            "sim_t_ms": round(i * 1000.0 / fps, 3),
+            "vehicle": _pose_dict(t.x_m, t.y_m, 0.0, t.vehicle_r),
+            "camera": _pose_dict(float(t.camera_p[0]), float(t.camera_p[1]), float(t.camera_p[2]), t.camera_r),
+            "speed_mps": round(t.speed_mps, 4),
+            "controls": {"steer": round(t.steer, 4), "throttle": round(t.throttle, 4), "brake": round(t.brake, 4)},
+            "command": int(t.command),
+            "route": {"progress": round(min(1.0, t.s_m / route.length_m), 6),
+                      "distance_remaining_m": round(max(0.0, route.length_m - t.s_m), 3)},
+            "infractions": [{"kind": "collision_static", "actor": "building", "impulse_ns": 850.0}]
+            if i == infraction_frame else [],
+            "diffusion_frame_id": (i - DIFFUSION_LAG_FRAMES if i >= DIFFUSION_LAG_FRAMES else None)
+            if cfg.diffusion else None,
+        }
+        if i in nan_lines:
+            record["controls"]["throttle"] = float("nan")
+        if i in range_lines:
+            record["controls"]["steer"] = 1.7
+        if i in command_lines:
+            record["command"] = 0
+        yield json.dumps(record, separators=(",", ":"))
+
+
+def input_events(plan: SessionPlan, ticks: list[DriveTick]) -> list[dict[str, Any]]:
+    """events.jsonl: the gamepad changes a player made (each a little before its frame) and one horn press."""
+    rng = stream(plan.config.seed, "events")
+    events: list[dict[str, Any]] = []
+    last_sent = {"axis0": 0.0, "button7": 0.0, "button6": 0.0}
+    for i, t in enumerate(ticks):
+        for code, value in (("axis0", t.steer), ("button7", t.throttle), ("button6", t.brake)):
+            if abs(value - last_sent[code]) > 0.02 or (i == 0 and value):
+                kind = "axis" if code.startswith("axis") else "button"
+                t_ms = plan.page_ms(max(0.0, plan.t_render_ms[i] - rng.uniform(2, 12)))
+                events.append({"t_ms": round(t_ms, 3), "device": "gamepad", "kind": kind, "code": code,
+                               "value": round(value, 4)})
+                last_sent[code] = value
+    horn_t = float(plan.t_render_ms[plan.frame_count // 3])
+    events += [{"t_ms": round(plan.page_ms(horn_t), 3), "device": "keyboard", "kind": "keydown", "code": "KeyH",
+                "value": 1},
+               {"t_ms": round(plan.page_ms(horn_t + 180.0), 3), "device": "keyboard", "kind": "keyup",
+                "code": "KeyH", "value": 0}]
+    events.sort(key=lambda e: e["t_ms"])
+    return events
+
+
+def latency_probes(plan: SessionPlan) -> list[dict[str, Any]]:
+    """latency.jsonl: a frame-present probe every tenth frame, and the diffusion round trip when it is on."""
+    cfg, page = plan.config, plan.page_ms
+    probes: list[dict[str, Any]] = []
+    for i in range(plan.frame_count):
+        if i % 10 == 0:
+            probes.append({"t_ms": round(page(plan.t_capture_ms[i]), 3), "kind": "frame_present",
+                           "sent_ms": round(page(plan.t_render_ms[i]), 3),
+                           "received_ms": round(page(plan.t_capture_ms[i]), 3), "frame_id": i})
+        if cfg.diffusion and i >= DIFFUSION_LAG_FRAMES:
+            probes.append({"t_ms": round(page(plan.t_render_ms[i]), 3), "kind": "diffusion_rtt",
+                           "sent_ms": round(page(plan.t_render_ms[i - DIFFUSION_LAG_FRAMES]), 3),
+                           "received_ms": round(page(plan.t_render_ms[i]) - 1.0, 3),
+                           "frame_id": i - DIFFUSION_LAG_FRAMES})
+    probes.sort(key=lambda p: p["t_ms"])
+    return probes
+
+
+def write_logs(plan: SessionPlan, ticks: list[DriveTick], session_dir: Path) -> None:
+    """Writes frames.jsonl, events.jsonl and latency.jsonl."""
+    for name, lines in ((FRAMES_NAME, frame_lines(plan, ticks)),
+                        (EVENTS_NAME, (json.dumps(e, separators=(",", ":")) for e in input_events(plan, ticks))),
+                        (LATENCY_NAME, (json.dumps(p, separators=(",", ":")) for p in latency_probes(plan)))):
+        with open(session_dir / name, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+
+
+# --- manifest: the spec's own model, with the manifest knobs' lies ----------------------------------
+
+
+def session_id_of(cfg: SynthConfig) -> str:
+    """The session id a config's session carries."""
+    return f"synth-{cfg.seed:x}-{cfg.width}x{cfg.height}"
+
+
+def build_manifest(plan: SessionPlan, session_dir: Path) -> Manifest:
+    """The manifest of the files in ``session_dir``, as a :class:`~.spec.Manifest`."""
+    cfg, route = plan.config, plan.route
+    files = []
+    for name in (VIDEO_NAME, FRAMES_NAME, EVENTS_NAME, LATENCY_NAME):
         p = session_dir / name
-        entries.append({"path": name, "size_bytes": p.stat().st_size, "sha256": file_sha256(p),
-                        "content_type": REQUIRED_FILES[name]})
-    for e in entries:
-        if e["path"] == cfg.wrong_hash:
-            e["sha256"] = hashlib.sha256(b"not the file" + e["sha256"].encode()).hexdigest()
-        if e["path"] == cfg.wrong_size:
-            e["size_bytes"] += 1
-    mw, mh = (w * 2, h * 2) if cfg.wrong_resolution else (w, h)
-    mfx = (mw / 2) / math.tan(math.radians(cfg.fov_deg) / 2)
-    goal = route.points[-1]
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "session_id": session_id,
-        "player_id": "synth-player",
-        "created_at": created.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-        "client": {"build": "synth-1", "user_agent": "sd_common.session_format.synth"},
-        "city": {"name": "grid", "seed": cfg.seed},
-        "route": {"route_id": f"route-{cfg.seed:x}",
-                  "start": {"x_m": round(float(route.points[0][0]), 3), "y_m": round(float(route.points[0][1]), 3),
-                            "z_m": 0.0},
-                  "goal": {"x_m": round(float(goal[0]), 3), "y_m": round(float(goal[1]), 3), "z_m": 0.0},
-                  "length_m": round(route.length_m, 3)},
-        "recording": {"width": mw, "height": mh, "fps_target": fps, "codec": "vp8", "container": "webm"},
-        "camera": {"intrinsics": {"fov_deg": cfg.fov_deg, "fx": round(mfx, 4), "fy": round(mfx, 4),
-                                  "cx": mw / 2, "cy": mh / 2},
-                   "mount": mount},
-        "barcode": {"cells": 23, "cell_px": cell_px, "bits": 20, "marker": [1, 0], "parity": "even",
-                    "origin": "bottom-left", "threshold": 127},
-        "diffusion": {"enabled": cfg.diffusion, "backend": "webrtc" if cfg.diffusion else None,
-                      "prompt": "a rainy evening street, photorealistic" if cfg.diffusion else None,
-                      "model": "synth-colormap" if cfg.diffusion else None},
-        "duration_s": round(float(t_capture[-1]) / 1000.0 + 0.5, 3),
-        "frame_count": n + cfg.frame_count_off,
-        "files": entries,
-    }
-    (session_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        sha, size = file_sha256(p), p.stat().st_size
+        if name == cfg.wrong_hash:
+            sha = hashlib.sha256(b"not the file" + sha.encode()).hexdigest()
+        if name == cfg.wrong_size:
+            size += 1
+        files.append(FileEntry(path=name, size_bytes=size, sha256=sha, content_type=REQUIRED_FILES[name]))
+    mw, mh = (cfg.width * 2, cfg.height * 2) if cfg.wrong_resolution else (cfg.width, cfg.height)
+    mfx = round((mw / 2) / math.tan(math.radians(cfg.fov_deg) / 2), 4)
+    created = datetime(2025, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=cfg.seed % 100_000)
+    start, goal = route.points[0], route.points[-1]
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        session_id=session_id_of(cfg),
+        player_id="synth-player",
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        client=Client(build="synth-1", user_agent="sd_common.session_format.synth"),
+        city=CityRef(name="grid", seed=cfg.seed),
+        route=RoutePlan(route_id=f"route-{cfg.seed:x}",
+                        start=Point(x_m=round(float(start[0]), 3), y_m=round(float(start[1]), 3)),
+                        goal=Point(x_m=round(float(goal[0]), 3), y_m=round(float(goal[1]), 3)),
+                        length_m=round(route.length_m, 3)),
+        recording=Recording(width=mw, height=mh, fps_target=float(cfg.fps)),
+        camera=Camera(intrinsics=Intrinsics(fov_deg=float(cfg.fov_deg), fx=mfx, fy=mfx, cx=mw / 2, cy=mh / 2),
+                      mount=MOUNT),
+        barcode=BarcodeSpec(cell_px=plan.cell_px),
+        diffusion=Diffusion(enabled=cfg.diffusion, backend="webrtc", prompt="a rainy evening street, photorealistic",
+                            model="synth-colormap") if cfg.diffusion else Diffusion(enabled=False),
+        duration_s=round(float(plan.t_capture_ms[-1]) / 1000.0 + 0.5, 3),
+        frame_count=plan.frame_count + cfg.frame_count_off,
+        files=files,
+    )
+
+
+def write_manifest(manifest: Manifest, session_dir: Path) -> None:
+    """manifest.json as a client writes it (UTF-8 JSON, two-space indent)."""
+    (session_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+# --- the session -------------------------------------------------------------------------------------
+
+
+def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTruth:
+    """Writes ``out_dir/session/`` and ``out_dir/truth.json``; returns the truth."""
+    cfg = config or SynthConfig()
+    started = time.perf_counter()
+    plan = plan_session(cfg)
+    out_dir = Path(out_dir)
+    session_dir = out_dir / SESSION_DIR_NAME
+    if session_dir.exists():
+        shutil.rmtree(session_dir)
+    session_dir.mkdir(parents=True)
+
+    ticks = drive(plan)
+    video_frames = write_video(plan, ticks, session_dir / VIDEO_NAME)
+    write_logs(plan, ticks, session_dir)
+    damage_video(plan, session_dir / VIDEO_NAME)
+    write_manifest(build_manifest(plan, session_dir), session_dir)
     if cfg.missing_file:
         (session_dir / cfg.missing_file).unlink(missing_ok=True)
     if cfg.unlisted_file:
@@ -550,13 +712,13 @@ def synth_session(out_dir: Path, config: SynthConfig | None = None) -> SynthTrut
     corruptions = cfg.corruptions()
     truth = SynthTruth(
         session_dir=session_dir,
-        session_id=session_id,
-        frame_count=n,
+        session_id=session_id_of(cfg),
+        frame_count=plan.frame_count,
         video_frames=video_frames,
-        dropped_frame_ids=sorted(dropped),
-        duplicated_frame_ids=sorted(duplicated),
-        blurred_frame_ids=sorted(blurred),
-        picture_frame_ids={k: sorted(v) for k, v in picture.items() if v},
+        dropped_frame_ids=plan.picks["drop_frames"],
+        duplicated_frame_ids=plan.picks["duplicate_frames"],
+        blurred_frame_ids=plan.picks["blur_frames"],
+        picture_frame_ids={k: plan.picks[k] for k in PICTURE_KNOBS if plan.picks[k]},
         corruptions=corruptions,
         expected_problem_codes=sorted({c for k in corruptions if (c := CORRUPTIONS[k].expected_code)}),
         config=dataclasses.asdict(cfg),

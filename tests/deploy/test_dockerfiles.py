@@ -195,8 +195,10 @@ def tracked_files(under: str) -> list[str]:
         # Tracked files and new ones git does not ignore: what a build from this working tree would see.
         out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", under],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: cannot list the tracked files a COPY must carry")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        # A check that cannot see the files would pass for any Dockerfile: fail, and say what it needs.
+        pytest.fail(f"cannot list the tracked files a COPY must carry (git ls-files: {exc}); run the tests "
+                    "from a git checkout with git installed")
     return out.split()
 
 

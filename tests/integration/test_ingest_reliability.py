@@ -145,7 +145,9 @@ def _status(port: int, sid: str):
 def test_a_processor_killed_mid_session_is_retried_and_finishes_once(procs, session_6s):
     processor_port, ingest_port = free_port(), free_port()
     first = procs.processor(processor_port, "slow:30")
-    procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=6)
+    # Retries back off to 1 s; 30 attempts give the new processor about 25 s to come up, which a loaded
+    # machine needs (6 attempts, about 3 s, ran out while it was still importing).
+    procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=30)
     _upload(procs.store_root, session_6s, "sess-kill")
     _wait(lambda: any(c["outcome"] == "started" for c in _calls(procs.log_dir)), 60, "the first dispatch")
     first.send_signal(signal.SIGKILL)

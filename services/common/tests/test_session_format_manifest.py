@@ -266,9 +266,11 @@ def test_the_worked_examples_in_the_spec_are_valid():
     for line in frames:
         rec = FrameRecord.model_validate_json(line)
         assert rec.command == RoadOption.LEFT
-    for line in _doc_json_blocks("event"):
+    events, probes = _doc_json_blocks("event"), _doc_json_blocks("latency")
+    assert events and probes  # a spec without examples would pass the loops below for nothing
+    for line in events:
         InputEvent.model_validate_json(line)
-    for line in _doc_json_blocks("latency"):
+    for line in probes:
         LatencyProbe.model_validate_json(line)
 
 

@@ -70,7 +70,7 @@ class Harness:
             "grpc_port": 0, "metrics_port": 0, "state_dir": self.tmp / "ingest", "database_url": self.db_url,
             "processor_target": f"127.0.0.1:{self.processor_port}", "scan_interval_s": 0.1,
             "receive_wait_s": 0.1, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.2, "lease_s": 30.0,
-            "dispatch_idle_timeout_s": 5.0, "shutdown_grace_s": 1.0, "visibility_timeout_s": 5.0, **overrides})
+            "dispatch_idle_timeout_s": 10.0, "shutdown_grace_s": 1.0, "visibility_timeout_s": 5.0, **overrides})
         ingest = await start_ingest(settings, self.store_settings)
         self.ingests.append(ingest)
         return ingest
@@ -162,8 +162,9 @@ async def test_failed_attempts_are_retried_with_backoff_until_one_succeeds(harne
 
 async def test_a_hung_processor_is_cancelled_and_the_session_retried(harness, session_6s):
     await harness.start_processor(["hang", "ok"])
-    # Long enough for an "ok" call (which writes its frames without progress messages) on a busy machine.
-    await harness.start_ingest(dispatch_idle_timeout_s=3.0, max_attempts=4)
+    # The harness's idle timeout (10 s) is long enough for an "ok" call, which writes its frames without
+    # progress messages, on a loaded machine; the hung call is cancelled after it.
+    await harness.start_ingest(max_attempts=4)
     await put_session(harness.store, session_6s, "sess-d")
     rec = await harness.wait_state("sess-d", S.PROCESSED, S.FAILED)
     assert (rec.state, rec.attempts) == (S.PROCESSED, 2)

@@ -93,9 +93,13 @@ def clean_pair(tmp_path_factory):
     return cfg, synth_session(tmp_path_factory.mktemp("clean"), cfg)
 
 
-def test_a_log_knob_leaves_the_drive_events_and_video_as_they_were(clean_pair, tmp_path) -> None:
+LINE_KNOBS = ("nan_controls", "out_of_range_controls", "bad_command", "repeated_frame_ids", "garbage_lines")
+
+
+@pytest.mark.parametrize("knob", LINE_KNOBS)
+def test_a_log_line_knob_leaves_the_drive_events_and_video_as_they_were(clean_pair, tmp_path, knob) -> None:
     cfg, clean = clean_pair
-    broken = synth_session(tmp_path, cfg.with_corruption("nan_controls"))
+    broken = synth_session(tmp_path, cfg.with_corruption(knob))
     a, b = clean.session_dir, broken.session_dir
     assert broken.video_frames == clean.video_frames
     assert _pictures(b) == _pictures(a)  # the file's bytes differ: the muxer writes a random segment UID
@@ -103,13 +107,14 @@ def test_a_log_knob_leaves_the_drive_events_and_video_as_they_were(clean_pair, t
     assert _read(b, "latency.jsonl") == _read(a, "latency.jsonl")
     lines_a, lines_b = _read(a, "frames.jsonl").splitlines(), _read(b, "frames.jsonl").splitlines()
     changed = [i for i, (x, y) in enumerate(zip(lines_a, lines_b, strict=True)) if x != y]
-    assert changed == plan_session(cfg.with_corruption("nan_controls")).picks["nan_controls"]
-    assert len(changed) == CORRUPTIONS["nan_controls"].on_value
-    for i in changed:  # the NaN is the only difference on those lines
-        x, y = json.loads(lines_a[i]), json.loads(lines_b[i])
-        assert y["controls"]["throttle"] != y["controls"]["throttle"]
-        y["controls"]["throttle"] = x["controls"]["throttle"]
-        assert x == y
+    assert changed == plan_session(cfg.with_corruption(knob)).picks[knob]
+    assert len(changed) == CORRUPTIONS[knob].on_value
+    if knob == "nan_controls":
+        for i in changed:  # the NaN is the only difference on those lines
+            x, y = json.loads(lines_a[i]), json.loads(lines_b[i])
+            assert y["controls"]["throttle"] != y["controls"]["throttle"]
+            y["controls"]["throttle"] = x["controls"]["throttle"]
+            assert x == y
 
 
 def test_a_video_knob_leaves_every_log_as_it_was(clean_pair, tmp_path) -> None:

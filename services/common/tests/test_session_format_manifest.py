@@ -196,7 +196,10 @@ def test_any_bytes_either_parse_or_raise_problem_error(data):
     try:
         parse_manifest(data)
     except ProblemError as exc:
+        assert exc.problems
         assert all(p.code.startswith("manifest_") and p.path.startswith("manifest.json") for p in exc.problems)
+    else:  # only a complete manifest may parse
+        assert set(json.loads(data)) == set(Manifest.model_fields), data
 
 
 @settings(max_examples=150, deadline=None)

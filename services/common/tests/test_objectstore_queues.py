@@ -141,7 +141,8 @@ async def test_two_processes_never_get_the_same_message(tmp_path: Path) -> None:
     go = tmp_path / "go"
     names = [str(tmp_path / f"consumer{i}") for i in range(2)]
     consumers = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", _CONSUMER, str(tmp_path / "q"), me, other, str(go))
+        await asyncio.create_subprocess_exec(sys.executable, "-c", _CONSUMER, str(tmp_path / "q"), me, other,
+                                             str(go))
         for me, other in (names, names[::-1])
     ]
     # Both have imported and opened the queue before either may start.

@@ -223,8 +223,8 @@ def test_any_json_value_in_any_field_is_a_problem_not_a_crash(value):
             assert exc.problems
             for p in exc.problems:
                 assert p.code.startswith("manifest_") and p.message, p
-                assert p.path == f"manifest.json:{key}" or p.path.startswith((f"manifest.json:{key}.",
-                                                                                f"manifest.json:{key}[")), (key, p)
+                at = f"manifest.json:{key}"
+                assert p.path == at or p.path.startswith((f"{at}.", f"{at}[")), (key, p)
             assert not _must_parse(key, value), (key, value, exc.problems)
         else:
             assert _could_be_valid(key, value), f"{key}={value!r} was accepted"
@@ -237,13 +237,15 @@ def _could_be_valid(key: str, value) -> bool:
     if key == "frame_count":
         return _must_parse(key, value)
     if key == "created_at":
-        return isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)", value)
+        rfc3339_utc = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)"
+        return isinstance(value, str) and re.fullmatch(rfc3339_utc, value) is not None
     if key == "route":
         return isinstance(value, dict) and {"route_id", "start", "goal", "length_m"} <= set(value)
     if key == "camera":
         return isinstance(value, dict) and "intrinsics" in value
     # files: at least the four files every session lists, each a complete entry
-    return isinstance(value, list) and len(value) >= 4 and all(isinstance(f, dict) and len(f) == 4 for f in value)
+    return isinstance(value, list) and len(value) >= 4 and all(isinstance(f, dict) and len(f) == 4
+                                                               for f in value)
 
 
 def _must_parse(key: str, value) -> bool:

@@ -43,8 +43,8 @@ def _drive_of(plan) -> list[tuple]:
 
 
 def _plan_state(plan) -> dict:
-    return {"route": plan.route.points.tolist(), "crossings": plan.route.crossings, "pts": plan.pts_ms.tolist(),
-            "drive": _drive_of(plan)}
+    return {"route": plan.route.points.tolist(), "crossings": plan.route.crossings,
+            "pts": plan.pts_ms.tolist(), "drive": _drive_of(plan)}
 
 
 @pytest.mark.parametrize("knob", sorted(FRAME_PICKS))
@@ -122,7 +122,8 @@ def test_a_video_knob_leaves_every_log_as_it_was(clean_pair, tmp_path) -> None:
     broken = synth_session(tmp_path, cfg.with_corruption("drop_frames"))
     for name in ("frames.jsonl", "events.jsonl", "latency.jsonl"):
         assert _read(broken.session_dir, name) == _read(clean.session_dir, name), name
-    assert len(_pictures(broken.session_dir)) == len(_pictures(clean.session_dir)) - CORRUPTIONS["drop_frames"].on_value
+    dropped = CORRUPTIONS["drop_frames"].on_value
+    assert len(_pictures(broken.session_dir)) == len(_pictures(clean.session_dir)) - dropped
     assert len(broken.video_frames) == len(clean.video_frames) - CORRUPTIONS["drop_frames"].on_value
     assert [f for f in clean.video_frames if f[0] not in broken.dropped_frame_ids] == broken.video_frames
 

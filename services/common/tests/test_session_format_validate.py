@@ -46,7 +46,8 @@ def clean(tmp_path_factory) -> SynthTruth:
 def drive(tmp_path_factory) -> SynthTruth:
     """A longer, tiny session: long enough to take at least one turn whatever the seed (the first turn
     of any route is at most 200 m from its start; 40 s covers about 280 m)."""
-    return synth_session(tmp_path_factory.mktemp("drive"), SynthConfig(width=128, height=72, fps=15.0, duration_s=40.0, seed=3))
+    return synth_session(tmp_path_factory.mktemp("drive"),
+                         SynthConfig(width=128, height=72, fps=15.0, duration_s=40.0, seed=3))
 
 
 @pytest.fixture

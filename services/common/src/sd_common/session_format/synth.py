@@ -405,7 +405,7 @@ class SessionPlan:
 
 
 def plan_session(cfg: SynthConfig) -> SessionPlan:
-    """Checks the config and draws the route, the clocks and each corruption's frames, each from its stream."""
+    """Checks the config; draws the route, the clocks and each corruption's frames, each from its stream."""
     w, h, fps = cfg.width, cfg.height, cfg.fps
     if w % 2 or h % 2:
         raise ValueError(f"width and height must be even, got {w}x{h}")
@@ -468,8 +468,8 @@ def drive(plan: SessionPlan) -> list[DriveTick]:
         s_prev = s
         steer, throttle, brake = _controls(route, st, s, rng)
         vehicle_r = rotation(math.degrees(st.yaw), 0.0, 0.0)
-        ticks.append(DriveTick(s, st.x, st.y, st.yaw, st.v, steer, throttle, brake, _command(route, s), vehicle_r,
-                               np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t, vehicle_r @ mount_r))
+        ticks.append(DriveTick(s, st.x, st.y, st.yaw, st.v, steer, throttle, brake, _command(route, s),
+                               vehicle_r, np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t, vehicle_r @ mount_r))
         _step(st, steer, throttle, brake, 1.0 / fps)
     return ticks
 
@@ -478,7 +478,7 @@ def drive(plan: SessionPlan) -> list[DriveTick]:
 
 
 def write_video(plan: SessionPlan, ticks: list[DriveTick], path: Path) -> list[tuple[int, int]]:
-    """Renders and encodes every tick as the recorder would; returns (barcoded id, pts_ms) per encoded frame."""
+    """Renders and encodes every tick as the recorder would; returns (shown id, pts_ms) per encoded frame."""
     cfg, n, pts = plan.config, plan.frame_count, plan.pts_ms
     w, h = cfg.width, cfg.height
     dropped, duplicated, unlogged = (plan.picked(k) for k in ("drop_frames", "duplicate_frames",
@@ -564,9 +564,10 @@ def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
             "t_capture_ms": round(plan.page_ms(plan.t_capture_ms[i]), 3),
             "sim_t_ms": round(i * 1000.0 / fps, 3),
             "vehicle": _pose_dict(t.x_m, t.y_m, 0.0, t.vehicle_r),
-            "camera": _pose_dict(float(t.camera_p[0]), float(t.camera_p[1]), float(t.camera_p[2]), t.camera_r),
+            "camera": _pose_dict(*(float(c) for c in t.camera_p), t.camera_r),
             "speed_mps": round(t.speed_mps, 4),
-            "controls": {"steer": round(t.steer, 4), "throttle": round(t.throttle, 4), "brake": round(t.brake, 4)},
+            "controls": {"steer": round(t.steer, 4), "throttle": round(t.throttle, 4),
+                         "brake": round(t.brake, 4)},
             "command": int(t.command),
             "route": {"progress": round(min(1.0, t.s_m / route.length_m), 6),
                       "distance_remaining_m": round(max(0.0, route.length_m - t.s_m), 3)},
@@ -598,10 +599,9 @@ def input_events(plan: SessionPlan, ticks: list[DriveTick]) -> list[dict[str, An
                                "value": round(value, 4)})
                 last_sent[code] = value
     horn_t = float(plan.t_render_ms[plan.frame_count // 3])
-    events += [{"t_ms": round(plan.page_ms(horn_t), 3), "device": "keyboard", "kind": "keydown", "code": "KeyH",
-                "value": 1},
-               {"t_ms": round(plan.page_ms(horn_t + 180.0), 3), "device": "keyboard", "kind": "keyup",
-                "code": "KeyH", "value": 0}]
+    for t_ms, kind, value in ((horn_t, "keydown", 1), (horn_t + 180.0, "keyup", 0)):
+        events.append({"t_ms": round(plan.page_ms(t_ms), 3), "device": "keyboard", "kind": kind, "code": "KeyH",
+                       "value": value})
     events.sort(key=lambda e: e["t_ms"])
     return events
 
@@ -626,9 +626,11 @@ def latency_probes(plan: SessionPlan) -> list[dict[str, Any]]:
 
 def write_logs(plan: SessionPlan, ticks: list[DriveTick], session_dir: Path) -> None:
     """Writes frames.jsonl, events.jsonl and latency.jsonl."""
-    for name, lines in ((FRAMES_NAME, frame_lines(plan, ticks)),
-                        (EVENTS_NAME, (json.dumps(e, separators=(",", ":")) for e in input_events(plan, ticks))),
-                        (LATENCY_NAME, (json.dumps(p, separators=(",", ":")) for p in latency_probes(plan)))):
+    def compact(records: list[dict[str, Any]]) -> Iterator[str]:
+        return (json.dumps(r, separators=(",", ":")) for r in records)
+
+    for name, lines in ((FRAMES_NAME, frame_lines(plan, ticks)), (EVENTS_NAME, compact(input_events(plan, ticks))),
+                        (LATENCY_NAME, compact(latency_probes(plan)))):
         with open(session_dir / name, "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
 
@@ -672,7 +674,7 @@ def build_manifest(plan: SessionPlan, session_dir: Path) -> Manifest:
         camera=Camera(intrinsics=Intrinsics(fov_deg=float(cfg.fov_deg), fx=mfx, fy=mfx, cx=mw / 2, cy=mh / 2),
                       mount=MOUNT),
         barcode=BarcodeSpec(cell_px=plan.cell_px),
-        diffusion=Diffusion(enabled=cfg.diffusion, backend="webrtc", prompt="a rainy evening street, photorealistic",
+        diffusion=Diffusion(enabled=True, backend="webrtc", prompt="a rainy evening street, photorealistic",
                             model="synth-colormap") if cfg.diffusion else Diffusion(enabled=False),
         duration_s=round(float(plan.t_capture_ms[-1]) / 1000.0 + 0.5, 3),
         frame_count=plan.frame_count + cfg.frame_count_off,

@@ -82,6 +82,7 @@ class ProcessorClient:
         finally:
             if not call.done():
                 call.cancel()
+            await messages.aclose()  # ends the call's span, if tracing wrapped it
 
     async def close(self) -> None:
         """Closes the channel."""

@@ -1,0 +1,70 @@
+"""`sdctl stack up` supervises: a service killed with SIGKILL is restarted and healthy again while the
+others keep serving; one that keeps dying waits longer each time (capped); Ctrl-C still stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import httpx
+
+from tests.stack import BIN, RunningStack, start_stack
+
+
+def _wait_output(stack: RunningStack, pattern: str, count: int = 1, timeout_s: float = 90) -> list[re.Match]:
+    """Waits until the stack's output holds ``count`` matches of ``pattern``; returns them all."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(re.finditer(pattern, stack.output))
+        if len(found) >= count:
+            return found
+        assert stack.proc.poll() is None, "the stack exited:\n" + stack.output
+        assert time.monotonic() < deadline, f"no {count}x {pattern!r} within {timeout_s} s:\n" + stack.output
+        time.sleep(0.1)
+
+
+def _pid(stack: RunningStack, name: str, nth: int = 1) -> int:
+    return int(_wait_output(stack, rf"(?m)^{name} started \(pid (\d+)\)$", nth)[nth - 1][1])
+
+
+def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_serving(tmp_path):
+    stack = start_stack(tmp_path / "stack")
+    try:
+        others = {n: _pid(stack, n) for n in ("gateway", "ingest", "diffusion", "trainer", "evaluator")}
+        os.kill(_pid(stack, "processor"), signal.SIGKILL)
+        answered = []
+        with httpx.Client(base_url=stack.url, timeout=5) as http:
+            deadline = time.monotonic() + 90
+            while "processor is healthy again (restart 1" not in stack.output:
+                assert time.monotonic() < deadline, stack.output
+                answered.append(http.get("/healthz").status_code)  # the gateway serves throughout
+                time.sleep(0.2)
+        assert answered and set(answered) == {200}
+        assert "processor exited with signal SIGKILL" in stack.output
+        assert int(re.search(r"processor is healthy again \(restart 1, pid (\d+)\)", stack.output)[1]) \
+            == _pid(stack, "processor", 2)
+        # nothing else was restarted, and every service answers its health check
+        assert {n: _pid(stack, n) for n in others} == others
+        assert all(stack.output.count(f"{n} started (pid") == 1 for n in others), stack.output
+        status = subprocess.run([str(BIN / "sdctl"), "status", "--json", "--port-offset", str(stack.offset)],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and all(r["status"] == "SERVING" for r in json.loads(status.stdout)), \
+            status.stdout + status.stderr
+
+        # a crash loop: the trainer dies right after each start; each wait doubles (1, 2, 4 s)
+        for nth in (1, 2, 3):
+            os.kill(_pid(stack, "trainer", nth), signal.SIGKILL)
+        exits = _wait_output(stack, r"trainer exited with signal SIGKILL after [\d.]+ s; restarting in ([\d.]+) s "
+                                    r"\(restart (\d)", 3)
+        assert [(float(m[1]), int(m[2])) for m in exits] == [(1.0, 1), (2.0, 2), (4.0, 3)]
+        _wait_output(stack, r"trainer is healthy again \(restart 3, pid \d+\)")
+    finally:
+        code = stack.stop(signal.SIGINT)
+    assert code == 0, stack.output
+    stopped = stack.output.rsplit("stopped:", 1)[1]
+    for name in ("gateway", "ingest", "processor", "diffusion", "trainer", "evaluator"):
+        assert f"{name} (0)" in stopped, stopped

@@ -1,5 +1,6 @@
-"""`sdctl stack up` supervises: a service killed with SIGKILL is restarted and healthy again while the
-others keep serving; one that keeps dying waits longer each time (capped); Ctrl-C still stops all."""
+"""`sdctl stack up` supervises: a processor killed with SIGKILL mid-session is restarted and healthy
+again while the others keep serving, and its session is retried and finishes; a service that keeps
+dying waits longer each time (capped); Ctrl-C still stops all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import time
 
+import grpc
 import httpx
+from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from tests.stack import BIN, RunningStack, start_stack
 
@@ -31,10 +34,25 @@ def _pid(stack: RunningStack, name: str, nth: int = 1) -> int:
     return int(_wait_output(stack, rf"(?m)^{name} started \(pid (\d+)\)$", nth)[nth - 1][1])
 
 
-def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_serving(tmp_path):
+def _catalog_session(stack: RunningStack, sid: str):
+    with grpc.insecure_channel(f"127.0.0.1:{50052 + stack.offset}") as ch:
+        try:
+            return ingest_pb2_grpc.IngestServiceStub(ch).GetSessionStatus(
+                ingest_pb2.GetSessionStatusRequest(session_id=sid), timeout=5).session
+        except grpc.RpcError:
+            return None
+
+
+def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_serving(tmp_path, long_session_dir):
     stack = start_stack(tmp_path / "stack")
     try:
         others = {n: _pid(stack, n) for n in ("gateway", "ingest", "diffusion", "trainer", "evaluator")}
+        up = subprocess.run([str(BIN / "sdctl"), "upload", str(long_session_dir), "--gateway", stack.url],
+                            capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        sid = json.loads(up.stdout)["session_id"]
+        # the processor dies in the middle of that session
+        _wait_output(stack, rf"processor +\| .*processing .*session_id={sid}")
         os.kill(_pid(stack, "processor"), signal.SIGKILL)
         answered = []
         with httpx.Client(base_url=stack.url, timeout=5) as http:
@@ -50,6 +68,13 @@ def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_servin
         # nothing else was restarted, and every service answers its health check
         assert {n: _pid(stack, n) for n in others} == others
         assert all(stack.output.count(f"{n} started (pid") == 1 for n in others), stack.output
+        # the session it was processing is retried on the restarted processor and finishes
+        deadline = time.monotonic() + 120
+        while (s := _catalog_session(stack, sid)) is None or s.catalog_state not in (
+                ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED):
+            assert time.monotonic() < deadline, stack.output
+            time.sleep(0.2)
+        assert s.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED and s.attempts == 2, s
         status = subprocess.run([str(BIN / "sdctl"), "status", "--json", "--port-offset", str(stack.offset)],
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0 and all(r["status"] == "SERVING" for r in json.loads(status.stdout)), \

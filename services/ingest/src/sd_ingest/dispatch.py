@@ -57,7 +57,14 @@ class ProcessorClient:
                       on_progress: Callable[[processor_pb2.ProcessSessionResponse], None] | None = None,
                       ) -> processor_pb2.ProcessSessionResult:
         """Runs ProcessSession to its end; the final result, or DispatchFailed."""
-        call = self._stub().ProcessSession(request, timeout=self._timeout_s, wait_for_ready=False)
+        stub = self._stub()
+        try:
+            # A processor that is restarting (a crash, a rollout) is waited for, up to the idle timeout,
+            # rather than costing the session an attempt it never got.
+            await asyncio.wait_for(self._channel.channel_ready(), self._idle_timeout_s)
+        except TimeoutError:
+            raise DispatchFailed(f"processor {self.target} was unreachable for {self._idle_timeout_s:g} s") from None
+        call = stub.ProcessSession(request, timeout=self._timeout_s, wait_for_ready=False)
         # iterated, not read(): a tracing interceptor hands back an iterator that read() refuses
         messages = call.__aiter__()
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ServiceError
+from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ServiceError, http_error_body
 
 
 class GatewayError(ServiceError):
@@ -58,5 +58,4 @@ ERRORS = SERVICE_ERRORS + STORE_RULES
 
 def error_body(err: GatewayError) -> dict:
     """The JSON body every HTTP error carries: {"error": {"code", "message", "problems"}}."""
-    return {"error": {"code": err.code, "message": err.message,
-                      "problems": [p.to_dict() for p in err.problems]}}
+    return http_error_body(err.status())

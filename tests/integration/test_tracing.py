@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -64,7 +65,12 @@ async def test_an_http_request_is_one_trace_through_the_gateway_and_the_diffusio
             h = {"Authorization": f"Bearer {tok}"}
             sid = (await http.post("/v1/sessions", json={}, headers=h)).json()["session_id"]
             assert (await http.get(f"/v1/sessions/{sid}", headers=h)).status_code == 200
+            [get] = [s for s in spans.get_finished_spans()
+                     if s.kind == SpanKind.SERVER and s.name == "GET /v1/sessions/{session_id}"]
+            assert get.attributes[SESSION] == sid  # an HTTP request about a session carries its id
             spans.clear()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{diffusion.grpc_port}") as ch:
+                await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             r = await http.post("/v1/diffusion/offer", json={"session_id": sid, "sdp_offer": "v=0\r\n"}, headers=h)
             assert r.status_code == 503  # this release's diffusion answers UNIMPLEMENTED
     finally:
@@ -79,6 +85,7 @@ async def test_an_http_request_is_one_trace_through_the_gateway_and_the_diffusio
     # the diffusion service's span continues the gateway's call, which sits inside the HTTP request
     assert server.parent is not None and server.parent.span_id == client.context.span_id
     assert http_span in _chain_to(client, by_id)
+    assert not [s for s in finished if "grpc.health" in s.name]  # probes are not traced
     assert server.context.trace_id == client.context.trace_id == http_span.context.trace_id
     assert server.parent.is_remote  # it came over the wire, in the call's metadata
     assert server.attributes[SESSION] == sid  # from the request's session_id

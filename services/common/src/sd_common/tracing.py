@@ -130,8 +130,12 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """Interceptors a gRPC server puts first: a span per call, continuing the caller's trace."""
     if _provider is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
-    return [aio_server_interceptor(tracer_provider=_provider), _SessionTagInterceptor()]
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    # health probes (every few seconds per pod) and reflection are not worth a trace each
+    untraced = filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."))
+    return [aio_server_interceptor(tracer_provider=_provider, filter_=filters.negate(untraced)),
+            _SessionTagInterceptor()]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

@@ -15,6 +15,8 @@ import grpc
 import httpx
 from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from sd_common.cli.stack import RestartPolicy, describe_exit
+
 from tests.stack import BIN, RunningStack, start_stack
 
 
@@ -93,3 +95,15 @@ def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_servin
     stopped = stack.output.rsplit("stopped:", 1)[1]
     for name in ("gateway", "ingest", "processor", "diffusion", "trainer", "evaluator"):
         assert f"{name} (0)" in stopped, stopped
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_starts_over_after_a_stable_run():
+    policy = RestartPolicy()  # what `sdctl stack up` uses
+    failures, delays = 0, []
+    for _ in range(8):  # a service that dies 2 s after every start
+        failures = policy.failures_after_exit(failures, ran_s=2.0)
+        delays.append(policy.delay_s(failures))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert policy.failures_after_exit(failures, ran_s=policy.stable_after_s) == 1  # it had been up a while
+    assert policy.delay_s(1) == 1
+    assert (describe_exit(-9), describe_exit(0), describe_exit(3)) == ("signal SIGKILL", "code 0", "code 3")

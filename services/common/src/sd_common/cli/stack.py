@@ -59,6 +59,10 @@ class RestartPolicy:
     max_delay_s: float = 30.0
     stable_after_s: float = 30.0
 
+    def failures_after_exit(self, consecutive_failures: int, ran_s: float) -> int:
+        """The length of the run of quick deaths once a service that was up ``ran_s`` dies."""
+        return 1 if ran_s >= self.stable_after_s else consecutive_failures + 1
+
     def delay_s(self, consecutive_failures: int) -> float:
         """The wait before restart number ``consecutive_failures`` of a run of quick deaths (1, 2, …)."""
         return min(self.max_delay_s, self.initial_delay_s * 2 ** max(consecutive_failures - 1, 0))
@@ -163,7 +167,7 @@ async def _supervise(svc: _Service, stop: asyncio.Event, policy: RestartPolicy,
         if stop.is_set():
             return
         ran_s = time.monotonic() - svc.started_at
-        svc.consecutive_failures = 1 if ran_s >= policy.stable_after_s else svc.consecutive_failures + 1
+        svc.consecutive_failures = policy.failures_after_exit(svc.consecutive_failures, ran_s)
         delay_s = policy.delay_s(svc.consecutive_failures)
         print(f"{name} exited with {describe_exit(returncode)} after {ran_s:.1f} s; restarting in {delay_s:g} s "
               f"(restart {svc.restarts + 1}; the other services keep serving)", file=sys.stderr, flush=True)

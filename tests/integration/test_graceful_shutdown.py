@@ -1,13 +1,17 @@
-"""SIGTERM lets an upload already in flight finish, then the gateway exits cleanly."""
+"""SIGTERM lets a call already in flight finish (an upload to the gateway, a session in the processor,
+a dispatch in the ingest), or cuts it at the end of the grace period; then every service exits cleanly."""
 
 import asyncio
 import os
+import queue
 import signal
 import subprocess
 import sys
 import time
 
+import grpc
 import httpx
+import pytest
 
 from tests.ports import free_port
 
@@ -59,6 +63,106 @@ async def test_in_flight_upload_finishes_after_sigterm(tmp_path):
             raise AssertionError("gateway still answering after shutdown")
         except httpx.TransportError:
             pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+# Every other service: SIGTERM with a call in flight. A call that finishes within the grace period
+# completes; one that never ends by itself is cut at the end of it; either way the exit is clean.
+
+def _json_events(out: str, event: str) -> list[dict]:
+    import json
+    return [d for line in out.splitlines() if line.startswith("{") and (d := json.loads(line)).get("event") == event]
+
+
+def test_the_processor_finishes_a_session_in_flight_after_sigterm(tmp_path, long_session_dir):
+    from scale_diffusion.processor.v1 import processor_pb2, processor_pb2_grpc
+
+    from tests.integration.test_ingest_reliability import _upload
+    from tests.integration.test_service_runtime import start_service
+
+    _upload(tmp_path / "store", long_session_dir, "sess-drain")
+    proc, grpc_port, _, _ = start_service("processor", tmp_path, {"SD_PROCESSOR_SHUTDOWN_GRACE_S": "60"})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            stream = processor_pb2_grpc.ProcessorServiceStub(ch).ProcessSession(processor_pb2.ProcessSessionRequest(
+                session_id="sess-drain", raw_uri="raw/sess-drain/", output_uri="processed/sess-drain/",
+                attempt_id="1-drain"), timeout=120)
+            first = next(stream)  # the session is being processed
+            assert not first.HasField("result")
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            messages = [first, *stream]
+        assert messages[-1].HasField("result") and not messages[-1].result.rejected
+        assert messages[-1].result.segments_accepted > 0
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - signalled < 60
+        assert _json_events(out, "processed") and _json_events(out, "stopped")
+        assert (tmp_path / "store" / "processed" / "sess-drain" / "_SUCCESS.json").is_file()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_ingest_finishes_a_dispatch_in_flight_after_sigterm(tmp_path, long_session_dir):
+    from sd_ingest.catalog import Catalog, SessionState
+
+    from tests.integration.test_ingest_reliability import _upload
+    from tests.integration.test_service_runtime import start_service
+
+    processor, processor_port, _, _ = start_service("processor", tmp_path, {"SD_PROCESSOR_SHUTDOWN_GRACE_S": "60"})
+    db = f"sqlite:///{tmp_path / 'catalog.db'}"
+    ingest, _, _, _ = start_service("ingest", tmp_path, {
+        "SD_INGEST_SHUTDOWN_GRACE_S": "60", "SD_INGEST_DATABASE_URL": db, "SD_INGEST_SCAN_INTERVAL_S": "0.2",
+        "SD_INGEST_RECEIVE_WAIT_S": "0.2", "SD_INGEST_PROCESSOR_TARGET": f"127.0.0.1:{processor_port}"})
+    try:
+        _upload(tmp_path / "store", long_session_dir, "sess-drain")
+        catalog = Catalog(db)
+        try:
+            deadline = time.monotonic() + 90
+            while (rec := catalog.get_session("sess-drain")) is None or rec.state != SessionState.PROCESSING:
+                assert time.monotonic() < deadline and ingest.poll() is None, "no dispatch started"
+                time.sleep(0.05)
+            ingest.send_signal(signal.SIGTERM)  # the processor is working on the session right now
+            out, _ = ingest.communicate(timeout=90)
+            assert ingest.returncode == 0, out
+            rec = catalog.get_session("sess-drain")
+            assert rec.state == SessionState.PROCESSED and rec.attempts == 1, (rec, out)
+            assert _json_events(out, "stopped")
+        finally:
+            catalog.close()
+    finally:
+        for p in (ingest, processor):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("name", ["diffusion", "trainer", "evaluator"])
+def test_a_call_that_outlives_the_grace_period_is_cut_and_the_service_exits_cleanly(name, tmp_path):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from tests.integration.test_service_runtime import start_service
+
+    proc, grpc_port, _, _ = start_service(name, tmp_path, {f"SD_{name.upper()}_SHUTDOWN_GRACE_S": "2"})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            requests = queue.Queue()
+            stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter(requests.get, None))
+            requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+            assert next(stream).list_services_response.service  # the call is open, and stays open
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            with pytest.raises(grpc.RpcError):
+                next(stream)  # ended by the server at the end of its grace period, not by us
+            requests.put(None)
+        out, _ = proc.communicate(timeout=30)
+        took_s = time.monotonic() - signalled
+        assert proc.returncode == 0, out
+        assert 1.5 < took_s < 20, took_s  # it waited for the call, and not much longer than the grace
+        assert _json_events(out, "stopped")
     finally:
         if proc.poll() is None:
             proc.kill()

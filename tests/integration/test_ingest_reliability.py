@@ -3,8 +3,8 @@
 - A processor killed mid-session: the session is retried and finishes once.
 - The ingest killed mid-stream and started again: no event is lost, nothing is counted twice.
 
-The processor here is the ingest's scripted stand-in (services/ingest/tests/fake_processor.py) run
-as its own process; the end-to-end tests (test_pipeline_*.py) run the real one.
+The first is run twice: against the ingest's scripted stand-in (services/ingest/tests/fake_processor.py,
+which records every call it gets) and against the real processor (`python -m sd_processor`).
 """
 
 from __future__ import annotations
@@ -70,6 +70,28 @@ class Procs:
         assert "listening" in line, line + proc.stdout.read()
         return proc
 
+    def real_processor(self, port: int) -> subprocess.Popen:
+        """`python -m sd_processor` on ``port``, logging JSON lines to processor-<n>.log; healthy when returned."""
+        log = open(self.tmp / f"processor-{len(self.running)}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "sd_processor"], env=self.env(
+            SD_PROCESSOR_GRPC_PORT=str(port), SD_PROCESSOR_METRICS_PORT="0", SD_PROCESSOR_LOG_FORMAT="json",
+            SD_PROCESSOR_WORK_DIR=str(self.tmp / "work"), SD_PROCESSOR_SHUTDOWN_GRACE_S="2"),
+            stdout=log, stderr=subprocess.STDOUT)
+        self.running.append(proc)
+        self._wait_healthy(proc, port, Path(log.name), "the processor")
+        return proc
+
+    def _wait_healthy(self, proc: subprocess.Popen, port: int, log: Path, what: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            def healthy() -> bool:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
+                        == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    return False
+            _wait(healthy, 60, f"{what} to be healthy")
+
     def ingest(self, grpc_port: int, processor_port: int, database_url: str, **settings: str) -> subprocess.Popen:
         env = self.env(**{f"SD_INGEST_{k.upper()}": str(v) for k, v in {
             "grpc_port": grpc_port, "metrics_port": 0, "state_dir": self.tmp / "ingest",
@@ -80,15 +102,7 @@ class Procs:
         log = open(self.tmp / f"ingest-{grpc_port}-{len(self.running)}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "sd_ingest"], env=env, stdout=log, stderr=subprocess.STDOUT)
         self.running.append(proc)
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-            def healthy() -> bool:
-                assert proc.poll() is None, (self.tmp / log.name).read_text()
-                try:
-                    return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
-                        == health_pb2.HealthCheckResponse.SERVING
-                except grpc.RpcError:
-                    return False
-            _wait(healthy, 60, "the ingest to be healthy")
+        self._wait_healthy(proc, grpc_port, Path(log.name), "the ingest")
         return proc
 
     def kill_all(self) -> None:
@@ -173,6 +187,54 @@ def test_a_processor_killed_mid_session_is_retried_and_finishes_once(procs, sess
 
     assert asyncio.run(marker()) == done.attempt_id
     assert (procs.store_root / "raw" / "sess-kill" / "video.webm").is_file()  # the raw upload is kept
+
+
+def _events(log: Path, event: str, sid: str) -> list[dict]:
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")] if log.exists() else []
+    return [x for x in lines if x.get("event") == event and x.get("session_id") == sid]
+
+
+def test_the_real_processor_killed_mid_session_is_retried_and_finishes_once(procs, long_session_dir):
+    processor_port, ingest_port = free_port(), free_port()
+    first = procs.real_processor(processor_port)
+    first_log = procs.tmp / "processor-0.log"
+    # Two attempts: the killed one, and one retry, which waits for the processor to be back rather
+    # than spending itself on refused connections while it restarts.
+    procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=2,
+                 dispatch_idle_timeout_s=60)
+    _upload(procs.store_root, long_session_dir, "sess-real-kill")
+    [started] = _wait(lambda: _events(first_log, "processing", "sess-real-kill"), 90, "the processor to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert _events(first_log, "processed", "sess-real-kill") == []  # killed before it finished
+    time.sleep(3)  # down for a while, as under a supervisor's restart delay
+    procs.real_processor(processor_port)  # back on the same address, as a supervisor would bring it
+    done = _wait(lambda: (s := _status(ingest_port, "sess-real-kill")) and s.catalog_state in (
+        ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 120, "PROCESSED")
+    assert done.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, done.last_error
+    assert done.attempts == 2 and done.attempt_id != started["attempt_id"]
+    second_log = procs.tmp / f"processor-{len(procs.running) - 1}.log"
+    [finished] = _events(second_log, "processed", "sess-real-kill")  # finished once, by the retry
+    assert finished["attempt_id"] == done.attempt_id and done.segments_accepted == finished["segments_accepted"] > 0
+    import asyncio
+
+    from sd_common.objectstore import make_store
+    from sd_common.settings import StoreSettings
+
+    async def marker() -> str | None:
+        store = make_store(StoreSettings(backend="local", root=procs.store_root))
+        try:
+            return await success_attempt(store, "processed/sess-real-kill/")
+        finally:
+            await store.close()
+
+    assert asyncio.run(marker()) == done.attempt_id
+    catalog = Catalog(f"sqlite:///{procs.tmp / 'catalog.db'}")
+    try:
+        segments = [seg for seg in catalog.accepted_segments() if seg.session_id == "sess-real-kill"]
+        assert len(segments) == done.segments_accepted  # the killed attempt left nothing counted
+    finally:
+        catalog.close()
 
 
 def test_an_ingest_killed_mid_stream_loses_and_double_counts_nothing(procs, session_6s):

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from sd_common.tracing import log_processor as tag_span_with_session
+
 
 def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -> structlog.stdlib.BoundLogger:
     """Configures structlog and the stdlib root logger once; returns a logger bound to the service."""
@@ -14,6 +16,7 @@ def configure_logging(service: str, fmt: str = "console", level: str = "INFO") -
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        tag_span_with_session,  # a line about a session puts its id on the open span (tracing on)
     ]
     renderer = (
         structlog.processors.JSONRenderer()

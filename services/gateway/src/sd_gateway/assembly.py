@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from dataclasses import dataclass
 
 import structlog
 import uvicorn
 
+from sd_common import tracing
 from sd_common.grpc_runtime import GrpcRuntime
 from sd_common.objectstore import make_store
 from sd_common.objectstore.local import LocalObjectStore
@@ -24,6 +26,8 @@ from sd_gateway.signaling import DiffusionSignaling
 from sd_gateway.tokens import DeviceTokens
 
 log = structlog.get_logger()
+# where a request path names a session (the API's routes and the embedded store's upload keys)
+_SESSION_IN_PATH = re.compile(r"/(?:sessions|raw)/([A-Za-z0-9_.-]+)")
 
 
 class _Uvicorn(uvicorn.Server):
@@ -43,24 +47,18 @@ class RunningGateway:
     metrics_port: int
     base_url: str
     _rt: GrpcRuntime
-    _http: _Uvicorn
-    _http_task: asyncio.Task
-    _db: GatewayDatabase
-    _store: object
-    _signaling: DiffusionSignaling
 
     async def stop(self) -> None:
         """Stops taking requests, drains both servers, closes the database and store."""
-        self._http.should_exit = True
         await self._rt.stop()
-        await self._http_task
-        await self._signaling.close()
-        await self._store.close()
-        self._db.close()
 
 
-async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings) -> RunningGateway:
-    """Binds, builds and starts the gateway; returns once both servers accept connections."""
+async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> tuple[int, str]:
+    """Builds the gateway into ``rt``: gRPC API, the HTTP server it hosts, what closes at shutdown.
+
+    Binds the HTTP socket now (its URL is the local store's upload URL); returns its port and URL.
+    """
+    settings: GatewaySettings = rt.settings  # type: ignore[assignment]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
@@ -71,32 +69,52 @@ async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings
     secret = (settings.token_secret.get_secret_value().encode() if settings.token_secret
               else load_or_create_secret(settings.state_dir / "token-secret"))
     db = GatewayDatabase(settings.database_url or f"sqlite:///{settings.state_dir / 'gateway.db'}")
+    rt.on_stop(lambda: asyncio.to_thread(db.close))
     if store_settings.backend == "local" and "public_base_url" not in store_settings.model_fields_set:
         # not configured (neither in the environment nor in code): uploads come to this gateway
         store_settings = store_settings.model_copy(update={"public_base_url": base_url})
     store = make_store(store_settings)
+    rt.on_stop(store.close)
     signaling = DiffusionSignaling(settings.diffusion_target)
+    rt.on_stop(signaling.close)
     service = SessionService(
         settings, db, store, DeviceTokens(secret, settings.token_ttl_days * 86400),
         url_expiry_s=store_settings.url_expiry_s,
         multipart_threshold_bytes=store_settings.multipart_threshold_bytes,
         multipart_part_bytes=store_settings.multipart_part_bytes,
         max_object_bytes=store_settings.max_object_bytes)
-
-    rt = GrpcRuntime("gateway", settings)
     register(rt, service, signaling)
-    await rt.start()
 
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
                      web_dir=settings.web_dir)
+    tracing.instrument_asgi_app(app, session_id_in_path=_SESSION_IN_PATH)
     http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
-    task = asyncio.create_task(http.serve(sockets=[sock]))
-    while not http.started:
-        if task.done():
+    task: asyncio.Task | None = None
+
+    async def start_http() -> None:
+        nonlocal task
+        task = asyncio.create_task(http.serve(sockets=[sock]))
+        while not http.started:
+            if task.done():
+                await task
+                raise RuntimeError("gateway HTTP server exited during startup")
+            await asyncio.sleep(0.01)
+        log.info("http serving", url=base_url, store=store_settings.backend)
+
+    async def stop_http() -> None:
+        http.should_exit = True
+        if task is not None:
             await task
-            raise RuntimeError("gateway HTTP server exited during startup")
-        await asyncio.sleep(0.01)
-    log.info("http serving", url=base_url, store=store_settings.backend)
-    return RunningGateway(http_port, rt.grpc_port, rt.metrics_port, base_url, rt, http, task, db, store, signaling)
+
+    rt.host("http", start_http, stop_http)
+    return http_port, base_url
+
+
+async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings) -> RunningGateway:
+    """Binds, builds and starts the gateway; returns once both servers accept connections."""
+    rt = GrpcRuntime("gateway", settings)
+    http_port, base_url = await build_gateway(rt, store_settings)
+    await rt.start()
+    return RunningGateway(http_port, rt.grpc_port, rt.metrics_port, base_url, rt)

@@ -1,23 +1,18 @@
-"""Gateway domain errors and the one place they map to HTTP statuses and gRPC codes."""
+"""Gateway domain errors and the one table (``ERRORS``) mapping them to HTTP statuses and gRPC codes."""
 
 from __future__ import annotations
 
 import grpc
 
-from sd_common.problems import Problem
+from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ServiceError, http_error_body
 
 
-class GatewayError(Exception):
+class GatewayError(ServiceError):
     """Base of every error the gateway reports to a client; the message is shown to the user."""
 
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
     code = "internal"
-
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.problems = problems or []
 
 
 class InvalidArgument(GatewayError):
@@ -56,7 +51,11 @@ class Unavailable(GatewayError):
     http_status, grpc_code, code = 503, grpc.StatusCode.UNAVAILABLE, "unavailable"
 
 
+# What gRPC and HTTP clients see for each error: every GatewayError carries its own statuses, and
+# object-store failures read the same as in every other service.
+ERRORS = SERVICE_ERRORS + STORE_RULES
+
+
 def error_body(err: GatewayError) -> dict:
     """The JSON body every HTTP error carries: {"error": {"code", "message", "problems"}}."""
-    return {"error": {"code": err.code, "message": err.message,
-                      "problems": [p.to_dict() for p in err.problems]}}
+    return http_error_body(err.status())

@@ -14,10 +14,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from scale_diffusion.common.v1 import common_pb2
 
+from sd_common.error_mapping import http_error_body, http_headers
 from sd_common.metrics import HttpMetricsMiddleware
-from sd_common.objectstore import ObjectStoreError
 from sd_gateway.database import SessionRecord
-from sd_gateway.errors import GatewayError, error_body
+from sd_gateway.errors import ERRORS
 from sd_gateway.sessions import FileSpec, SessionService
 from sd_gateway.signaling import DiffusionSignaling
 
@@ -164,17 +164,12 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
                        max_age=600)
     app.add_middleware(HttpMetricsMiddleware, service="gateway")
 
-    @app.exception_handler(GatewayError)
-    async def _gateway_error(_req: Request, err: GatewayError) -> JSONResponse:
-        headers = {}
-        if getattr(err, "retry_after_s", None) is not None:
-            headers["Retry-After"] = str(max(1, int(err.retry_after_s + 0.999)))
-        return JSONResponse(error_body(err), status_code=err.http_status, headers=headers)
+    async def _mapped_error(_req: Request, err: Exception) -> JSONResponse:
+        status = ERRORS.status_for(err)  # the same table the gRPC API answers from
+        return JSONResponse(http_error_body(status), status_code=status.http_status, headers=http_headers(status))
 
-    @app.exception_handler(ObjectStoreError)
-    async def _store_error(_req: Request, err: ObjectStoreError) -> JSONResponse:
-        return JSONResponse({"error": {"code": type(err).__name__, "message": str(err), "problems": []}},
-                            status_code=err.http_status)
+    for exc_type in ERRORS.exception_types:
+        app.add_exception_handler(exc_type, _mapped_error)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_req: Request, err: RequestValidationError) -> JSONResponse:

@@ -1,13 +1,11 @@
-"""gRPC servicer of the gateway: proto in, SessionService call, proto out, status codes."""
+"""gRPC servicer of the gateway: proto in, SessionService call, proto out (errors map via ``ERRORS``)."""
 
 from __future__ import annotations
-
-import functools
 
 import grpc
 
 from sd_gateway.database import SessionRecord
-from sd_gateway.errors import GatewayError
+from sd_gateway.errors import ERRORS
 from sd_gateway.sessions import FileSpec, SessionService
 from sd_gateway.signaling import DiffusionSignaling
 from scale_diffusion.common.v1 import common_pb2
@@ -23,18 +21,6 @@ def _session_pb(rec: SessionRecord) -> pb.Session:
         created_at=rec.created_at.isoformat().replace("+00:00", "Z"), key_prefix=rec.key_prefix,
         problems=[common_pb2.Problem(**p.to_dict()) for p in rec.problems], client_build=rec.client_build,
         city=rec.city, route_id=rec.route_id, duration_s=rec.duration_s)
-
-
-def _maps_errors(fn):
-    """Translates GatewayError into the matching gRPC status, with its message."""
-    @functools.wraps(fn)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await fn(self, request, context)
-        except GatewayError as e:
-            details = e.message + "".join(f"\n{p}" for p in e.problems)
-            await context.abort(e.grpc_code, details)
-    return wrapper
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -59,33 +45,27 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     def _player(self, context) -> str:
         return self._svc.authenticate(_authorization(context))
 
-    @_maps_errors
     async def CreatePlayer(self, request, context):
         player_id, token = await self._svc.create_player(request.client_build, _peer_ip(context))
         return pb.CreatePlayerResponse(player_id=player_id, device_token=token)
 
-    @_maps_errors
     async def GetPlayer(self, request, context):
         t = await self._svc.player_totals(self._player(context))
         return pb.GetPlayerResponse(**t.__dict__)
 
-    @_maps_errors
     async def CreateSession(self, request, context):
         rec = await self._svc.create_session(self._player(context), request.client_build, request.city,
                                              request.route_id)
         return pb.CreateSessionResponse(session=_session_pb(rec))
 
-    @_maps_errors
     async def GetSession(self, request, context):
         return pb.GetSessionResponse(session=_session_pb(
             await self._svc.get_session(self._player(context), request.session_id)))
 
-    @_maps_errors
     async def ListSessions(self, request, context):
         rows, nxt = await self._svc.list_sessions(self._player(context), request.page_size, request.page_token)
         return pb.ListSessionsResponse(sessions=[_session_pb(r) for r in rows], next_page_token=nxt)
 
-    @_maps_errors
     async def CreateUploadUrls(self, request, context):
         files = [FileSpec(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256,
                           content_type=f.content_type or "application/octet-stream") for f in request.files]
@@ -95,20 +75,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             parts=[pb.UploadPart(**p.__dict__) for p in t.parts],
             expires_at=t.expires_at.isoformat().replace("+00:00", "Z")) for t in targets])
 
-    @_maps_errors
     async def CompleteMultipartUpload(self, request, context):
         size = await self._svc.complete_multipart(self._player(context), request.session_id, request.path,
                                                   request.multipart_upload_id,
                                                   [(p.part_number, p.etag) for p in request.parts])
         return pb.CompleteMultipartUploadResponse(size_bytes=size)
 
-    @_maps_errors
     async def CompleteSession(self, request, context):
         r = await self._svc.complete_session(self._player(context), request.session_id)
         return pb.CompleteSessionResponse(session=_session_pb(r.session), accepted=r.accepted,
                                           problems=[common_pb2.Problem(**p.to_dict()) for p in r.problems])
 
-    @_maps_errors
     async def SignalDiffusion(self, request, context):
         player = self._player(context)
         await self._svc.get_session(player, request.session_id)
@@ -117,5 +94,6 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 def register(rt, service: SessionService, signaling: DiffusionSignaling) -> None:
-    """Adds the gateway API to a GrpcRuntime."""
+    """Adds the gateway API to a GrpcRuntime; its errors answer from the gateway's table."""
+    rt.map_errors(ERRORS)
     rt.add(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, GatewayService(service, signaling), SERVICE_NAME)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from sd_common.tracing import service_channel
 from sd_gateway.errors import InvalidArgument, Unavailable
 from scale_diffusion.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc
 
@@ -25,7 +26,7 @@ class DiffusionSignaling:
     def __init__(self, target: str | None, timeout_s: float = 10.0) -> None:
         self._target = target
         self._timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(target) if target else None
+        self._channel = service_channel(target) if target else None
 
     async def offer(self, session_id: str, sdp_offer: str, prompt: str) -> SignalAnswer:
         """The diffusion pod's SDP answer to the browser's offer."""

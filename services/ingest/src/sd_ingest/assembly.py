@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -38,41 +39,55 @@ class RunningIngest:
 
     async def stop(self) -> None:
         """Stops polling, drains the API, lets in-flight steps finish (or releases their leases), closes."""
-        if self.consumer is not None:
-            await self.consumer.stop()
-        await self.pipeline.stop(self.settings.shutdown_grace_s)
         await self._rt.stop()
-        if self.processor is not None:
-            await self.processor.close()
-        if self.queue is not None:
-            await self.queue.close()
-        await self.store.close()
-        self.catalog.close()
 
 
-async def start_ingest(settings: IngestSettings, store_settings: StoreSettings) -> RunningIngest:
-    """Opens the catalog, store and queue, starts the API, the consumer and the pipeline."""
+async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> RunningIngest:
+    """Builds the ingest into ``rt``: catalog, store, queue, the gRPC API, and the event consumer and
+    pipeline it hosts (started once the API serves, stopped beside its drain)."""
+    settings: IngestSettings = rt.settings  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(settings.sqlalchemy_url())
+    rt.on_stop(lambda: asyncio.to_thread(catalog.close))
     store = make_store(store_settings)
+    rt.on_stop(store.close)
     try:
         queue = make_event_queue(store_settings)
     except ValueError as exc:  # S3 without SD_STORE_QUEUE_URL: serve the catalog, ingest nothing new
         log.error("no event queue: new uploads will not be ingested", reason=str(exc))
         queue = None
+    if queue is not None:
+        rt.on_stop(queue.close)
     processor = (ProcessorClient(settings.processor_target, idle_timeout_s=settings.dispatch_idle_timeout_s,
                                  timeout_s=settings.dispatch_timeout_s) if settings.processor_target else None)
+    if processor is not None:
+        rt.on_stop(processor.close)
     pipeline = Pipeline(settings, catalog, store, processor)
     consumer = (EventConsumer(settings, queue, catalog, on_session_event=lambda _sid: pipeline.nudge())
                 if queue is not None else None)
     service = CatalogService(settings, catalog, store, on_change=pipeline.nudge)
-    rt = GrpcRuntime("ingest", settings)
     register(rt, service)
+
+    async def start_background() -> None:
+        pipeline.start()
+        if consumer is not None:
+            consumer.start()
+        log.info("ingest running", store=store_settings.backend, processor=settings.processor_target or None,
+                 owner=pipeline.owner, database=settings.sqlalchemy_url().split("@")[-1])
+
+    async def stop_background() -> None:
+        if consumer is not None:
+            await consumer.stop()
+        await pipeline.stop(settings.shutdown_grace_s)
+
+    rt.host("pipeline", start_background, stop_background)
+    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, processor, settings, rt)
+
+
+async def start_ingest(settings: IngestSettings, store_settings: StoreSettings) -> RunningIngest:
+    """Opens the catalog, store and queue, starts the API, the consumer and the pipeline."""
+    rt = GrpcRuntime("ingest", settings)
+    ingest = await build_ingest(rt, store_settings)
     await rt.start()
-    pipeline.start()
-    if consumer is not None:
-        consumer.start()
-    log.info("ingest running", store=store_settings.backend, processor=settings.processor_target or None,
-             owner=pipeline.owner, database=settings.sqlalchemy_url().split("@")[-1])
-    return RunningIngest(rt.grpc_port, rt.metrics_port, catalog, store, queue, consumer, pipeline, service,
-                         processor, settings, rt)
+    ingest.grpc_port, ingest.metrics_port = rt.grpc_port, rt.metrics_port
+    return ingest

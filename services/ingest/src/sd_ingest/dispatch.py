@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import grpc
 from scale_diffusion.processor.v1 import processor_pb2, processor_pb2_grpc
+from sd_common.tracing import service_channel
 
 # Statuses that mean "this request will never succeed as it is"; everything else is worth a retry
 # (UNAVAILABLE from a killed processor, DEADLINE_EXCEEDED, INTERNAL, UNIMPLEMENTED while a
@@ -44,7 +45,7 @@ class ProcessorClient:
 
     def _stub(self) -> processor_pb2_grpc.ProcessorServiceStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=[
+            self._channel = service_channel(self.target, options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 # A restarted processor on the same address is found again quickly.
                 ("grpc.initial_reconnect_backoff_ms", 200),
@@ -56,18 +57,27 @@ class ProcessorClient:
                       on_progress: Callable[[processor_pb2.ProcessSessionResponse], None] | None = None,
                       ) -> processor_pb2.ProcessSessionResult:
         """Runs ProcessSession to its end; the final result, or DispatchFailed."""
-        call = self._stub().ProcessSession(request, timeout=self._timeout_s, wait_for_ready=False)
+        stub = self._stub()
+        try:
+            # A processor that is restarting (a crash, a rollout) is waited for, up to the idle timeout,
+            # rather than costing the session an attempt it never got.
+            await asyncio.wait_for(self._channel.channel_ready(), self._idle_timeout_s)
+        except TimeoutError:
+            raise DispatchFailed(f"processor {self.target} was unreachable for {self._idle_timeout_s:g} s") from None
+        call = stub.ProcessSession(request, timeout=self._timeout_s, wait_for_ready=False)
+        # iterated, not read(): a tracing interceptor hands back an iterator that read() refuses
+        messages = call.__aiter__()
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(call.read(), self._idle_timeout_s)
+                    message = await asyncio.wait_for(anext(messages), self._idle_timeout_s)
                 except TimeoutError:
                     call.cancel()
                     raise DispatchFailed(
                         f"processor {self.target} sent nothing for {self._idle_timeout_s:g} s; call cancelled"
                     ) from None
-                if message is grpc.aio.EOF:
-                    raise DispatchFailed(f"processor {self.target} ended the stream without a result")
+                except StopAsyncIteration:
+                    raise DispatchFailed(f"processor {self.target} ended the stream without a result") from None
                 if on_progress is not None:
                     on_progress(message)
                 if message.HasField("result"):
@@ -79,6 +89,7 @@ class ProcessorClient:
         finally:
             if not call.done():
                 call.cancel()
+            await messages.aclose()  # ends the call's span, if tracing wrapped it
 
     async def close(self) -> None:
         """Closes the channel."""

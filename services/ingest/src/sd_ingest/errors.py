@@ -1,65 +1,40 @@
-"""Ingest domain errors and the one place they map to gRPC status codes."""
+"""Ingest domain errors and the one table (``ERRORS``) mapping them to gRPC status codes."""
 
 from __future__ import annotations
 
-import functools
-
 import grpc
+from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ErrorMapping, ServiceError, rule
 
 from sd_ingest.catalog import InvalidTransition, SessionNotFound
 from sd_ingest.datasets import DatasetInputInvalid, NothingToSnapshot
 
 
-class IngestError(Exception):
+class IngestError(ServiceError):
     """Base of every error the ingest reports to a client; the message is shown to the user."""
-
-    grpc_code = grpc.StatusCode.INTERNAL
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidArgument(IngestError):
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    grpc_code, http_status, code = grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_argument"
 
 
 class NotFound(IngestError):
-    grpc_code = grpc.StatusCode.NOT_FOUND
+    grpc_code, http_status, code = grpc.StatusCode.NOT_FOUND, 404, "not_found"
 
 
 class FailedPrecondition(IngestError):
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    grpc_code, http_status, code = grpc.StatusCode.FAILED_PRECONDITION, 409, "failed_precondition"
 
 
 class Unavailable(IngestError):
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    grpc_code, http_status, code = grpc.StatusCode.UNAVAILABLE, 503, "unavailable"
 
 
-def as_ingest_error(exc: Exception) -> IngestError | None:
-    """The client-facing error for a domain exception, or None if it is a bug."""
-    if isinstance(exc, IngestError):
-        return exc
-    if isinstance(exc, SessionNotFound):
-        return NotFound(f"no session {exc} in the catalog")
-    if isinstance(exc, InvalidTransition):
-        return FailedPrecondition(str(exc))
-    if isinstance(exc, NothingToSnapshot):
-        return FailedPrecondition(str(exc))
-    if isinstance(exc, DatasetInputInvalid):
-        return InvalidArgument(str(exc))
-    return None
+_C = grpc.StatusCode
 
-
-def maps_errors(fn):
-    """Translates domain errors into the matching gRPC status, with their message."""
-    @functools.wraps(fn)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            err = as_ingest_error(exc)
-            if err is None:
-                raise
-            await context.abort(err.grpc_code, err.message)
-    return wrapper
+# What a client sees for each error the ingest API can end a call with: its own errors carry their
+# statuses; the catalog's and datasets' domain exceptions are named here.
+ERRORS = SERVICE_ERRORS + ErrorMapping(
+    rule(SessionNotFound, _C.NOT_FOUND, 404, "not_found", lambda exc: f"no session {exc} in the catalog"),
+    rule((InvalidTransition, NothingToSnapshot), _C.FAILED_PRECONDITION, 409, "failed_precondition"),
+    rule(DatasetInputInvalid, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+) + STORE_RULES

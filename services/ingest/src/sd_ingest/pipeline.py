@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 from scale_diffusion.processor.v1 import processor_pb2
+from sd_common import tracing
 from sd_common.objectstore import ObjectStore
 from sd_common.problems import Problem
 from sd_common.session_format.validate import validate_session
@@ -131,14 +132,17 @@ class Pipeline:
     def _spawn(self, item: WorkItem, kind: str) -> None:
         step: Callable[[WorkItem], Awaitable[None]] = {
             "check": self._check, "validate": self._validate, "dispatch": self._dispatch}[kind]
-        task = asyncio.create_task(self._guard(item, step), name=f"{kind}:{item.session_id}")
+        task = asyncio.create_task(self._guard(item, step, kind), name=f"{kind}:{item.session_id}")
         self._tasks[item.session_id] = task
         self._kinds[item.session_id] = kind
 
-    async def _guard(self, item: WorkItem, step: Callable[[WorkItem], Awaitable[None]]) -> None:
+    async def _guard(self, item: WorkItem, step: Callable[[WorkItem], Awaitable[None]], kind: str) -> None:
         sid = item.session_id
+        # one trace per step; a dispatch's call to the processor continues it there
+        span = tracing.tracer("sd_ingest").start_as_current_span(f"ingest {kind}",
+                                                                 attributes={tracing.SESSION_ATTRIBUTE: sid})
         try:
-            with structlog.contextvars.bound_contextvars(session_id=sid):
+            with structlog.contextvars.bound_contextvars(session_id=sid), span:
                 await step(item)
         except LeaseLost as exc:
             log.warning("lease lost; another replica carries on", session_id=sid, reason=str(exc))

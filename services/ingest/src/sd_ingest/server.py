@@ -1,4 +1,4 @@
-"""gRPC servicer of the ingest service: proto in, CatalogService call, proto out, status codes."""
+"""gRPC servicer of the ingest service: proto in, CatalogService call, proto out (errors map via ``ERRORS``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scale_diffusion.ingest.v1 import ingest_pb2 as pb
 from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 
 from sd_ingest.catalog import DatasetRecord, SessionRecord, SessionState
-from sd_ingest.errors import InvalidArgument, maps_errors
+from sd_ingest.errors import ERRORS, InvalidArgument
 from sd_ingest.service import CatalogService
 
 SERVICE_NAME = "scale_diffusion.ingest.v1.IngestService"
@@ -64,12 +64,10 @@ class IngestService(ingest_pb2_grpc.IngestServiceServicer):
         self._svc = service
         self._processed = service.settings.processed_prefix
 
-    @maps_errors
     async def GetSessionStatus(self, request, context):
         rec, _segments = await self._svc.get_session(request.session_id)
         return pb.GetSessionStatusResponse(session=session_pb(rec, self._processed))
 
-    @maps_errors
     async def ListCatalogSessions(self, request, context):
         if request.catalog_state:
             if request.catalog_state not in FROM_CATALOG_STATE:
@@ -85,26 +83,23 @@ class IngestService(ingest_pb2_grpc.IngestServiceServicer):
         return pb.ListCatalogSessionsResponse(sessions=[session_pb(r, self._processed) for r in rows],
                                               next_page_token=nxt)
 
-    @maps_errors
     async def ReprocessSession(self, request, context):
         rec = await self._svc.reprocess(request.session_id)
         return pb.ReprocessSessionResponse(session=session_pb(rec, self._processed))
 
-    @maps_errors
     async def CreateDataset(self, request, context):
         rec, created = await self._svc.create_dataset(request.name, request.val_fraction, request.split_seed)
         return pb.CreateDatasetResponse(dataset=dataset_pb(rec), created=created)
 
-    @maps_errors
     async def GetDataset(self, request, context):
         return pb.GetDatasetResponse(dataset=dataset_pb(await self._svc.get_dataset(request.dataset_id)))
 
-    @maps_errors
     async def ListDatasets(self, request, context):
         rows, nxt = await self._svc.list_datasets(request.page_size, request.page_token)
         return pb.ListDatasetsResponse(datasets=[dataset_pb(r) for r in rows], next_page_token=nxt)
 
 
 def register(rt, service: CatalogService) -> None:
-    """Adds the ingest API to a GrpcRuntime."""
+    """Adds the ingest API to a GrpcRuntime; its errors answer from the ingest's table."""
+    rt.map_errors(ERRORS)
     rt.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, IngestService(service), SERVICE_NAME)

@@ -1,6 +1,6 @@
 """gRPC servicer of the processor service: request in, domain call, progress and result out.
 
-Errors map to gRPC status codes in ``status_for`` and nowhere else. A session whose *content* is bad is
+Errors map to gRPC status codes through the table in ``errors.py`` and nowhere else. A session whose *content* is bad is
 not an error: its result says ``rejected`` and names the problems.
 """
 
@@ -14,13 +14,14 @@ import structlog
 from scale_diffusion.common.v1 import common_pb2
 from scale_diffusion.processor.v1 import processor_pb2 as pb
 from scale_diffusion.processor.v1 import processor_pb2_grpc
-from sd_common.objectstore import InvalidKey, ObjectNotFound, ObjectStore, ObjectStoreError
+from sd_common.error_mapping import unexpected_error_message
+from sd_common.objectstore import ObjectStore
 
 from .align import MODE_FRAME_ID, MODE_TIMESTAMP
 from .config import ProcessorConfig
-from .errors import InvalidRequest, RawSessionNotFound, StoreUnavailable, describe_error
+from .errors import ERRORS, InvalidRequest, describe_error
 from .job import StoreSink, check_request, process_from_store
-from .pipeline import Cancelled, ProcessingResult
+from .pipeline import ProcessingResult
 from .settings import ProcessorSettings
 
 SERVICE_NAME = "scale_diffusion.processor.v1.ProcessorService"
@@ -33,18 +34,11 @@ _MODES = {MODE_FRAME_ID: pb.ALIGNMENT_MODE_FRAME_ID, MODE_TIMESTAMP: pb.ALIGNMEN
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status of an error that ends a call (the one place errors meet status codes)."""
-    if isinstance(exc, (InvalidRequest, InvalidKey)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, (RawSessionNotFound, ObjectNotFound)):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, (StoreUnavailable, ObjectStoreError, OSError)):
-        return grpc.StatusCode.UNAVAILABLE, describe_error(exc)
-    if isinstance(exc, (Cancelled, asyncio.CancelledError)):
-        return grpc.StatusCode.CANCELLED, "processing was cancelled"
-    if type(exc).__module__.startswith(("botocore", "aiobotocore")):
-        return grpc.StatusCode.UNAVAILABLE, describe_error(exc)
-    return grpc.StatusCode.INTERNAL, f"the processor failed unexpectedly ({type(exc).__name__}); see its logs"
+    """The gRPC status of an error that ends a call, from the processor's one table (``ERRORS``)."""
+    status = ERRORS.status_for(exc)
+    if status is None:
+        return grpc.StatusCode.INTERNAL, unexpected_error_message("processor", exc)
+    return status.grpc_code, status.message
 
 
 def result_message(r: ProcessingResult, output_prefix: str) -> pb.ProcessSessionResult:
@@ -116,6 +110,7 @@ class ProcessorService(processor_pb2_grpc.ProcessorServiceServicer):
 
 
 def register(rt, store: ObjectStore, settings: ProcessorSettings, config: ProcessorConfig) -> None:
-    """Adds this service to a GrpcRuntime."""
+    """Adds this service to a GrpcRuntime; its errors answer from the processor's table."""
+    rt.map_errors(ERRORS)
     rt.add(processor_pb2_grpc.add_ProcessorServiceServicer_to_server, ProcessorService(store, settings, config),
            SERVICE_NAME)

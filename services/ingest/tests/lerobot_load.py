@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import metadata
 import time
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def main() -> int:
         problems.append(f"val split has {len(val)} frames, want {want_val}")
 
     report = {
-        "loader": f"ledataset {getattr(ledataset, '__version__', '0.4.4')} (lerobot-dataset), torch {torch.__version__}",
+        "loader": f"lerobot-dataset {metadata.version('lerobot-dataset')} ({ledataset.__name__}), torch {torch.__version__}",
         "codebase_version": ds.meta.info["codebase_version"], "episodes": ds.num_episodes, "frames": len(ds),
         "frame_shape": list(ds[0]["observation.images.front"].shape), "frames_equal": frames_equal,
         "max_pixel_diff": max_pixel_diff, "states_actions_exact": not any("state" in p or "action" in p

@@ -2,7 +2,9 @@
 
 There is no Kubernetes API server here: manifests are rendered with Helm's own engine (helm-python-sdk),
 validated against the Kubernetes OpenAPI schemas in strict mode (kubernetes-validate), and the
-PodMonitor against a schema written below for the fields the chart uses. What only a live cluster would
+PodMonitor against a schema written below for the fields the chart uses. NetworkPolicies are evaluated
+by a small model of an enforcing network plugin below; the rendered settings are given to the real
+services, the database URLs against a real PostgreSQL (tests/pg.py). What only a live cluster would
 show (scheduling on H100 nodes, probes against running pods, IRSA, Ingress controllers) is listed in
 docs/operations.md.
 """
@@ -24,11 +26,14 @@ from typing import Any
 
 import grpc
 import helm_python as helm
+import httpx
 import jsonschema
 import kubernetes_validate
+import psycopg
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.pg import start_postgres
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -938,10 +943,6 @@ def test_gateway_and_ingest_keep_their_records_in_postgresql_with_the_rendered_s
     secretKeyRef), and the real services, started with exactly that environment, keep their records in a
     real PostgreSQL: their tables are created there and a player created over HTTP is a row there, with
     no SQLite fallback written to the pods' /tmp."""
-    import httpx
-    import psycopg
-    from tests.pg import start_postgres
-
     with start_postgres() as pg:
         urls = {svc: pg.new_database().replace("postgresql+psycopg://", f"{driver}://", 1)
                 for svc in ("gateway", "ingest")}

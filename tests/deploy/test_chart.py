@@ -559,10 +559,10 @@ def test_cors_origins_are_comma_separated():
 
 # --- templates a reader can follow ----------------------------------------------------------------
 
-# Helpers whose output is one scalar (a name, a label value, an address): the only templates whose
+# Named templates whose output is one scalar (a name, a label value, an address): the only templates whose
 # output may be used as a value. Everything else a per-service template hands to a shared one is data
 # (maps and lists), never a YAML fragment rendered by one template and pasted by another.
-SCALAR_HELPERS = {"sd.name", "sd.fullname", "sd.componentName", "sd.grpcTarget", "sd.chart", "sd.image",
+SCALAR_TEMPLATES = {"sd.name", "sd.fullname", "sd.componentName", "sd.grpcTarget", "sd.chart", "sd.image",
                   "sd.serviceAccountName", "sd.envPrefix", "sd.awsSecretName"}
 
 
@@ -572,7 +572,7 @@ def test_templates_pass_data_between_them_not_yaml_text():
         text = path.read_text()
         used_as_value |= set(re.findall(r'(?:\(|:?= )include "([\w.]+)"', text))
     assert "sd.componentName" in used_as_value  # the scan does see the includes
-    assert used_as_value <= SCALAR_HELPERS, f"templates used as values: {used_as_value - SCALAR_HELPERS}"
+    assert used_as_value <= SCALAR_TEMPLATES, f"templates used as values: {used_as_value - SCALAR_TEMPLATES}"
 
 
 # --- network policies -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ container with a writable /tmp, and a termination grace period longer than the s
 What differs per service comes from its values block (replicas, resources, gpu, shm, probes, scheduling)
 and from <svc>-deployment.yaml, which builds the rest as lists of maps, written as Kubernetes writes them:
   "ports"        extra container ports:  (list (dict "name" "http" "containerPort" 8080 "protocol" "TCP"))
-  "env"          extra env entries, e.g. read from Secrets (the helpers below add the shared ones)
+  "env"          extra env entries, e.g. read from Secrets (sd.pod.addDatabaseUrl and sd.pod.addStoreCredentials, below, add the shared ones)
   "volumes"      extra pod volumes
   "volumeMounts" extra container mounts
 Takes (dict "root" $ "svc" "gateway" "ports" (list …) "env" (list …) …); every list may be left out.

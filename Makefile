@@ -11,7 +11,7 @@ PYPROJECTS := $(wildcard services/*/pyproject.toml)
 DEB_PACKAGES := postgresql ffmpeg chromium
 NPM := npm --prefix web --no-audit --no-fund
 
-.PHONY: install system-deps protos web run test bench proto-lock clean
+.PHONY: install system-deps protos web run test bench proto-lock clean lerobot-check
 
 install: $(VENV)/.installed protos web
 
@@ -59,6 +59,17 @@ bench: install system-deps
 	$(BIN)/python bench/presign_bench.py
 	$(BIN)/python bench/processor_bench.py --runs 3
 	$(BIN)/python bench/city_bench.py --tiles 50 --repeat 5
+
+# Opt-in, not part of `make test`: the LeRobot export of a version made by the real processor, loaded by
+# LeRobot's own loader in its own environment (torch + torchvision: about 6 GB; docs/datasets.md).
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_PACKAGES := torch==2.14.1 torchvision==0.29.1 lerobot-dataset==0.4.4
+lerobot-check: install
+	@test -x $(LEROBOT_VENV)/bin/python || $(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install --disable-pip-version-check -q $(LEROBOT_PACKAGES)
+	$(BIN)/python services/ingest/tests/real_export.py .run/lerobot-check
+	$(LEROBOT_VENV)/bin/python services/ingest/tests/lerobot_load.py .run/lerobot-check > .run/lerobot-check/report.json; \
+	  status=$$?; cat .run/lerobot-check/report.json; exit $$status
 
 # Records the current field numbers so a later change cannot silently reuse one.
 proto-lock: install

@@ -2,7 +2,9 @@
 
 There is no Kubernetes API server here: manifests are rendered with Helm's own engine (helm-python-sdk),
 validated against the Kubernetes OpenAPI schemas in strict mode (kubernetes-validate), and the
-PodMonitor against a schema written below for the fields the chart uses. What only a live cluster would
+PodMonitor against a schema written below for the fields the chart uses. NetworkPolicies are evaluated
+by a small model of an enforcing network plugin below; the rendered settings are given to the real
+services, the database URLs against a real PostgreSQL (tests/pg.py). What only a live cluster would
 show (scheduling on H100 nodes, probes against running pods, IRSA, Ingress controllers) is listed in
 docs/operations.md.
 """
@@ -17,17 +19,21 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import grpc
 import helm_python as helm
+import httpx
 import jsonschema
 import kubernetes_validate
+import psycopg
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.pg import start_postgres
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +51,8 @@ EVERYTHING: dict[str, Any] = {
     "aws": {"existingSecret": "aws-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/sd"}},
     "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "networkPolicy": {"enabled": True, "egress": {"enabled": True, "external": [
+        {"ipBlock": {"cidr": "10.0.0.0/8"}}, {"namespaceSelector": {"matchLabels": {"team": "data"}}}]}},
     "gateway": {
         "replicas": 3,
         "corsOrigins": ["https://play.example.com", "https://beta.example.com"],
@@ -53,6 +61,8 @@ EVERYTHING: dict[str, Any] = {
         "env": {"SD_GATEWAY_EXTRA": 7},
         "extraEnv": [{"name": "FROM_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "podAnnotations": {"team": "play"},
+        "networkPolicy": {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "ingress-nginx"}}}]},
         "ingress": {
             "enabled": True, "className": "nginx", "host": "play.example.com",
             "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
@@ -76,6 +86,9 @@ SECRETS_AS_VALUES: dict[str, Any] = {
                 "database": {"url": "postgresql+psycopg://gw:pw@db:5432/gateway"}},
     "ingest": {"database": {"url": "postgresql+psycopg://in:pw@db:5432/ingest"}},
 }
+# What every installation must give: with the default S3 store, the queue of its object-created events
+# (the chart refuses to render without it). Merged under every value set below unless a test says not.
+REQUIRED: dict[str, Any] = {"store": {"queueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/sd-raw"}}
 SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
     # name: (values, release name, namespace)
     "defaults": ({}, "sd", "default"),
@@ -84,6 +97,7 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
     "no-trainer-evaluator": (
         {"trainer": {"enabled": False}, "evaluator": {"enabled": False}}, "sd", "default"),
     "custom-release": ({}, "scale-diffusion-prod", "sd-prod"),
+    "network-policies": ({"networkPolicy": {"enabled": True}}, "sd", "default"),
 }
 
 # The PodMonitor fields the chart writes (monitoring.coreos.com/v1), closed to anything else so that a
@@ -127,16 +141,30 @@ PODMONITOR_SCHEMA = {
 
 # --- rendering --------------------------------------------------------------------------------------
 
-def render_files(values: dict[str, Any], name: str = "sd", namespace: str = "default") -> dict[str, str]:
-    """Template path -> rendered text, as `helm template` would print it."""
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``, maps key by key (as Helm merges values files)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def render_files(values: dict[str, Any], name: str = "sd", namespace: str = "default", *,
+                 required: bool = True) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` would print it (REQUIRED merged under values)."""
     with helm.Chart.load(CHART) as chart:
-        return chart.render(copy.deepcopy(values), name=name, namespace=namespace)
+        return chart.render(merged(REQUIRED, values) if required else copy.deepcopy(values),
+                            name=name, namespace=namespace)
 
 
-def render(values: dict[str, Any], name: str = "sd", namespace: str = "default") -> list[dict[str, Any]]:
+def render(values: dict[str, Any], name: str = "sd", namespace: str = "default", *,
+           required: bool = True) -> list[dict[str, Any]]:
     """Every object the chart renders, in template order."""
     docs = []
-    for path, text in sorted(render_files(values, name, namespace).items()):
+    for path, text in sorted(render_files(values, name, namespace, required=required).items()):
         if path.endswith("NOTES.txt"):
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)
@@ -216,7 +244,7 @@ def oldest_supported_kubernetes() -> str:
 
 @pytest.mark.parametrize("key", ["defaults", "everything", "secrets-as-values"])
 def test_helm_lint_finds_no_errors_or_warnings(key):
-    report = helm.lint(CHART, copy.deepcopy(SCENARIOS[key][0]), strict=True)
+    report = helm.lint(CHART, merged(REQUIRED, SCENARIOS[key][0]), strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not report["errors"] and not problems, report
 
@@ -360,8 +388,26 @@ def test_store_settings_reach_only_the_services_that_use_the_store():
 def test_optional_store_settings_are_unset_rather_than_empty():
     docs, _, _ = scenario("defaults")
     env = env_of(docs, by_component(docs, "Deployment")["ingest"])
-    assert "SD_STORE_ENDPOINT_URL" not in env and "SD_STORE_QUEUE_URL" not in env
+    assert "SD_STORE_ENDPOINT_URL" not in env and env["SD_STORE_QUEUE_URL"] == REQUIRED["store"]["queueUrl"]
     assert env["SD_STORE_BACKEND"] == "s3"
+    docs = render({"store": {"backend": "local"}}, required=False)
+    env = env_of(docs, by_component(docs, "Deployment")["ingest"])
+    assert "SD_STORE_QUEUE_URL" not in env and env["SD_STORE_BACKEND"] == "local"
+
+
+@pytest.mark.parametrize("store", [{}, {"queueUrl": ""}, {"backend": "s3", "endpointUrl": "https://s3.example.com"}])
+def test_an_s3_store_without_an_event_queue_is_refused_at_template_time(store):
+    """Without the queue, ingest would start, serve its catalog and never hear of an upload."""
+    # What `helm template` / `helm install` stop with (Helm's lint mode only logs a `fail`).
+    with pytest.raises(helm.HelmRenderError, match=r"store\.queueUrl is required with store\.backend s3.*"
+                                                   r"Set store\.queueUrl, or ingest\.enabled false"):
+        render({"store": store}, required=False)
+
+
+def test_without_ingest_or_with_the_local_store_no_queue_is_needed():
+    for values in ({"ingest": {"enabled": False}}, {"store": {"backend": "local"}}):
+        docs = render(values, required=False)
+        assert by_component(docs, "Deployment"), values
 
 
 @pytest.mark.parametrize("key", ["defaults", "custom-release"])
@@ -435,7 +481,7 @@ def test_an_unknown_model_volume_type_is_refused_with_its_name():
 
 @pytest.mark.parametrize("svc", SERVICES)
 def test_disabling_a_service_removes_all_its_objects(svc):
-    docs = render({svc: {"enabled": False}})
+    docs = render({svc: {"enabled": False}, "networkPolicy": {"enabled": True}})
     assert not [f"{d['kind']}/{d['metadata']['name']}" for d in docs if component(d) == svc]
     others = set(SERVICES) - {svc}
     assert set(by_component(docs, "Deployment")) == others
@@ -509,6 +555,201 @@ def test_cors_origins_are_comma_separated():
     assert env["SD_GATEWAY_CORS_ORIGINS"] == "https://play.example.com,https://beta.example.com"
     assert env["SD_GATEWAY_EXTRA"] == "7"
     assert env["FROM_FIELD"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+# --- templates a reader can follow ----------------------------------------------------------------
+
+# Named templates whose output is one scalar (a name, a label value, an address): the only templates whose
+# output may be used as a value. Everything else a per-service template hands to a shared one is data
+# (maps and lists), never a YAML fragment rendered by one template and pasted by another.
+SCALAR_TEMPLATES = {"sd.name", "sd.fullname", "sd.componentName", "sd.grpcTarget", "sd.chart", "sd.image",
+                  "sd.serviceAccountName", "sd.envPrefix", "sd.awsSecretName"}
+
+
+def test_templates_pass_data_between_them_not_yaml_text():
+    used_as_value = set()
+    for path in (CHART / "templates").iterdir():
+        text = path.read_text()
+        used_as_value |= set(re.findall(r'(?:\(|:?= )include "([\w.]+)"', text))
+    assert "sd.componentName" in used_as_value  # the scan does see the includes
+    assert used_as_value <= SCALAR_TEMPLATES, f"templates used as values: {used_as_value - SCALAR_TEMPLATES}"
+
+
+# --- network policies -----------------------------------------------------------------------------
+
+def labels_match(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)."""
+    selector = selector or {}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, present = labels.get(e["key"]), e["key"] in labels
+        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    namespace_labels: dict[str, str]
+    ports: dict[str, int]  # container port name -> number
+
+
+def peer_matches(peer: dict[str, Any], pod: Pod, policy_namespace: str) -> bool:
+    """NetworkPolicy peer semantics: podSelector alone is the policy's namespace; both selectors AND."""
+    if "ipBlock" in peer:
+        return False  # the pods here have no IPs; ipBlock peers stand for places outside the cluster
+    if "namespaceSelector" in peer:
+        if not labels_match(peer["namespaceSelector"], pod.namespace_labels):
+            return False
+    elif pod.namespace != policy_namespace:
+        return False
+    return labels_match(peer.get("podSelector"), pod.labels)
+
+
+def port_matches(rule_ports: list[dict[str, Any]] | None, pod: Pod, port: str, protocol: str) -> bool:
+    if rule_ports is None:
+        return True
+    for rp in rule_ports:
+        if rp.get("protocol", "TCP") != protocol:
+            continue
+        if rp.get("port") in (port, pod.ports.get(port)):
+            return True
+    return False
+
+
+def allowed(policies, src: Pod, dst: Pod, port: str, protocol: str = "TCP") -> bool:
+    """Whether a connection from src to dst's named port gets through, as a NetworkPolicy enforcer decides:
+    the destination's Ingress policies and the source's Egress policies, each only if any selects the pod."""
+    def rules(pod: Pod, kind: str):
+        selecting = [p for p in policies if p["metadata"]["namespace"] == pod.namespace
+                     and kind in p["spec"].get("policyTypes", ["Ingress"])
+                     and labels_match(p["spec"]["podSelector"], pod.labels)]
+        return selecting, [(p["metadata"]["namespace"], r) for p in selecting for r in p["spec"].get(kind.lower(), [])]
+
+    selecting, ingress = rules(dst, "Ingress")
+    if selecting and not any(port_matches(r.get("ports"), dst, port, protocol)
+                             and ("from" not in r or any(peer_matches(x, src, ns) for x in r["from"]))
+                             for ns, r in ingress):
+        return False
+    selecting, egress = rules(src, "Egress")
+    if selecting and not any(port_matches(r.get("ports"), dst, port, protocol)
+                             and ("to" not in r or any(peer_matches(x, dst, ns) for x in r["to"]))
+                             for ns, r in egress):
+        return False
+    return True
+
+
+def release_pods(docs, namespace: str) -> dict[str, Pod]:
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    return {svc: Pod(svc, namespace, d["spec"]["template"]["metadata"]["labels"], ns_labels,
+                     {p["name"]: p["containerPort"] for p in container(d)["ports"]})
+            for svc, d in by_component(docs, "Deployment").items()}
+
+
+def outside_pods(namespace: str) -> dict[str, Pod]:
+    return {
+        "prometheus": Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"},
+                          {"kubernetes.io/metadata.name": "monitoring"}, {}),
+        "ingress-controller": Pod("ingress-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"},
+                                  {"kubernetes.io/metadata.name": "ingress-nginx"}, {}),
+        # Another workload in the release's own namespace, which must not reach the internal services.
+        "neighbour": Pod("neighbour", namespace, {"app": "something-else"},
+                         {"kubernetes.io/metadata.name": namespace}, {}),
+        "dns": Pod("dns", "kube-system", {"k8s-app": "kube-dns"}, {"kubernetes.io/metadata.name": "kube-system"},
+                   {"dns": 53}),
+    }
+
+
+def calls_in_the_code() -> set[tuple[str, str]]:
+    """(caller, callee) for every gRPC stub a service's own code opens, found in its sources. Modules that
+    are sdctl commands (the `sdctl.commands` entry points) run on an operator's machine, not in a pod."""
+    found = set()
+    for svc in SERVICES:
+        pyproject = (REPO / "services" / svc / "pyproject.toml").read_text()
+        cli = set(re.findall(r"= \"sd_\w+\.(\w+):register\"", pyproject))
+        for path in (REPO / "services" / svc / "src" / f"sd_{svc}").glob("*.py"):
+            if path.stem in cli:
+                continue
+            for callee in re.findall(r"(\w+)_pb2_grpc\.\w+ServiceStub\(", path.read_text()):
+                found.add((svc, callee))
+    return found
+
+
+def calls_in_the_settings(docs, namespace: str) -> set[tuple[str, str]]:
+    """(caller, callee) for every *_TARGET setting that names a Service of this release."""
+    services = {s["metadata"]["name"]: component(s) for s in objects(docs, "Service")}
+    edges = set()
+    for svc, d in by_component(docs, "Deployment").items():
+        for key, value in env_of(docs, d).items():
+            if key.endswith("_TARGET") and isinstance(value, str):
+                host = value.rsplit(":", 1)[0]
+                name, ns, _ = host.split(".")
+                assert ns == namespace and name in services, value
+                edges.add((svc, services[name]))
+    return edges
+
+
+def test_no_network_policy_unless_asked():
+    assert not objects(scenario("defaults")[0], "NetworkPolicy")
+
+
+@pytest.mark.parametrize("key", ["network-policies", "everything"])
+def test_network_policies_admit_exactly_the_calls_the_code_makes(key):
+    docs, _, namespace = scenario(key)
+    policies = objects(docs, "NetworkPolicy")
+    pods = release_pods(docs, namespace)
+    assert set(by_component(docs, "NetworkPolicy")) == set(pods)  # one per service
+    outside = outside_pods(namespace)
+    everyone = {**pods, **outside}
+    # The call graph, twice: from the stubs in the code and from the targets the chart sets.
+    code_calls = calls_in_the_code()
+    assert code_calls == calls_in_the_settings(docs, namespace) == {("gateway", "diffusion"), ("ingest", "processor")}
+
+    admitted = {(s, d, port) for s, src in everyone.items() for d, dst in pods.items() if s != d
+                for port in dst.ports if allowed(policies, src, dst, port)}
+    want = {(caller, callee, "grpc") for caller, callee in code_calls}
+    want |= {("prometheus", svc, "metrics") for svc in pods}
+    gateway_public = not SCENARIOS[key][0].get("gateway", {}).get("networkPolicy", {}).get("from")
+    gateway_callers = [s for s in everyone if s != "gateway"] if gateway_public else ["ingress-controller"]
+    want |= {(s, "gateway", port) for s in gateway_callers for port in ("http", "grpc")}
+    assert admitted == want, f"admitted but not wanted: {admitted - want}; wanted but refused: {want - admitted}"
+
+
+def test_egress_policies_let_pods_reach_dns_their_callees_and_the_store_only():
+    docs, _, namespace = scenario("everything")
+    policies = objects(docs, "NetworkPolicy")
+    assert all(p["spec"]["policyTypes"] == ["Ingress", "Egress"] for p in policies)
+    pods = release_pods(docs, namespace)
+    dns = outside_pods(namespace)["dns"]
+    for svc, pod in pods.items():
+        assert allowed(policies, pod, dns, "dns", "UDP") and allowed(policies, pod, dns, "dns", "TCP"), svc
+        assert not allowed(policies, pod, outside_pods(namespace)["neighbour"], "grpc"), svc
+    # The processor reaches no service of the release; the gateway not the processor; diffusion nothing.
+    assert not allowed(policies, pods["processor"], pods["ingest"], "grpc")
+    assert not allowed(policies, pods["gateway"], pods["processor"], "grpc")
+    # The store and the databases: only the services that use them get the configured destinations.
+    external = SCENARIOS["everything"][0]["networkPolicy"]["egress"]["external"]
+    by_svc = by_component(docs, "NetworkPolicy")
+    for svc, policy in by_svc.items():
+        has_external = any(r.get("to") == external for r in policy["spec"]["egress"])
+        assert has_external == (svc in STORE_SERVICES), svc
+
+
+def test_the_policy_check_would_see_an_open_policy():
+    """The evaluator above is not blind: a policy admitting everyone on every port is caught."""
+    docs, _, namespace = scenario("network-policies")
+    policies = copy.deepcopy(objects(docs, "NetworkPolicy"))
+    processor = next(p for p in policies if component(p) == "processor")
+    processor["spec"]["ingress"].append({})
+    pods = release_pods(docs, namespace)
+    assert allowed(policies, outside_pods(namespace)["neighbour"], pods["processor"], "grpc")
+    assert not allowed(objects(docs, "NetworkPolicy"), outside_pods(namespace)["neighbour"], pods["processor"], "grpc")
 
 
 # --- secrets and credentials -----------------------------------------------------------------------
@@ -617,46 +858,75 @@ def test_long_release_names_still_give_valid_service_names():
 
 # --- the rendered settings, given to the real services ---------------------------------------------
 
+def pod_environment(docs, deployment) -> dict[str, str]:
+    """The container's environment with every secretKeyRef resolved from the Secrets the chart renders."""
+    secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
+    env: dict[str, str] = {}
+    for key, value in env_of(docs, deployment).items():
+        if isinstance(value, str):
+            env[key] = value
+        elif "secretKeyRef" in value:
+            ref = value["secretKeyRef"]
+            assert ref["name"] in secrets, f"{key} reads Secret {ref['name']}, which the chart does not render"
+            env[key] = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+    return env
+
+
+def start_pod_process(svc: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, int, int]:
+    """Starts ``python -m sd_<svc>`` with a pod's environment, only its ports moved to free loopback ones
+    (six pods' 50051 cannot share one host); returns (process, grpc port, http port or 0)."""
+    p = f"SD_{svc.upper()}_"
+    grpc_port, http_port = free_port(), free_port() if svc == "gateway" else 0
+    env = {**env, p + "GRPC_PORT": str(grpc_port), p + "METRICS_PORT": str(free_port()),
+           # Nothing here answers for S3; a closed local port fails fast instead of timing out.
+           "SD_STORE_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    if http_port:
+        env[p + "HTTP_PORT"] = str(http_port)
+    proc = subprocess.Popen([sys.executable, "-m", f"sd_{svc}"], cwd=cwd, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, grpc_port, http_port
+
+
+def wait_serving(svc: str, proc: subprocess.Popen, port: int, timeout_s: float = 60) -> None:
+    """Waits for the gRPC health service to answer SERVING, as the readiness probe does."""
+    deadline, status = time.monotonic() + timeout_s, None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while status is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            except grpc.RpcError:
+                time.sleep(0.2)
+    output = proc.stdout.read() if proc.poll() is not None else ""
+    assert status == health_pb2.HealthCheckResponse.SERVING, f"{svc} did not answer health:\n{output}"
+
+
+def stop_all(running) -> None:
+    for proc in running:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_each_service_starts_with_its_pod_settings_and_stops_within_the_grace_period(tmp_path):
     """What the kubelet would see: each service started with its pod's environment (ConfigMap and
     Secrets as rendered; only the ports moved, since six pods' 50051 cannot share loopback) answers the
     gRPC health probe SERVING, and exits cleanly on SIGTERM before terminationGracePeriodSeconds."""
     docs, _, _ = scenario("secrets-as-values")
-    secrets = {s["metadata"]["name"]: s for s in objects(docs, "Secret")}
     running = {}
     for svc, d in by_component(docs, "Deployment").items():
-        env: dict[str, str] = {}
-        for key, value in env_of(docs, d).items():
-            if isinstance(value, str):
-                env[key] = value
-            elif "secretKeyRef" in value:
-                ref = value["secretKeyRef"]
-                env[key] = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+        env = pod_environment(docs, d)
         p = f"SD_{svc.upper()}_"
-        grpc_port = free_port()
-        env |= {p + "GRPC_PORT": str(grpc_port), p + "METRICS_PORT": str(free_port()),
-                # Nothing here answers for S3; a closed local port fails fast instead of timing out.
-                "SD_STORE_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+        # The databases named in the values do not exist here (the next test runs a real PostgreSQL).
         if svc == "gateway":
-            env |= {p + "HTTP_PORT": str(free_port()), p + "STATE_DIR": str(tmp_path / "gateway"),
-                    p + "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}"}
+            env |= {p + "STATE_DIR": str(tmp_path / "gateway"), p + "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}"}
         if svc == "ingest":
             env[p + "DATABASE_URL"] = f"sqlite:///{tmp_path / 'ingest.db'}"
-        proc = subprocess.Popen([sys.executable, "-m", f"sd_{svc}"], cwd=tmp_path, env={**os.environ, **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc, grpc_port, _ = start_pod_process(svc, env, tmp_path)
         running[svc] = (proc, grpc_port, pod_spec(d)["terminationGracePeriodSeconds"])
     try:
         for svc, (proc, port, _) in running.items():
-            deadline, status = time.monotonic() + 30, None
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while status is None and proc.poll() is None and time.monotonic() < deadline:
-                    try:
-                        status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    except grpc.RpcError:
-                        time.sleep(0.2)
-            output = proc.stdout.read() if proc.poll() is not None else ""
-            assert status == health_pb2.HealthCheckResponse.SERVING, f"{svc} did not answer health:\n{output}"
+            wait_serving(svc, proc, port)
         for svc, (proc, _, grace_s) in running.items():
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
@@ -664,7 +934,48 @@ def test_each_service_starts_with_its_pod_settings_and_stops_within_the_grace_pe
             assert proc.returncode == 0, f"{svc} exited {proc.returncode} on SIGTERM:\n{out[-2000:]}"
             assert time.monotonic() - started < grace_s
     finally:
-        for proc, _, _ in running.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        stop_all(proc for proc, _, _ in running.values())
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg", "postgresql"])
+def test_gateway_and_ingest_keep_their_records_in_postgresql_with_the_rendered_settings(tmp_path, driver):
+    """The database URLs go through the chart as an operator gives them (values → the chart's Secrets →
+    secretKeyRef), and the real services, started with exactly that environment, keep their records in a
+    real PostgreSQL: their tables are created there and a player created over HTTP is a row there, with
+    no SQLite fallback written to the pods' /tmp."""
+    with start_postgres() as pg:
+        urls = {svc: pg.new_database().replace("postgresql+psycopg://", f"{driver}://", 1)
+                for svc in ("gateway", "ingest")}
+        docs = render({svc: {"database": {"url": url}} for svc, url in urls.items()})
+        deployments = by_component(docs, "Deployment")
+        running = []
+        try:
+            ports = {}
+            for svc in ("gateway", "ingest"):
+                env = pod_environment(docs, deployments[svc])
+                assert env[f"SD_{svc.upper()}_DATABASE_URL"] == urls[svc]
+                # The pod's /tmp (the gateway's fallback state dir) is this test's own folder.
+                env = {k: v.replace("/tmp/", f"{tmp_path}/") if k.endswith("_STATE_DIR") else v for k, v in env.items()}
+                proc, grpc_port, http_port = start_pod_process(svc, env, tmp_path)
+                running.append(proc)
+                wait_serving(svc, proc, grpc_port)
+                ports[svc] = http_port
+            made = httpx.post(f"http://127.0.0.1:{ports['gateway']}/v1/players", json={"client_build": "chart-pg"},
+                              timeout=30)
+            assert made.status_code == 201, made.text
+            player_id = made.json()["player_id"]
+
+            def tables(url: str) -> set[str]:
+                libpq = url.replace(f"{driver}://", "postgresql://", 1)
+                with psycopg.connect(libpq) as conn:
+                    rows = conn.execute("SELECT table_name FROM information_schema.tables "
+                                        "WHERE table_schema = 'public'").fetchall()
+                    return {r[0] for r in rows}
+
+            assert {"players", "sessions"} <= tables(urls["gateway"])
+            assert {"catalog_sessions", "catalog_objects", "catalog_datasets"} <= tables(urls["ingest"])
+            with psycopg.connect(urls["gateway"].replace(f"{driver}://", "postgresql://", 1)) as conn:
+                assert conn.execute("SELECT player_id FROM players").fetchall() == [(player_id,)]
+            assert not list(tmp_path.rglob("*.db")), "a service fell back to SQLite"
+        finally:
+            stop_all(running)

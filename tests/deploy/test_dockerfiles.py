@@ -54,6 +54,7 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    raw_base: str = ""  # as written, before ARG substitution: ${PYTHON_IMAGE}
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
@@ -128,7 +129,7 @@ def parse(path: Path) -> Dockerfile:
             words = args.split()
             base = substitute(words[0], global_args)
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(len(stages), base, name))
+            stages.append(Stage(len(stages), base, name, raw_base=words[0]))
         elif not stages:
             assert keyword == "ARG", f"{path}:{line}: only ARG may come before the first FROM"
             key, _, default = args.partition("=")
@@ -330,11 +331,12 @@ def test_final_stage_runs_the_service_module_as_a_numeric_non_root_user(svc):
 @pytest.mark.parametrize("svc", SERVICES)
 def test_images_are_built_from_the_agreed_bases_without_build_tools(svc):
     df = dockerfile(svc)
-    assert df.stages[0].base == "python:3.11-slim", "stubs and wheels are built on python:3.11-slim"
+    tag = lambda base: base.partition("@")[0]
+    assert tag(df.stages[0].base) == "python:3.11-slim", "stubs and wheels are built on python:3.11-slim"
     if svc == "diffusion":
-        assert re.fullmatch(r"pytorch/pytorch:[\w.-]+-cuda[\w.-]+-runtime", df.final.base), df.final.base
+        assert re.fullmatch(r"pytorch/pytorch:[\w.-]+-cuda[\w.-]+-runtime", tag(df.final.base)), df.final.base
     else:
-        assert df.final.base == "python:3.11-slim"
+        assert tag(df.final.base) == "python:3.11-slim"
     assert df.final.name is None or df.final.name not in {s.name for s in df.stages[:-1]}
     assert "devel" not in df.final.base
     for inst in df.final.all("RUN"):
@@ -366,10 +368,101 @@ def test_flash_attn_is_an_opt_in_of_the_diffusion_image_only():
         text = (REPO / "services" / svc / "Dockerfile").read_text()
         assert ("flash-attn" in text) == (svc == "diffusion"), svc
     df = dockerfile("diffusion")
-    args = {i.args.partition("=")[0]: i.args.partition("=")[2] for s in df.stages for i in s.all("ARG")}
-    assert args.get("FLASH_ATTN") == "0", "flash-attn must be off unless asked for"
+    assert df.global_args.get("FLASH_ATTN") == "0", "flash-attn must be off unless asked for"
+    stage_defaults = [i.args for s in df.stages for i in s.all("ARG") if i.args.startswith("FLASH_ATTN=")]
+    assert not stage_defaults, f"a stage overrides FLASH_ATTN's one default: {stage_defaults}"
     builds = [i for s in df.stages[:-1] for i in s.all("RUN") if "flash-attn" in i.args]
     assert builds and all('"$FLASH_ATTN" = 1' in i.args for i in builds)
+    # The default build never reaches the stage that compiles it, nor pulls the devel image.
+    default = reachable_stages(df, df.global_args)
+    compiling = {s.name for s in df.stages if s in builds_stages(df, builds)}
+    assert compiling and not compiling & {s.name for s in default}
+    assert compiling <= {s.name for s in reachable_stages(df, {**df.global_args, "FLASH_ATTN": "1"})}
+
+
+def builds_stages(df: Dockerfile, instructions: list[Instruction]) -> list[Stage]:
+    return [s for s in df.stages if any(i in s.instructions for i in instructions)]
+
+
+# --- base images pinned by digest ------------------------------------------------------------------
+
+PINNED = re.compile(r"[a-z0-9][a-z0-9._/-]*:[\w.-]+@sha256:[0-9a-f]{64}")
+
+
+def base_image_pins() -> dict[str, str]:
+    """base-images.txt: build ARG name -> image reference (the one record of every base image)."""
+    pins = {}
+    for raw in (REPO / "base-images.txt").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            name, _, ref = line.partition("=")
+            assert name not in pins, f"base-images.txt names {name} twice"
+            pins[name] = ref
+    return pins
+
+
+def reachable_stages(df: Dockerfile, args: dict[str, str]) -> list[Stage]:
+    """The stages a build of the final stage runs with these global ARG values (BuildKit skips others)."""
+    def resolve(ref: str) -> Stage | None:
+        return df.stage(substitute(ref, args))
+
+    seen: list[Stage] = []
+    todo = [df.final]
+    while todo:
+        stage = todo.pop()
+        if stage in seen:
+            continue
+        seen.append(stage)
+        refs = [stage.raw_base] + [i.flags["from"] for i in stage.instructions if "from" in i.flags] + \
+               [m["from"] for i in stage.instructions for m in i.mounts if "from" in m]
+        todo.extend(s for s in map(resolve, refs) if s is not None)
+    return seen
+
+
+def external_base(df: Dockerfile, stage: Stage, args: dict[str, str]) -> str | None:
+    """The image a stage starts from, or None when it starts from an earlier stage."""
+    base = substitute(stage.raw_base, args)
+    return None if df.stage(base) is not None else base
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_every_base_image_a_build_pulls_is_pinned_by_digest_as_recorded(svc):
+    df = dockerfile(svc)
+    pins = base_image_pins()
+    for name, default in df.global_args.items():
+        if name.endswith("_IMAGE"):
+            assert name in pins, f"{df.path.name}: ARG {name} is not recorded in base-images.txt"
+            assert default == pins[name], f"{df.path.name}: ARG {name}={default}, base-images.txt says {pins[name]}"
+    flavours = [df.global_args]
+    if "FLASH_ATTN" in df.global_args:
+        flavours.append({**df.global_args, "FLASH_ATTN": "1"})
+    for args in flavours:
+        for stage in reachable_stages(df, args):
+            base = external_base(df, stage, args)
+            if base is None:
+                continue
+            raw = stage.raw_base
+            assert raw.startswith("${") and raw.endswith("}"), f"{df.path.name}: FROM {raw} is not a recorded ARG"
+            if args is flavours[0]:
+                assert PINNED.fullmatch(base), f"{df.path.name}: stage {stage.name or stage.index} pulls {base} by tag"
+
+
+def test_the_base_image_record_pins_everything_but_the_flash_attn_compiler():
+    pins = base_image_pins()
+    unpinned = {name for name, ref in pins.items() if not PINNED.fullmatch(ref)}
+    assert unpinned == {"TORCH_DEVEL_IMAGE"}, unpinned  # see base-images.txt: pulled only with FLASH_ATTN=1
+    used = {name for svc in SERVICES for name in dockerfile(svc).global_args if name.endswith("_IMAGE")}
+    assert used == set(pins), f"recorded but unused, or used but unrecorded: {used ^ set(pins)}"
+
+
+def test_the_digest_check_rejects_a_tag_only_base(tmp_path):
+    """The check in use does reject what it must: a Dockerfile whose FROM pulls a tag."""
+    path = tmp_path / "Dockerfile"
+    path.write_text("ARG PYTHON_IMAGE=python:3.11-slim\nFROM ${PYTHON_IMAGE}\nRUN true\n")
+    df = parse(path)
+    (stage,) = reachable_stages(df, df.global_args)
+    assert not PINNED.fullmatch(external_base(df, stage, df.global_args))
+    assert PINNED.fullmatch(base_image_pins()["PYTHON_IMAGE"])
 
 
 def test_gateway_image_carries_the_web_game_when_it_exists():

@@ -4,12 +4,12 @@ ConfigMap, gRPC health probes on the grpc port, metrics on the metrics port, a n
 container with a writable /tmp, and a termination grace period longer than the service's own drain.
 
 What differs per service comes from its values block (replicas, resources, gpu, shm, probes, scheduling)
-and from <svc>-deployment.yaml, which passes YAML snippets:
-  "ports"        extra container ports (list)
-  "env"          extra env entries (list), e.g. read from Secrets
-  "volumes"      extra pod volumes (list)
-  "volumeMounts" extra container mounts (list)
-Takes (dict "root" $ "svc" "gateway" …).
+and from <svc>-deployment.yaml, which builds the rest as lists of maps, written as Kubernetes writes them:
+  "ports"        extra container ports:  (list (dict "name" "http" "containerPort" 8080 "protocol" "TCP"))
+  "env"          extra env entries, e.g. read from Secrets (sd.pod.addDatabaseUrl and sd.pod.addStoreCredentials, below, add the shared ones)
+  "volumes"      extra pod volumes
+  "volumeMounts" extra container mounts
+Takes (dict "root" $ "svc" "gateway" "ports" (list …) "env" (list …) …); every list may be left out.
 */}}
 {{- define "sd.deployment" -}}
 {{- $root := .root -}}
@@ -59,7 +59,7 @@ spec:
         {{- end }}
       annotations:
         # Rolls the pods when their settings change.
-        checksum/config: {{ include "sd.configmap" (dict "root" $root "svc" $svc) | sha256sum }}
+        checksum/config: {{ include (print $root.Template.BasePath "/" $svc "-configmap.yaml") $root | sha256sum }}
         {{- if $root.Values.metrics.podAnnotations }}
         prometheus.io/scrape: "true"
         prometheus.io/port: {{ $g.containerPorts.metrics | quote }}
@@ -103,16 +103,15 @@ spec:
               containerPort: {{ $g.containerPorts.metrics }}
               protocol: TCP
             {{- with .ports }}
-            {{- . | nindent 12 }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ include "sd.componentName" . }}
-          {{- $env := trim (default "" .env) }}
-          {{- if or $env $v.extraEnv }}
+          {{- if or .env $v.extraEnv }}
           env:
-            {{- with $env }}
-            {{- . | nindent 12 }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
@@ -156,7 +155,7 @@ spec:
               mountPath: /dev/shm
             {{- end }}
             {{- with .volumeMounts }}
-            {{- . | nindent 12 }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
         - name: tmp
@@ -169,6 +168,35 @@ spec:
             sizeLimit: {{ $v.shm.sizeLimit }}
         {{- end }}
         {{- with .volumes }}
-        {{- . | nindent 8 }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
+{{- end -}}
+
+
+{{/* Adds SD_<SVC>_DATABASE_URL, read from the Secret holding the service's database URL, to a pod's env;
+adds nothing when no database is configured. Takes the pod dict of sd.deployment. */}}
+{{- define "sd.pod.addDatabaseUrl" -}}
+{{- $db := (index .root.Values .svc).database -}}
+{{- if or $db.existingSecret $db.url -}}
+{{- $ref := dict "name" ($db.existingSecret | default (include "sd.componentName" .))
+                 "key" (ternary $db.existingSecretKey "database-url" (not (empty $db.existingSecret))) -}}
+{{- $_ := set . "env" (append (.env | default (list))
+      (dict "name" (print (include "sd.envPrefix" .svc) "DATABASE_URL") "valueFrom" (dict "secretKeyRef" $ref))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Adds the AWS keys of the object store to a pod's env, read from aws.existingSecret or the chart's
+Secret "<prefix>-aws"; adds nothing under IRSA (no keys configured). Takes the pod dict of sd.deployment. */}}
+{{- define "sd.pod.addStoreCredentials" -}}
+{{- $aws := .root.Values.aws -}}
+{{- $name := include "sd.awsSecretName" .root -}}
+{{- if $name -}}
+{{- $own := not $aws.existingSecret -}}
+{{- $env := .env | default (list) -}}
+{{- range $var, $key := dict "AWS_ACCESS_KEY_ID" (ternary "AWS_ACCESS_KEY_ID" $aws.accessKeyIdKey $own)
+                             "AWS_SECRET_ACCESS_KEY" (ternary "AWS_SECRET_ACCESS_KEY" $aws.secretAccessKeyKey $own) }}
+{{- $env = append $env (dict "name" $var "valueFrom" (dict "secretKeyRef" (dict "name" $name "key" $key))) -}}
+{{- end -}}
+{{- $_ := set . "env" $env -}}
+{{- end -}}
 {{- end -}}

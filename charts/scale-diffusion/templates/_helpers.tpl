@@ -81,61 +81,11 @@ app.kubernetes.io/part-of: scale-diffusion
 {{- printf "SD_%s_" (upper .) -}}
 {{- end -}}
 
-{{/* SD_STORE_* settings, for the ConfigMaps of the services that use the object store. Optional
-settings are left out when empty, so the service sees them unset rather than "". */}}
-{{- define "sd.storeConfig" -}}
-{{- $s := .Values.store -}}
-SD_STORE_BACKEND: {{ $s.backend | quote }}
-SD_STORE_BUCKET: {{ $s.bucket | quote }}
-SD_STORE_REGION: {{ $s.region | quote }}
-SD_STORE_URL_EXPIRY_S: {{ $s.urlExpirySeconds | quote }}
-{{- with $s.endpointUrl }}
-SD_STORE_ENDPOINT_URL: {{ . | quote }}
-{{- end }}
-{{- with $s.queueUrl }}
-SD_STORE_QUEUE_URL: {{ . | quote }}
-{{- end }}
-{{- if eq $s.backend "local" }}
-SD_STORE_ROOT: /tmp/store
-{{- end }}
-{{- end -}}
-
 {{/* Name of the Secret with AWS keys, or "" when credentials come from the service account (IRSA). */}}
 {{- define "sd.awsSecretName" -}}
 {{- if .Values.aws.existingSecret -}}
 {{- .Values.aws.existingSecret -}}
 {{- else if .Values.aws.accessKeyId -}}
 {{- printf "%s-aws" (include "sd.fullname" .) -}}
-{{- end -}}
-{{- end -}}
-
-{{/* AWS key env entries of the services that use the store; nothing under IRSA. */}}
-{{- define "sd.awsEnv" -}}
-{{- $name := include "sd.awsSecretName" . -}}
-{{- if $name -}}
-{{- $own := not .Values.aws.existingSecret -}}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef:
-      name: {{ $name }}
-      key: {{ ternary "AWS_ACCESS_KEY_ID" .Values.aws.accessKeyIdKey $own }}
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ $name }}
-      key: {{ ternary "AWS_SECRET_ACCESS_KEY" .Values.aws.secretAccessKeyKey $own }}
-{{- end -}}
-{{- end -}}
-
-{{/* One env entry read from a Secret holding a database URL, or nothing when no database is configured.
-Takes (dict "root" $ "svc" "gateway" "var" "SD_GATEWAY_DATABASE_URL"). */}}
-{{- define "sd.databaseEnv" -}}
-{{- $db := (index .root.Values .svc).database -}}
-{{- if or $db.existingSecret $db.url -}}
-- name: {{ .var }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $db.existingSecret | default (include "sd.componentName" .) }}
-      key: {{ ternary $db.existingSecretKey "database-url" (not (empty $db.existingSecret)) }}
 {{- end -}}
 {{- end -}}

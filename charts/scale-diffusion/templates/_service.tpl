@@ -1,7 +1,7 @@
 {{/*
 The ClusterIP Service of one service: its gRPC port, its metrics port, and any extra ports given as a
-YAML list in "ports" (the gateway's HTTP port).
-Takes (dict "root" $ "svc" "gateway" ["ports" "<yaml list>"]).
+list of Service ports in "ports" (the gateway's HTTP port).
+Takes (dict "root" $ "svc" "gateway" ["ports" (list (dict "name" "http" "port" 80 …))]).
 */}}
 {{- define "sd.service" -}}
 {{- $root := .root -}}
@@ -31,6 +31,6 @@ spec:
       targetPort: metrics
       protocol: TCP
     {{- with .ports }}
-    {{- . | nindent 4 }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end -}}

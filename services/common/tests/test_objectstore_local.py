@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from sd_common.objectstore import (
     LocalObjectStore,
     MultipartInvalid,
     ObjectNotFound,
+    ObjectSealed,
     ObjectTooLarge,
     S3ObjectStore,
     SignatureInvalid,
@@ -504,3 +506,85 @@ async def test_factory_s3_backend(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="SD_STORE_QUEUE_URL"):
         make_event_queue(StoreSettings(backend="s3"))
     await store.close()
+
+
+# ---- sealing ------------------------------------------------------------------------------------
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+async def test_a_sealed_prefix_refuses_every_write_and_stays_sealed(
+        local_store: LocalObjectStore, events: LocalEventQueue, store_root: Path, tmp_path: Path) -> None:
+    single = await local_store.presign_put("raw/s1/video.webm", size_bytes=4, content_type="video/webm",
+                                           expires_s=600)
+    parts = await local_store.create_multipart("raw/s1/big.bin", size_bytes=6 * MiB, part_bytes=5 * MiB,
+                                               content_type="application/octet-stream", expires_s=600)
+    await upload(local_store, single.url, b"good")
+    await drain(events)
+    snapshot = await local_store.freeze("raw/s1")
+    assert snapshot.prefix == "raw/s1/" and [o.key for o in snapshot.objects] == ["raw/s1/video.webm"]
+    await local_store.seal(snapshot)
+    before = contents(tmp_path)
+    key, query = split_url(single.url)
+    with pytest.raises(ObjectSealed, match="raw/s1/ is sealed"):  # refused before a byte is read
+        await local_store.receive_upload(key=key, query=query, content_length=4, body=never_read())
+    key, query = split_url(parts.parts[0].url)
+    with pytest.raises(ObjectSealed):
+        await local_store.receive_upload(key=key, query=query, content_length=5 * MiB, body=never_read())
+    with pytest.raises(ObjectSealed):
+        await local_store.complete_multipart("raw/s1/big.bin", parts.upload_id, [(1, "a"), (2, "b")])
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/video.webm", b"evil", content_type="video/webm")
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/new.txt", b"new", content_type="text/plain")
+    with pytest.raises(ObjectSealed):
+        await local_store.presign_put("raw/s1/video.webm", size_bytes=4, content_type="video/webm", expires_s=60)
+    await local_store.thaw(snapshot)  # thawing a sealed prefix does not unseal it
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/video.webm", b"evil", content_type="video/webm")
+    # a store opened afresh on the same root (a restarted gateway) keeps the seal
+    again = LocalObjectStore(store_root, b"s" * 32, BASE_URL, None, 64 * MiB)
+    with pytest.raises(ObjectSealed):
+        await upload(again, single.url, b"evil")
+    assert contents(tmp_path) == before  # objects, parts, queue, metadata: all unchanged
+    assert await drain(events) == []
+    await local_store.put_bytes("raw/s2/video.webm", b"fine", content_type="video/webm")  # other prefixes write
+
+
+async def test_a_body_arriving_while_its_prefix_is_frozen_never_lands(
+        local_store: LocalObjectStore, events: LocalEventQueue, store_root: Path) -> None:
+    request = await local_store.presign_put("raw/s1/frames.jsonl", size_bytes=8, content_type="text/plain",
+                                            expires_s=600)
+    await local_store.put_bytes("raw/s1/frames.jsonl", b"checked!", content_type="text/plain")
+    await drain(events)
+    halfway, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"evil"
+        halfway.set()
+        await go_on.wait()
+        yield b"evil"
+
+    key, query = split_url(request.url)
+    arriving = asyncio.create_task(local_store.receive_upload(key=key, query=query, content_length=8,
+                                                              body=slow_body()))
+    await halfway.wait()
+    snapshot = await local_store.freeze("raw/s1/")  # the completion check starts while the body arrives
+    go_on.set()
+    with pytest.raises(ObjectSealed):
+        await arriving
+    assert (store_root / "raw/s1/frames.jsonl").read_bytes() == b"checked!"
+    assert os.listdir(store_root / ".tmp") == []
+    assert await drain(events) == []
+    # a check that rejects thaws the prefix: the player may upload again
+    await local_store.thaw(snapshot)
+    await upload(local_store, request.url, b"fixed!!!")
+    assert (store_root / "raw/s1/frames.jsonl").read_bytes() == b"fixed!!!"
+
+
+async def test_only_folders_can_be_frozen(local_store: LocalObjectStore) -> None:
+    for prefix in ("", "/", "../x"):
+        with pytest.raises(InvalidKey):
+            await local_store.freeze(prefix)

@@ -194,26 +194,26 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
 
     @app.get("/v1/players/me", response_model=PlayerOut)
     async def get_player(authorization: Auth = None) -> PlayerOut:
-        t = await service.player_totals(service.authenticate(authorization))
+        t = await service.player_totals(await service.authenticate(authorization))
         return PlayerOut(**t.__dict__)
 
     @app.post("/v1/sessions", response_model=SessionOut, status_code=201)
     async def create_session(body: CreateSessionIn, authorization: Auth = None) -> SessionOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         return session_out(await service.create_session(player, body.client_build, body.city, body.route_id))
 
     @app.get("/v1/sessions", response_model=SessionListOut)
     async def list_sessions(page_size: int = 50, page_token: str = "", authorization: Auth = None) -> SessionListOut:
-        rows, nxt = await service.list_sessions(service.authenticate(authorization), page_size, page_token)
+        rows, nxt = await service.list_sessions(await service.authenticate(authorization), page_size, page_token)
         return SessionListOut(sessions=[session_out(r) for r in rows], next_page_token=nxt)
 
     @app.get("/v1/sessions/{session_id}", response_model=SessionOut)
     async def get_session(session_id: str, authorization: Auth = None) -> SessionOut:
-        return session_out(await service.get_session(service.authenticate(authorization), session_id))
+        return session_out(await service.get_session(await service.authenticate(authorization), session_id))
 
     @app.post("/v1/sessions/{session_id}/upload-urls", response_model=UploadUrlsOut)
     async def upload_urls(session_id: str, body: UploadUrlsIn, authorization: Auth = None) -> UploadUrlsOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         targets = await service.create_upload_urls(player, session_id, [FileSpec(**f.model_dump()) for f in body.files])
         return UploadUrlsOut(targets=[TargetOut(
             path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
@@ -222,20 +222,20 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
     @app.post("/v1/sessions/{session_id}/multipart/complete", response_model=CompleteMultipartOut)
     async def complete_multipart(session_id: str, body: CompleteMultipartIn,
                                  authorization: Auth = None) -> CompleteMultipartOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         size = await service.complete_multipart(player, session_id, body.path, body.multipart_upload_id,
                                                 [(p.part_number, p.etag) for p in body.parts])
         return CompleteMultipartOut(size_bytes=size)
 
     @app.post("/v1/sessions/{session_id}/complete", response_model=CompleteSessionOut)
     async def complete_session(session_id: str, authorization: Auth = None) -> CompleteSessionOut:
-        result = await service.complete_session(service.authenticate(authorization), session_id)
+        result = await service.complete_session(await service.authenticate(authorization), session_id)
         return CompleteSessionOut(session=session_out(result.session), accepted=result.accepted,
                                   problems=[ProblemOut(**p.to_dict()) for p in result.problems])
 
     @app.post("/v1/diffusion/offer", response_model=OfferOut)
     async def diffusion_offer(body: OfferIn, authorization: Auth = None) -> OfferOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         await service.get_session(player, body.session_id)
         ans = await signaling.offer(body.session_id, body.sdp_offer, body.prompt)
         return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)

@@ -150,3 +150,40 @@ async def test_device_tokens_cannot_be_forged(gateway, http):
     r = await http.get("/v1/players/me", headers={"Authorization": f"Bearer {none_alg}.{payload}."})
     assert r.status_code == 401
     assert (await http.get("/v1/players/me", headers=headers)).status_code == 200
+
+
+async def test_a_client_that_disconnects_mid_upload_is_an_aborted_upload(gateway, http, tmp_path, caplog, capfd):
+    import logging
+
+    from prometheus_client import REGISTRY
+
+    from .conftest import world
+
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value("sd_http_requests_total", {
+            "service": "gateway", "route": "/v1/store/{key:path}", "method": "PUT", "status": status}) or 0.0
+
+    headers = await new_player(http)
+    _, url = await _one_url(http, headers, size=100)
+    before, aborted_before = world(gateway, tmp_path), count("499")
+    errors_before = count("500")
+    caplog.set_level(logging.INFO)
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                 f"Content-Length: 100\r\nContent-Type: application/octet-stream\r\n\r\n".encode() + b"x" * 50)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(200):
+        if count("499") > aborted_before:
+            break
+        await asyncio.sleep(0.05)
+    assert count("499") == aborted_before + 1  # its own label
+    assert count("500") == errors_before
+    assert REGISTRY.get_sample_value("sd_gateway_uploads_aborted_total") >= 1
+    assert world(gateway, tmp_path) == before  # nothing written, nothing announced, no record changed
+    out = capfd.readouterr()
+    logged = caplog.text + out.out + out.err
+    assert "Traceback" not in logged and "ClientDisconnect" not in logged
+    assert "upload aborted" in logged

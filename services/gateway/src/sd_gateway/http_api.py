@@ -6,13 +6,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from scale_diffusion.common.v1 import common_pb2
+from starlette.requests import ClientDisconnect
 
 from sd_common.metrics import HttpMetricsMiddleware
 from sd_common.objectstore import ObjectStoreError
@@ -22,6 +25,12 @@ from sd_gateway.sessions import FileSpec, SessionService
 from sd_gateway.signaling import DiffusionSignaling
 
 Auth = Annotated[str | None, Header(alias="Authorization")]
+log = structlog.get_logger()
+UPLOADS_ABORTED = Counter("sd_gateway_uploads_aborted_total",
+                          "Uploads to the embedded store whose client went away before the body was complete")
+# What the HTTP metrics record for a request whose client closed the connection (nginx's convention):
+# nobody receives it, and it is not a server error.
+CLIENT_CLOSED_STATUS = 499
 
 
 class ProblemOut(BaseModel):
@@ -244,9 +253,15 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         @app.put("/v1/store/{key:path}", include_in_schema=False)
         async def receive_upload(key: str, request: Request) -> JSONResponse:
             length = request.headers.get("content-length")
-            info = await local_store.receive_upload(
-                key=key, query=dict(request.query_params),
-                content_length=int(length) if length and length.isdigit() else None, body=request.stream())
+            try:
+                info = await local_store.receive_upload(
+                    key=key, query=dict(request.query_params),
+                    content_length=int(length) if length and length.isdigit() else None, body=request.stream())
+            except ClientDisconnect:  # nothing was written: the partial body is removed with its temp file
+                UPLOADS_ABORTED.inc()
+                log.info("upload aborted: the client closed the connection mid-body", key=key,
+                         content_length=length)
+                return Response(status_code=CLIENT_CLOSED_STATUS)
             return JSONResponse({"size_bytes": info.size_bytes}, headers={"ETag": info.etag})
 
     if web_dir is not None and (web_dir / "index.html").is_file():

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
@@ -59,6 +60,16 @@ class RunningGateway:
         self._db.close()
 
 
+def _store_origins(store_settings: StoreSettings) -> list[str]:
+    """Where the browser PUTs its uploads when that is not the gateway itself."""
+    if store_settings.backend != "s3":
+        return []
+    if store_settings.endpoint_url:
+        parts = urlsplit(store_settings.endpoint_url)
+        return [f"{parts.scheme}://{parts.netloc}"]
+    return ["https://*.amazonaws.com"]
+
+
 async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings) -> RunningGateway:
     """Binds, builds and starts the gateway; returns once both servers accept connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -89,8 +100,9 @@ async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings
 
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
-                     web_dir=settings.web_dir)
-    http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                     web_dir=settings.web_dir, max_json_body_bytes=settings.max_json_body_bytes,
+                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings)])
+    http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
     task = asyncio.create_task(http.serve(sockets=[sock]))
     while not http.started:

@@ -83,3 +83,37 @@ async def test_a_rejected_session_can_be_uploaded_again_and_then_seals(gateway, 
     put = await http.put(targets["events.jsonl"]["url"], content=bad)
     assert put.status_code == 409
     assert world(gateway, tmp_path) == before
+
+
+async def test_concurrent_completions_of_one_session_leave_it_sealed(gateway, http, synthetic_session, tmp_path):
+    import asyncio
+
+    sid, headers, targets, blobs = await upload(http, synthetic_session)
+    answers = await asyncio.gather(*(http.post(f"/v1/sessions/{sid}/complete", headers=headers) for _ in range(4)))
+    assert all(r.status_code == 200 and r.json()["accepted"] for r in answers)
+    put = await http.put(targets["video.webm"]["url"], content=other_bytes(blobs["video.webm"]),
+                         headers=targets["video.webm"]["headers"])
+    assert put.status_code == 409
+    assert gateway._store._frozen == set()  # nothing left frozen in memory: the seal file holds it
+
+
+@pytest.mark.parametrize("name", ["notes.webm", "sub/video.webm", "a..b.txt", "x" * 128, "x" * 129, "_x.txt",
+                                  "-x.txt", "a b.txt", "vid\u00e9o.webm", ".hidden", "a%2Fb", "A-Z_0.9"])
+async def test_upload_names_and_manifest_paths_follow_one_rule(gateway, http, synthetic_session, name):
+    from sd_common.problems import ProblemError
+    from sd_common.session_format.spec import parse_manifest
+
+    headers = await new_player(http)
+    sid = (await http.post("/v1/sessions", json={}, headers=headers)).json()["session_id"]
+    r = await http.post(f"/v1/sessions/{sid}/upload-urls", headers=headers,
+                        json={"files": [{"path": name, "size_bytes": 5}]})
+    assert r.status_code in (200, 400), r.text
+    manifest = manifest_of(synthetic_session)
+    manifest["files"].append({"path": name, "size_bytes": 5, "sha256": "0" * 64, "content_type": "text/plain"})
+    try:
+        parse_manifest(json.dumps(manifest).encode())
+        manifest_accepts = True
+    except ProblemError as e:
+        assert [p.code for p in e.problems] == ["manifest_file_path_invalid"], e.problems
+        manifest_accepts = False
+    assert (r.status_code == 200) == manifest_accepts, name

@@ -105,7 +105,7 @@ class SessionService:
         self._uploads_limit = TokenBucketLimiter(settings.upload_calls_per_minute, settings.upload_calls_burst)
         # One completion at a time per session in this replica: a rejected check thaws the prefix,
         # which must never undo the freeze of a concurrent check that accepts.
-        self._completing: dict[str, asyncio.Lock] = {}
+        self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # session -> (lock, callers holding or waiting)
 
     # identity ------------------------------------------------------------------------------------
 
@@ -217,13 +217,17 @@ class SessionService:
         """
         self._limit(self._uploads_limit, player_id, "upload calls")
         await self._owned(player_id, session_id)  # 400/404/403 before any lock is taken
-        lock = self._completing.setdefault(session_id, asyncio.Lock())
+        lock, users = self._completing.get(session_id, (asyncio.Lock(), 0))
+        self._completing[session_id] = (lock, users + 1)
         try:
             async with lock:
                 return await self._complete(player_id, session_id)
         finally:
-            if not lock.locked() and self._completing.get(session_id) is lock:
+            lock, users = self._completing[session_id]
+            if users == 1:
                 del self._completing[session_id]
+            else:
+                self._completing[session_id] = (lock, users - 1)
 
     async def _complete(self, player_id: str, session_id: str) -> CompletionResult:
         rec = await self._owned(player_id, session_id)

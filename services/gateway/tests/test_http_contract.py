@@ -126,8 +126,8 @@ async def test_documented_statuses_are_exactly_those_answered(start_gw, tmp_path
         await seen.call(http, CO, 200, path=at(CO[1], sid), headers=owner)  # rejected: an answer, not an error
         await seen.call(http, CO, 409, path=at(CO[1], busy), headers=owner)
     # rate limits, on a gateway with bursts of one
-    gw = await start_gw(players_burst_per_ip=1, sessions_burst=1, upload_calls_burst=1,
-                        state_dir=tmp_path / "gw-limits")
+    gw = await start_gw(players_burst_per_ip=1, sessions_burst=1, upload_calls_burst=1, players_per_minute_per_ip=0.1,
+                        sessions_per_minute=0.1, upload_calls_per_minute=0.1, state_dir=tmp_path / "gw-limits")
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
         headers = await new_player(http)
         await seen.call(http, P, 429, json={})

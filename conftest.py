@@ -53,7 +53,10 @@ def moto_server() -> Iterator[str]:
 
 @pytest.fixture
 async def bucket_and_queue(moto_server: str) -> tuple[str, str]:
-    """A fresh bucket announcing objects created under raw/ to a fresh SQS queue: (bucket, queue_url)."""
+    """A fresh versioned bucket announcing objects created under raw/ to a fresh SQS queue: (bucket, queue_url).
+
+    Versioning is on, as docs/operations.md requires: sealing an accepted session pins object versions.
+    """
     import uuid
 
     from aiobotocore.session import get_session
@@ -64,6 +67,7 @@ async def bucket_and_queue(moto_server: str) -> tuple[str, str]:
     session = get_session()
     async with session.create_client("s3", region_name=REGION, endpoint_url=moto_server) as s3:
         await s3.create_bucket(Bucket=name)
+        await s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     async with session.create_client("sqs", region_name=REGION, endpoint_url=moto_server) as sqs:
         url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
         arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from sd_common.objectstore import (
     LocalObjectStore,
     MultipartInvalid,
     ObjectNotFound,
+    ObjectSealed,
     ObjectTooLarge,
     S3ObjectStore,
     SignatureInvalid,
@@ -95,6 +97,23 @@ def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def unchanged(local_store: LocalObjectStore, tmp_path: Path):
+    """Call it after refused requests: every file under the test's folder (objects, parts, temp files,
+    metadata, the event queue) and the folders beside it are exactly as when the test started."""
+    before, beside = contents(tmp_path), set(tmp_path.parent.iterdir())
+
+    def check() -> None:
+        assert contents(tmp_path) == before
+        assert set(tmp_path.parent.iterdir()) == beside
+
+    return check
+
+
 async def drain(queue: LocalEventQueue) -> list:
     records = []
     for message in await queue.receive(wait_s=0):
@@ -136,7 +155,7 @@ async def test_presigned_put_round_trip(local_store: LocalObjectStore, events: L
 
 
 @pytest.mark.parametrize("claimed", [None, 10, 100], ids=["absent", "honest", "lying"])
-async def test_a_body_shorter_than_signed_is_refused(local_store: LocalObjectStore, claimed: int | None) -> None:
+async def test_a_body_shorter_than_signed_is_refused(local_store: LocalObjectStore, claimed: int | None, unchanged) -> None:
     # S3 refuses a body of any other size than the signed Content-Length; so does the local store.
     request = await local_store.presign_put("a/b", size_bytes=100, content_type="text/plain", expires_s=60)
     with pytest.raises(IncompleteBody, match="signed for exactly 100|Content-Length announced 100") as raised:
@@ -144,9 +163,10 @@ async def test_a_body_shorter_than_signed_is_refused(local_store: LocalObjectSto
     assert raised.value.http_status == 400
     assert await local_store.head("a/b") is None
     assert os.listdir(local_store.root / ".tmp") == []
+    unchanged()
 
 
-async def test_forged_signature_is_refused(local_store: LocalObjectStore) -> None:
+async def test_forged_signature_is_refused(local_store: LocalObjectStore, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     key, query = split_url(request.url)
     signature = query["X-SD-Signature"]
@@ -161,17 +181,19 @@ async def test_forged_signature_is_refused(local_store: LocalObjectStore) -> Non
         with pytest.raises(SignatureInvalid, match=missing):
             await local_store.receive_upload(key=key, query=incomplete, content_length=10, body=never_read())
     assert await local_store.head("a/b") is None
+    unchanged()
 
 
-async def test_a_store_with_another_key_refuses_the_url(local_store: LocalObjectStore, tmp_path: Path) -> None:
+async def test_a_store_with_another_key_refuses_the_url(local_store: LocalObjectStore, tmp_path: Path, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     other = LocalObjectStore(local_store.root, b"t" * 32, BASE_URL, None, MiB)
     key, query = split_url(request.url)
     with pytest.raises(SignatureInvalid):
         await other.receive_upload(key=key, query=query, content_length=10, body=never_read())
+    unchanged()
 
 
-async def test_expired_url_is_refused(local_store: LocalObjectStore, clock: Clock) -> None:
+async def test_expired_url_is_refused(local_store: LocalObjectStore, clock: Clock, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     key, query = split_url(request.url)
     clock.now += 61
@@ -182,11 +204,12 @@ async def test_expired_url_is_refused(local_store: LocalObjectStore, clock: Cloc
     with pytest.raises(SignatureInvalid):
         await local_store.receive_upload(key=key, query={**query, "X-SD-Expires": str(int(clock.now) + 600)},
                                          content_length=10, body=never_read())
+    unchanged()
     clock.now -= 1  # exactly at the expiry second it is still valid
     assert (await upload(local_store, request.url, b"0123456789")).size_bytes == 10
 
 
-async def test_a_url_for_one_key_does_not_work_for_another(local_store: LocalObjectStore) -> None:
+async def test_a_url_for_one_key_does_not_work_for_another(local_store: LocalObjectStore, unchanged) -> None:
     request = await local_store.presign_put("sessions/mine/video.webm", size_bytes=10, content_type="video/webm",
                                             expires_s=60)
     _, query = split_url(request.url)
@@ -194,9 +217,10 @@ async def test_a_url_for_one_key_does_not_work_for_another(local_store: LocalObj
         with pytest.raises(SignatureInvalid, match="does not match key"):
             await local_store.receive_upload(key=target, query=query, content_length=10, body=never_read())
         assert await local_store.head(target) is None
+    unchanged()
 
 
-async def test_tampered_max_bytes_is_refused(local_store: LocalObjectStore) -> None:
+async def test_tampered_max_bytes_is_refused(local_store: LocalObjectStore, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     key, query = split_url(request.url)
     for tampered in ("11", "1000000", "010", "-1", "1e9", " 10"):
@@ -207,18 +231,20 @@ async def test_tampered_max_bytes_is_refused(local_store: LocalObjectStore) -> N
     with pytest.raises(SignatureInvalid):
         await local_store.receive_upload(key=key, query={**query, "uploadId": "0" * 32, "partNumber": "1"},
                                          content_length=10, body=never_read())
+    unchanged()
 
 
-async def test_content_length_over_the_signed_size_is_refused_before_reading(local_store: LocalObjectStore) -> None:
+async def test_content_length_over_the_signed_size_is_refused_before_reading(local_store: LocalObjectStore, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     key, query = split_url(request.url)
     with pytest.raises(ObjectTooLarge, match="Content-Length is 11 bytes; this URL accepts at most 10") as raised:
         await local_store.receive_upload(key=key, query=query, content_length=11, body=never_read())
     assert raised.value.http_status == 413
+    unchanged()
 
 
 @pytest.mark.parametrize("claimed", [None, 10], ids=["absent", "lying"])
-async def test_a_body_over_the_signed_size_is_cut_off(local_store: LocalObjectStore, claimed: int | None) -> None:
+async def test_a_body_over_the_signed_size_is_cut_off(local_store: LocalObjectStore, claimed: int | None, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     key, query = split_url(request.url)
     delivered = 0
@@ -234,9 +260,10 @@ async def test_a_body_over_the_signed_size_is_cut_off(local_store: LocalObjectSt
     assert delivered <= 12  # stopped at the first chunk past the limit, not at the end of the stream
     assert await local_store.head(key) is None
     assert os.listdir(local_store.root / ".tmp") == []
+    unchanged()
 
 
-async def test_a_body_shorter_than_its_content_length_is_refused(local_store: LocalObjectStore) -> None:
+async def test_a_body_shorter_than_its_content_length_is_refused(local_store: LocalObjectStore, unchanged) -> None:
     request = await local_store.presign_put("a/b", size_bytes=10, content_type="text/plain", expires_s=60)
     with pytest.raises(IncompleteBody, match="had 4 bytes but its Content-Length announced 10"):
         await upload(local_store, request.url, b"abcd", content_length=10)
@@ -244,14 +271,16 @@ async def test_a_body_shorter_than_its_content_length_is_refused(local_store: Lo
         await local_store.receive_upload(key="a/b", query=split_url(request.url)[1], content_length=4,
                                          body=never_read())
     assert await local_store.head("a/b") is None
+    unchanged()
 
 
-async def test_presign_refuses_objects_over_the_store_limit(local_store: LocalObjectStore) -> None:
+async def test_presign_refuses_objects_over_the_store_limit(local_store: LocalObjectStore, unchanged) -> None:
     with pytest.raises(ObjectTooLarge, match="larger than this store accepts"):
         await local_store.presign_put("a/b", size_bytes=64 * MiB + 1, content_type="video/webm", expires_s=60)
     with pytest.raises(ObjectTooLarge):
         await local_store.create_multipart("a/b", size_bytes=64 * MiB + 1, part_bytes=8 * MiB,
                                            content_type="video/webm", expires_s=60)
+    unchanged()
 
 
 # ---- keys and the file system -------------------------------------------------------------------
@@ -261,7 +290,7 @@ BAD_KEYS = ["..", "../outside", "a/../../outside", "/tmp/outside", "a\x00b", "a\
 
 
 @pytest.mark.parametrize("key", BAD_KEYS, ids=[ascii(k) for k in BAD_KEYS])
-async def test_bad_keys_are_refused_everywhere(local_store: LocalObjectStore, key: str, tmp_path: Path) -> None:
+async def test_bad_keys_are_refused_everywhere(local_store: LocalObjectStore, key: str, tmp_path: Path, unchanged) -> None:
     before = files_under(tmp_path)
     with pytest.raises(InvalidKey):
         await local_store.presign_put(key, size_bytes=1, content_type="text/plain", expires_s=60)
@@ -278,9 +307,12 @@ async def test_bad_keys_are_refused_everywhere(local_store: LocalObjectStore, ke
     with pytest.raises(InvalidKey):
         await local_store.sha256(key)
     assert files_under(tmp_path) == before
+    unchanged()  # nothing in the store, its queue, or beside the test's folder (where "a/../../x" would go)
+    assert not Path("/tmp/outside").exists()
 
 
 async def test_nothing_is_written_outside_root(local_store: LocalObjectStore, tmp_path: Path) -> None:
+    beside = set(tmp_path.parent.iterdir())
     outside = tmp_path / "outside"
     outside.mkdir()
     # A symlink planted inside root must not become a way out.
@@ -295,6 +327,7 @@ async def test_nothing_is_written_outside_root(local_store: LocalObjectStore, tm
     await local_store.put_bytes("f/g", b"fg", content_type="text/plain")
     assert os.listdir(outside) == []
     assert {p.name for p in tmp_path.iterdir()} == {"store", "outside"}
+    assert set(tmp_path.parent.iterdir()) == beside  # and nothing above the store's parent
     objects = {name for name in files_under(local_store.root) if not name.startswith(".")}
     assert objects == {"a", "b/c", "b/d/e", "f/g"}
     assert [i.key async for i in local_store.list("")] == ["a", "b/c", "b/d/e", "f/g"]
@@ -504,3 +537,81 @@ async def test_factory_s3_backend(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="SD_STORE_QUEUE_URL"):
         make_event_queue(StoreSettings(backend="s3"))
     await store.close()
+
+
+# ---- sealing ------------------------------------------------------------------------------------
+
+
+async def test_a_sealed_prefix_refuses_every_write_and_stays_sealed(
+        local_store: LocalObjectStore, events: LocalEventQueue, store_root: Path, tmp_path: Path) -> None:
+    single = await local_store.presign_put("raw/s1/video.webm", size_bytes=4, content_type="video/webm",
+                                           expires_s=600)
+    parts = await local_store.create_multipart("raw/s1/big.bin", size_bytes=6 * MiB, part_bytes=5 * MiB,
+                                               content_type="application/octet-stream", expires_s=600)
+    await upload(local_store, single.url, b"good")
+    await drain(events)
+    snapshot = await local_store.freeze("raw/s1")
+    assert snapshot.prefix == "raw/s1/" and [o.key for o in snapshot.objects] == ["raw/s1/video.webm"]
+    await local_store.seal(snapshot)
+    before = contents(tmp_path)
+    key, query = split_url(single.url)
+    with pytest.raises(ObjectSealed, match="raw/s1/ is sealed"):  # refused before a byte is read
+        await local_store.receive_upload(key=key, query=query, content_length=4, body=never_read())
+    key, query = split_url(parts.parts[0].url)
+    with pytest.raises(ObjectSealed):
+        await local_store.receive_upload(key=key, query=query, content_length=5 * MiB, body=never_read())
+    with pytest.raises(ObjectSealed):
+        await local_store.complete_multipart("raw/s1/big.bin", parts.upload_id, [(1, "a"), (2, "b")])
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/video.webm", b"evil", content_type="video/webm")
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/new.txt", b"new", content_type="text/plain")
+    with pytest.raises(ObjectSealed):
+        await local_store.presign_put("raw/s1/video.webm", size_bytes=4, content_type="video/webm", expires_s=60)
+    await local_store.thaw(snapshot)  # thawing a sealed prefix does not unseal it
+    with pytest.raises(ObjectSealed):
+        await local_store.put_bytes("raw/s1/video.webm", b"evil", content_type="video/webm")
+    # a store opened afresh on the same root (a restarted gateway) keeps the seal
+    again = LocalObjectStore(store_root, b"s" * 32, BASE_URL, None, 64 * MiB)
+    with pytest.raises(ObjectSealed):
+        await upload(again, single.url, b"evil")
+    assert contents(tmp_path) == before  # objects, parts, queue, metadata: all unchanged
+    assert await drain(events) == []
+    await local_store.put_bytes("raw/s2/video.webm", b"fine", content_type="video/webm")  # other prefixes write
+
+
+async def test_a_body_arriving_while_its_prefix_is_frozen_never_lands(
+        local_store: LocalObjectStore, events: LocalEventQueue, store_root: Path) -> None:
+    request = await local_store.presign_put("raw/s1/frames.jsonl", size_bytes=8, content_type="text/plain",
+                                            expires_s=600)
+    await local_store.put_bytes("raw/s1/frames.jsonl", b"checked!", content_type="text/plain")
+    await drain(events)
+    halfway, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"evil"
+        halfway.set()
+        await go_on.wait()
+        yield b"evil"
+
+    key, query = split_url(request.url)
+    arriving = asyncio.create_task(local_store.receive_upload(key=key, query=query, content_length=8,
+                                                              body=slow_body()))
+    await halfway.wait()
+    snapshot = await local_store.freeze("raw/s1/")  # the completion check starts while the body arrives
+    go_on.set()
+    with pytest.raises(ObjectSealed):
+        await arriving
+    assert (store_root / "raw/s1/frames.jsonl").read_bytes() == b"checked!"
+    assert os.listdir(store_root / ".tmp") == []
+    assert await drain(events) == []
+    # a check that rejects thaws the prefix: the player may upload again
+    await local_store.thaw(snapshot)
+    await upload(local_store, request.url, b"fixed!!!")
+    assert (store_root / "raw/s1/frames.jsonl").read_bytes() == b"fixed!!!"
+
+
+async def test_only_folders_can_be_frozen(local_store: LocalObjectStore) -> None:
+    for prefix in ("", "/", "../x"):
+        with pytest.raises(InvalidKey):
+            await local_store.freeze(prefix)

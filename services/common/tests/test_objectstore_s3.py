@@ -20,12 +20,14 @@ import httpx
 import pytest
 from aiobotocore.session import get_session
 from sd_common.objectstore import (
+    InvalidKey,
     MultipartInvalid,
     ObjectCreated,
     ObjectNotFound,
     ObjectTooLarge,
     S3ObjectStore,
     SqsEventQueue,
+    VersioningRequired,
     parse_s3_event,
 )
 
@@ -179,3 +181,43 @@ async def test_sqs_redelivers_until_deleted(s3_env: S3Env) -> None:
     assert second.receive_count == 2 and second.body == first.body
     await s3_env.events.delete(second.receipt)
     assert [m for m in await s3_env.events.receive(wait_s=0) if m.message_id == message_id] == []
+
+
+# ---- sealing ------------------------------------------------------------------------------------
+
+
+async def test_a_seal_pins_versions_and_is_written_once(s3_env: S3Env, moto_server: str) -> None:
+    store = s3_env.store
+    with pytest.raises(VersioningRequired, match="enable versioning"):
+        await store.freeze("raw/s1/")
+    async with get_session().create_client("s3", region_name=REGION, endpoint_url=moto_server) as s3:
+        await s3.put_bucket_versioning(Bucket=s3_env.bucket, VersioningConfiguration={"Status": "Enabled"})
+    await store.put_bytes("raw/s1/a.txt", b"checked", content_type="text/plain")
+    await store.put_bytes("raw/s1/b.txt", b"also", content_type="text/plain")
+    snapshot = await store.freeze("raw/s1")
+    assert [o.key for o in snapshot.objects] == ["raw/s1/a.txt", "raw/s1/b.txt"]
+    assert all(o.version_id for o in snapshot.objects)
+    await store.put_bytes("raw/s1/a.txt", b"changed", content_type="text/plain")  # between freeze and seal
+    assert await store.get_bytes("raw/s1/a.txt", max_bytes=100,
+                                 version_id=snapshot.objects[0].version_id) == b"checked"
+    await store.seal(snapshot)
+    later = await store.freeze("raw/s1/")  # a sealed prefix answers with its seal, not the new versions
+    assert later == snapshot
+    await store.seal(later.__class__("raw/s1/", later.objects[1:]))  # a second seal does not replace the first
+    fresh = S3ObjectStore(s3_env.bucket, endpoint_url=moto_server, region=REGION)
+    try:
+        for reader in (store, fresh):
+            assert await reader.get_bytes("raw/s1/a.txt", max_bytes=100) == b"checked"
+            assert [o.key async for o in reader.list("raw/s1/")] == ["raw/s1/a.txt", "raw/s1/b.txt"]
+            assert (await reader.head("raw/s1/a.txt")).size_bytes == len(b"checked")
+            assert b"".join([c async for c in reader.iter_bytes("raw/s1/a.txt")]) == b"checked"
+        await store.put_bytes("raw/s1/c.txt", b"late", content_type="text/plain")
+        assert await fresh.head("raw/s1/c.txt") is None
+        with pytest.raises(ObjectNotFound):
+            await fresh.get_bytes("raw/s1/c.txt", max_bytes=100)
+        await store.put_bytes("raw/s2/c.txt", b"open", content_type="text/plain")  # other prefixes are unsealed
+        assert await fresh.get_bytes("raw/s2/c.txt", max_bytes=100) == b"open"
+    finally:
+        await fresh.close()
+    with pytest.raises(InvalidKey):
+        await store.freeze("processed/s1/")  # only client uploads (raw/) are sealed

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from sd_common.settings import StoreSettings
 from sd_gateway.assembly import start_gateway
@@ -53,3 +56,24 @@ def synthetic_session(tmp_path_factory) -> Path:
 
 def manifest_of(session_dir: Path) -> dict:
     return json.loads((session_dir / "manifest.json").read_text())
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a refused request must leave as it was."""
+
+    files: dict[str, str]  # every file under the test's folder (store objects, parts, .tmp, .meta, .seals,
+    #                        the event queue), by path relative to it, with its sha256
+    events: tuple[str, ...]  # the local event queue's messages
+    records: tuple[tuple, ...]  # every player and session row of the gateway's database
+
+
+def world(gw, folder: Path) -> World:
+    """The state of the test's folder, event queue and gateway records, for before/after comparisons."""
+    files = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(folder.rglob("*")) if p.is_file() and "gw" not in p.relative_to(folder).parts}
+    events = tuple(sorted(k for k in files if "/.events/" in f"/{k}"))
+    with gw._db._engine.connect() as conn:
+        records = tuple(tuple(row) for table in ("players", "sessions")
+                        for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1")))
+    return World(files, events, records)

@@ -71,3 +71,76 @@ def test_plain_postgresql_urls_use_the_shipped_driver(pg_cluster):
             db.close()
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
     assert normalize_url("postgresql+asyncpg://h/db") == "postgresql+asyncpg://h/db"  # an explicit driver stays
+
+
+def test_upload_budgets_count_across_calls_and_threads(db_url):
+    """max files/bytes per session hold across every upload-urls call, also when calls race."""
+    from sd_gateway.database import UploadBudgetExceeded
+    import pytest
+
+    db = GatewayDatabase(db_url)
+    try:
+        db.add_player("p-1", "")
+        db.add_session("20261124T120000Z-0000000000000001", "p-1", "raw/x", "", "", "")
+        sid = "20261124T120000Z-0000000000000001"
+        db.reserve_uploads(sid, {"a": 10, "b": 10}, max_files=3, max_bytes=100)
+        db.reserve_uploads(sid, {"a": 30}, max_files=3, max_bytes=100)  # a path asked again counts once
+        with pytest.raises(UploadBudgetExceeded) as e:
+            db.reserve_uploads(sid, {"c": 1, "d": 1}, max_files=3, max_bytes=100)
+        assert (e.value.what, e.value.total, e.value.limit) == ("files", 4, 3)
+        with pytest.raises(UploadBudgetExceeded) as e:
+            db.reserve_uploads(sid, {"c": 61}, max_files=3, max_bytes=100)
+        assert (e.value.what, e.value.total) == ("bytes", 101)
+        db.reserve_uploads(sid, {"c": 60}, max_files=3, max_bytes=100)
+        # eight threads race for a budget of 5 one-file calls: exactly 5 win
+        db.add_session("20261124T120000Z-0000000000000002", "p-1", "raw/y", "", "", "")
+        race = "20261124T120000Z-0000000000000002"
+        won, lost = [], []
+
+        def ask(n: int) -> None:
+            try:
+                db.reserve_uploads(race, {f"f{n}": 1}, max_files=5, max_bytes=100)
+                won.append(n)
+            except UploadBudgetExceeded:
+                lost.append(n)
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert (len(won), len(lost)) == (5, 3)
+    finally:
+        db.close()
+
+
+def test_players_can_be_disabled(db_url):
+    db = GatewayDatabase(db_url)
+    try:
+        db.add_player("p-1", "")
+        assert db.player_status("p-1") == "active" and db.player_status("p-none") is None
+        db.set_player_disabled("p-1", True)
+        assert db.player_status("p-1") == "disabled"
+    finally:
+        db.close()
+
+
+def test_a_database_from_before_the_new_columns_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the tables as the first release created them
+        conn.execute("CREATE TABLE players (player_id VARCHAR(64) PRIMARY KEY, created_at DATETIME, "
+                     "client_build VARCHAR(128))")
+        conn.execute("CREATE TABLE sessions (session_id VARCHAR(64) PRIMARY KEY, player_id VARCHAR(64), "
+                     "state INTEGER, created_at DATETIME, updated_at DATETIME, client_build VARCHAR(128), "
+                     "city VARCHAR(128), route_id VARCHAR(128), key_prefix VARCHAR(256), problems_json TEXT, "
+                     "duration_s FLOAT)")
+        conn.execute("INSERT INTO players VALUES ('p-old', '2026-01-01 00:00:00', '')")
+    db = GatewayDatabase(f"sqlite:///{path}")
+    try:
+        assert db.player_status("p-old") == "active"
+        db.add_session("20261124T120000Z-0000000000000001", "p-old", "raw/x", "", "", "")
+        db.reserve_uploads("20261124T120000Z-0000000000000001", {"a": 1}, max_files=1, max_bytes=1)
+    finally:
+        db.close()

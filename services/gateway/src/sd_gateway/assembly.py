@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
@@ -53,6 +54,16 @@ class RunningGateway:
         await self._rt.stop()
 
 
+def _store_origins(store_settings: StoreSettings) -> list[str]:
+    """Where the browser PUTs its uploads when that is not the gateway itself."""
+    if store_settings.backend != "s3":
+        return []
+    if store_settings.endpoint_url:
+        parts = urlsplit(store_settings.endpoint_url)
+        return [f"{parts.scheme}://{parts.netloc}"]
+    return ["https://*.amazonaws.com"]
+
+
 async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> tuple[int, str]:
     """Builds the gateway into ``rt``: gRPC API, the HTTP server it hosts, what closes at shutdown.
 
@@ -87,9 +98,10 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> tuple
 
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
-                     web_dir=settings.web_dir)
+                     web_dir=settings.web_dir, max_json_body_bytes=settings.max_json_body_bytes,
+                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings)])
     tracing.instrument_asgi_app(app, session_id_in_path=_SESSION_IN_PATH)
-    http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+    http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
     task: asyncio.Task | None = None
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
@@ -27,6 +27,7 @@ class PlayerRow(_Base):
     player_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     client_build: Mapped[str] = mapped_column(String(128), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class SessionRow(_Base):
@@ -42,6 +43,23 @@ class SessionRow(_Base):
     key_prefix: Mapped[str] = mapped_column(String(256))
     problems_json: Mapped[str] = mapped_column(Text, default="[]")
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # {path: size_bytes} of every file upload URLs were issued for, across all upload-urls calls.
+    uploads_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+# Columns added after the first release: (table, column, SQL type and default), added where missing.
+_ADDED_COLUMNS = [
+    ("players", "disabled", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    ("sessions", "uploads_json", "TEXT NOT NULL DEFAULT '{}'"),
+]
+
+
+class UploadBudgetExceeded(Exception):
+    """A session would hold more files (``what='files'``) or bytes (``'bytes'``) than allowed."""
+
+    def __init__(self, what: str, total: int, limit: int) -> None:
+        super().__init__(f"{what}: {total} > {limit}")
+        self.what, self.total, self.limit = what, total, limit
 
 
 @dataclass(frozen=True)
@@ -86,7 +104,16 @@ class GatewayDatabase:
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
         _Base.metadata.create_all(self._engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
+                    for table in {t for t, _, _ in _ADDED_COLUMNS}}
+        with self._engine.begin() as conn:
+            for table, column, ddl in _ADDED_COLUMNS:
+                if column not in existing[table]:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     def close(self) -> None:
         """Releases pooled connections."""
@@ -95,7 +122,46 @@ class GatewayDatabase:
     def add_player(self, player_id: str, client_build: str) -> None:
         """Records a new player."""
         with self._sessions.begin() as s:
-            s.add(PlayerRow(player_id=player_id, created_at=datetime.now(UTC), client_build=client_build))
+            s.add(PlayerRow(player_id=player_id, created_at=datetime.now(UTC), client_build=client_build,
+                            disabled=False))
+
+    def player_status(self, player_id: str) -> str | None:
+        """'active' or 'disabled', or None if there is no such player."""
+        with self._sessions() as s:
+            row = s.get(PlayerRow, player_id)
+            return None if row is None else ("disabled" if row.disabled else "active")
+
+    def set_player_disabled(self, player_id: str, disabled: bool) -> None:
+        """Disables (or re-enables) a player: a disabled player's device token is refused."""
+        with self._sessions.begin() as s:
+            row = s.get(PlayerRow, player_id)
+            if row is None:
+                raise KeyError(player_id)
+            row.disabled = disabled
+
+    def reserve_uploads(self, session_id: str, files: dict[str, int], *, max_files: int, max_bytes: int) -> None:
+        """Adds ``{path: size_bytes}`` to the session's issued uploads, or raises UploadBudgetExceeded.
+
+        A path asked for again (a renewed URL, a re-upload after rejection) counts once, at its
+        latest size. The update is a compare-and-set on the previous value, so concurrent calls on
+        any replica cannot both spend the same budget.
+        """
+        while True:
+            with self._sessions() as s:
+                before = s.scalar(select(SessionRow.uploads_json).where(SessionRow.session_id == session_id))
+            if before is None:
+                raise KeyError(session_id)
+            merged = json.loads(before) | files
+            if len(merged) > max_files:
+                raise UploadBudgetExceeded("files", len(merged), max_files)
+            if sum(merged.values()) > max_bytes:
+                raise UploadBudgetExceeded("bytes", sum(merged.values()), max_bytes)
+            with self._sessions.begin() as s:
+                done = s.execute(update(SessionRow).where(SessionRow.session_id == session_id,
+                                                          SessionRow.uploads_json == before)
+                                 .values(uploads_json=json.dumps(merged, sort_keys=True)))
+                if done.rowcount == 1:
+                    return
 
     def add_session(self, session_id: str, player_id: str, key_prefix: str, client_build: str,
                     city: str, route_id: str) -> SessionRecord:
@@ -103,7 +169,7 @@ class GatewayDatabase:
         now = datetime.now(UTC)
         row = SessionRow(session_id=session_id, player_id=player_id, state=STATE_OPEN, created_at=now,
                          updated_at=now, client_build=client_build, city=city, route_id=route_id,
-                         key_prefix=key_prefix, problems_json="[]", duration_s=0.0)
+                         key_prefix=key_prefix, problems_json="[]", duration_s=0.0, uploads_json="{}")
         with self._sessions.begin() as s:
             s.add(row)
         return _record(row)

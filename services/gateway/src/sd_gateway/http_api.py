@@ -6,28 +6,90 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from scale_diffusion.common.v1 import common_pb2
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from sd_common.error_mapping import http_error_body, http_headers
 from sd_common.metrics import HttpMetricsMiddleware
 from sd_gateway.database import SessionRecord
 from sd_gateway.errors import ERRORS
+from sd_gateway.http_guards import (BodyLimitMiddleware, SecurityHeadersMiddleware, api_reference_html,
+                                    content_security_policy)
 from sd_gateway.sessions import FileSpec, SessionService
 from sd_gateway.signaling import DiffusionSignaling
 
 Auth = Annotated[str | None, Header(alias="Authorization")]
+log = structlog.get_logger()
+UPLOADS_ABORTED = Counter("sd_gateway_uploads_aborted_total",
+                          "Uploads to the embedded store whose client went away before the body was complete")
+# What the HTTP metrics record for a request whose client closed the connection (nginx's convention):
+# nobody receives it, and it is not a server error.
+CLIENT_CLOSED_STATUS = 499
 
 
 class ProblemOut(BaseModel):
     code: str
     path: str
     message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable code: invalid_argument, unauthenticated, … (docs/api.md)")
+    message: str = Field(description="what went wrong and what to do, for a person")
+    problems: list[ProblemOut] = Field(description="the fields or files at fault, when there are several")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error the API answers."""
+
+    error: ErrorDetail
+
+
+_STATUS_TEXT = {
+    400: "Bad request: a malformed body, field, file name or session id; `problems` name the fields",
+    401: "Missing, forged or expired device token, or its player no longer exists",
+    403: "Another player's session, or a disabled player",
+    404: "No such session",
+    409: "The session is already complete",
+    413: "A file, the session's files together, or the request body over its limit",
+    429: "Rate limited; retry after `Retry-After` seconds",
+    503: "A dependency (the object store, the diffusion service) cannot serve now",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict]:
+    """The documented error responses of an operation, each with the error envelope."""
+    return {status: {"model": ErrorOut, "description": _STATUS_TEXT[status]} for status in statuses}
+
+
+# Error statuses each operation can answer (tests/… compare them with what the API really returns).
+# Every JSON body may be malformed (400) or too long (413); every authenticated call may meet a bad
+# token (401) or a disabled player (403).
+OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("POST", "/v1/players"): (400, 413, 429),
+    ("GET", "/v1/players/me"): (401, 403),
+    ("POST", "/v1/sessions"): (400, 401, 403, 413, 429),
+    ("GET", "/v1/sessions"): (400, 401, 403),
+    ("GET", "/v1/sessions/{session_id}"): (400, 401, 403, 404),
+    ("POST", "/v1/sessions/{session_id}/upload-urls"): (400, 401, 403, 404, 409, 413, 429),
+    ("POST", "/v1/sessions/{session_id}/multipart/complete"): (400, 401, 403, 404, 409, 413, 429),
+    ("POST", "/v1/sessions/{session_id}/complete"): (400, 401, 403, 404, 409, 429, 503),
+    ("POST", "/v1/diffusion/offer"): (400, 401, 403, 404, 413, 503),
+}
+
+
+def _documented(method: str, path: str) -> dict:
+    return {"responses": _errors(*OPERATION_ERRORS[(method, path)])}
 
 
 class CreatePlayerIn(BaseModel):
@@ -154,19 +216,47 @@ _NOT_BUILT = """<!doctype html><html><head><meta charset="utf-8"><title>Scale Di
 under <code>/v1/</code>; its reference is at <a href="/docs">/docs</a>.</p></body></html>"""
 
 
+_HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_origins: list[str],
-               local_store=None, web_dir: Path | None = None) -> FastAPI:
+               local_store=None, web_dir: Path | None = None, max_json_body_bytes: int = 1024 * 1024,
+               csp_connect_origins: list[str] | None = None) -> FastAPI:
     """The gateway's ASGI app. `local_store` set: it also receives uploads for the embedded store."""
     app = FastAPI(title="Scale Diffusion gateway", version="1",
-                  description="Player identity, sessions, presigned uploads and diffusion signaling.")
+                  description="Player identity, sessions, presigned uploads and diffusion signaling. "
+                              "Every error answers `ErrorOut`.",
+                  docs_url=None, redoc_url=None)  # the reference below needs no third-party script
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in doc.get("paths", {}).values():
+                for op in operations.values():
+                    op.get("responses", {}).pop("422", None)  # FastAPI's default; this API answers 400
+            schemas = doc.get("components", {}).get("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_json_body_bytes, exempt_prefixes=("/v1/store/",))
     app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "PUT"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["ETag", "Retry-After"],
                        max_age=600)
+    app.add_middleware(SecurityHeadersMiddleware, csp=content_security_policy(csp_connect_origins or []))
     app.add_middleware(HttpMetricsMiddleware, service="gateway")
 
     async def _mapped_error(_req: Request, err: Exception) -> JSONResponse:
         status = ERRORS.status_for(err)  # the same table the gRPC API answers from
         return JSONResponse(http_error_body(status), status_code=status.http_status, headers=http_headers(status))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(err.status_code, f"http_{err.status_code}")
+        return JSONResponse({"error": {"code": code, "message": str(err.detail), "problems": []}},
+                            status_code=err.status_code, headers=dict(err.headers or {}))
 
     for exc_type in ERRORS.exception_types:
         app.add_exception_handler(exc_type, _mapped_error)
@@ -182,55 +272,68 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.post("/v1/players", response_model=CreatePlayerOut, status_code=201)
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_reference_html(app.openapi()))
+
+    @app.post("/v1/players", response_model=CreatePlayerOut, status_code=201,
+              **_documented("POST", "/v1/players"))
     async def create_player(body: CreatePlayerIn, request: Request) -> CreatePlayerOut:
         player_id, token = await service.create_player(body.client_build, request.client.host if request.client else "")
         return CreatePlayerOut(player_id=player_id, device_token=token)
 
-    @app.get("/v1/players/me", response_model=PlayerOut)
+    @app.get("/v1/players/me", response_model=PlayerOut,
+              **_documented("GET", "/v1/players/me"))
     async def get_player(authorization: Auth = None) -> PlayerOut:
-        t = await service.player_totals(service.authenticate(authorization))
+        t = await service.player_totals(await service.authenticate(authorization))
         return PlayerOut(**t.__dict__)
 
-    @app.post("/v1/sessions", response_model=SessionOut, status_code=201)
+    @app.post("/v1/sessions", response_model=SessionOut, status_code=201,
+              **_documented("POST", "/v1/sessions"))
     async def create_session(body: CreateSessionIn, authorization: Auth = None) -> SessionOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         return session_out(await service.create_session(player, body.client_build, body.city, body.route_id))
 
-    @app.get("/v1/sessions", response_model=SessionListOut)
+    @app.get("/v1/sessions", response_model=SessionListOut,
+              **_documented("GET", "/v1/sessions"))
     async def list_sessions(page_size: int = 50, page_token: str = "", authorization: Auth = None) -> SessionListOut:
-        rows, nxt = await service.list_sessions(service.authenticate(authorization), page_size, page_token)
+        rows, nxt = await service.list_sessions(await service.authenticate(authorization), page_size, page_token)
         return SessionListOut(sessions=[session_out(r) for r in rows], next_page_token=nxt)
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionOut)
+    @app.get("/v1/sessions/{session_id}", response_model=SessionOut,
+              **_documented("GET", "/v1/sessions/{session_id}"))
     async def get_session(session_id: str, authorization: Auth = None) -> SessionOut:
-        return session_out(await service.get_session(service.authenticate(authorization), session_id))
+        return session_out(await service.get_session(await service.authenticate(authorization), session_id))
 
-    @app.post("/v1/sessions/{session_id}/upload-urls", response_model=UploadUrlsOut)
+    @app.post("/v1/sessions/{session_id}/upload-urls", response_model=UploadUrlsOut,
+              **_documented("POST", "/v1/sessions/{session_id}/upload-urls"))
     async def upload_urls(session_id: str, body: UploadUrlsIn, authorization: Auth = None) -> UploadUrlsOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         targets = await service.create_upload_urls(player, session_id, [FileSpec(**f.model_dump()) for f in body.files])
         return UploadUrlsOut(targets=[TargetOut(
             path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
             parts=[PartOut(**p.__dict__) for p in t.parts], expires_at=t.expires_at) for t in targets])
 
-    @app.post("/v1/sessions/{session_id}/multipart/complete", response_model=CompleteMultipartOut)
+    @app.post("/v1/sessions/{session_id}/multipart/complete", response_model=CompleteMultipartOut,
+              **_documented("POST", "/v1/sessions/{session_id}/multipart/complete"))
     async def complete_multipart(session_id: str, body: CompleteMultipartIn,
                                  authorization: Auth = None) -> CompleteMultipartOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         size = await service.complete_multipart(player, session_id, body.path, body.multipart_upload_id,
                                                 [(p.part_number, p.etag) for p in body.parts])
         return CompleteMultipartOut(size_bytes=size)
 
-    @app.post("/v1/sessions/{session_id}/complete", response_model=CompleteSessionOut)
+    @app.post("/v1/sessions/{session_id}/complete", response_model=CompleteSessionOut,
+              **_documented("POST", "/v1/sessions/{session_id}/complete"))
     async def complete_session(session_id: str, authorization: Auth = None) -> CompleteSessionOut:
-        result = await service.complete_session(service.authenticate(authorization), session_id)
+        result = await service.complete_session(await service.authenticate(authorization), session_id)
         return CompleteSessionOut(session=session_out(result.session), accepted=result.accepted,
                                   problems=[ProblemOut(**p.to_dict()) for p in result.problems])
 
-    @app.post("/v1/diffusion/offer", response_model=OfferOut)
+    @app.post("/v1/diffusion/offer", response_model=OfferOut,
+              **_documented("POST", "/v1/diffusion/offer"))
     async def diffusion_offer(body: OfferIn, authorization: Auth = None) -> OfferOut:
-        player = service.authenticate(authorization)
+        player = await service.authenticate(authorization)
         await service.get_session(player, body.session_id)
         ans = await signaling.offer(body.session_id, body.sdp_offer, body.prompt)
         return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)
@@ -239,9 +342,15 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         @app.put("/v1/store/{key:path}", include_in_schema=False)
         async def receive_upload(key: str, request: Request) -> JSONResponse:
             length = request.headers.get("content-length")
-            info = await local_store.receive_upload(
-                key=key, query=dict(request.query_params),
-                content_length=int(length) if length and length.isdigit() else None, body=request.stream())
+            try:
+                info = await local_store.receive_upload(
+                    key=key, query=dict(request.query_params),
+                    content_length=int(length) if length and length.isdigit() else None, body=request.stream())
+            except ClientDisconnect:  # nothing was written: the partial body is removed with its temp file
+                UPLOADS_ABORTED.inc()
+                log.info("upload aborted: the client closed the connection mid-body", key=key,
+                         content_length=length)
+                return Response(status_code=CLIENT_CLOSED_STATUS)
             return JSONResponse({"size_bytes": info.size_bytes}, headers={"ETag": info.etag})
 
     if web_dir is not None and (web_dir / "index.html").is_file():

@@ -42,52 +42,52 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         self._svc = service
         self._signaling = signaling
 
-    def _player(self, context) -> str:
-        return self._svc.authenticate(_authorization(context))
+    async def _player(self, context) -> str:
+        return await self._svc.authenticate(_authorization(context))
 
     async def CreatePlayer(self, request, context):
         player_id, token = await self._svc.create_player(request.client_build, _peer_ip(context))
         return pb.CreatePlayerResponse(player_id=player_id, device_token=token)
 
     async def GetPlayer(self, request, context):
-        t = await self._svc.player_totals(self._player(context))
+        t = await self._svc.player_totals(await self._player(context))
         return pb.GetPlayerResponse(**t.__dict__)
 
     async def CreateSession(self, request, context):
-        rec = await self._svc.create_session(self._player(context), request.client_build, request.city,
+        rec = await self._svc.create_session(await self._player(context), request.client_build, request.city,
                                              request.route_id)
         return pb.CreateSessionResponse(session=_session_pb(rec))
 
     async def GetSession(self, request, context):
         return pb.GetSessionResponse(session=_session_pb(
-            await self._svc.get_session(self._player(context), request.session_id)))
+            await self._svc.get_session(await self._player(context), request.session_id)))
 
     async def ListSessions(self, request, context):
-        rows, nxt = await self._svc.list_sessions(self._player(context), request.page_size, request.page_token)
+        rows, nxt = await self._svc.list_sessions(await self._player(context), request.page_size, request.page_token)
         return pb.ListSessionsResponse(sessions=[_session_pb(r) for r in rows], next_page_token=nxt)
 
     async def CreateUploadUrls(self, request, context):
         files = [FileSpec(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256,
                           content_type=f.content_type or "application/octet-stream") for f in request.files]
-        targets = await self._svc.create_upload_urls(self._player(context), request.session_id, files)
+        targets = await self._svc.create_upload_urls(await self._player(context), request.session_id, files)
         return pb.CreateUploadUrlsResponse(targets=[pb.UploadTarget(
             path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
             parts=[pb.UploadPart(**p.__dict__) for p in t.parts],
             expires_at=t.expires_at.isoformat().replace("+00:00", "Z")) for t in targets])
 
     async def CompleteMultipartUpload(self, request, context):
-        size = await self._svc.complete_multipart(self._player(context), request.session_id, request.path,
+        size = await self._svc.complete_multipart(await self._player(context), request.session_id, request.path,
                                                   request.multipart_upload_id,
                                                   [(p.part_number, p.etag) for p in request.parts])
         return pb.CompleteMultipartUploadResponse(size_bytes=size)
 
     async def CompleteSession(self, request, context):
-        r = await self._svc.complete_session(self._player(context), request.session_id)
+        r = await self._svc.complete_session(await self._player(context), request.session_id)
         return pb.CompleteSessionResponse(session=_session_pb(r.session), accepted=r.accepted,
                                           problems=[common_pb2.Problem(**p.to_dict()) for p in r.problems])
 
     async def SignalDiffusion(self, request, context):
-        player = self._player(context)
+        player = await self._player(context)
         await self._svc.get_session(player, request.session_id)
         ans = await self._signaling.offer(request.session_id, request.sdp_offer, request.prompt)
         return pb.SignalDiffusionResponse(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)

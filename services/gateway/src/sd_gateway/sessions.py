@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 import structlog
 from prometheus_client import Counter
 
-from sd_common.objectstore import ObjectStore, ObjectStoreError
+from sd_common.objectstore import ObjectSealed, ObjectStore, ObjectStoreError, Snapshot
 from sd_common.problems import Problem, ProblemError
-from sd_common.session_format.spec import parse_manifest
+from sd_common.session_format.spec import file_name_problem, parse_manifest
 from sd_gateway.database import (STATE_OPEN, STATE_REJECTED, STATE_UPLOADED, GatewayDatabase,
-                                 PlayerTotals, SessionRecord)
+                                 PlayerTotals, SessionRecord, UploadBudgetExceeded)
 from sd_gateway.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
-                               RateLimited, TooLarge)
+                               RateLimited, TooLarge, Unauthenticated, Unavailable)
 from sd_gateway.ratelimit import TokenBucketLimiter
 from sd_gateway.settings import GatewaySettings
 from sd_gateway.tokens import DeviceTokens, bearer_token
@@ -26,8 +26,7 @@ log = structlog.get_logger()
 
 MANIFEST = "manifest.json"
 MANIFEST_MAX_BYTES = 1024 * 1024
-# A session file is one plain name: no folders, no dot-files, nothing a filesystem or URL reinterprets.
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TEXT_FIELD = re.compile(r"^[\x20-\x7e]{0,128}$")
 _HASH_CONCURRENCY = 4
@@ -104,6 +103,9 @@ class SessionService:
         self._players_limit = TokenBucketLimiter(settings.players_per_minute_per_ip, settings.players_burst_per_ip)
         self._sessions_limit = TokenBucketLimiter(settings.sessions_per_minute, settings.sessions_burst)
         self._uploads_limit = TokenBucketLimiter(settings.upload_calls_per_minute, settings.upload_calls_burst)
+        # One completion at a time per session in this replica: a rejected check thaws the prefix,
+        # which must never undo the freeze of a concurrent check that accepts.
+        self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # session -> (lock, callers holding or waiting)
 
     # identity ------------------------------------------------------------------------------------
 
@@ -116,9 +118,15 @@ class SessionService:
         log.info("player created", player_id=player_id, client_build=client_build)
         return player_id, self._tokens.issue(player_id)
 
-    def authenticate(self, authorization: str | None) -> str:
-        """The player id behind an Authorization header value."""
-        return self._tokens.verify(bearer_token(authorization))
+    async def authenticate(self, authorization: str | None) -> str:
+        """The player id behind an Authorization header value, if that player still exists and is enabled."""
+        player_id = self._tokens.verify(bearer_token(authorization))
+        status = await asyncio.to_thread(self._db.player_status, player_id)
+        if status is None:
+            raise Unauthenticated("device token names a player that no longer exists; create a new player identity")
+        if status == "disabled":
+            raise PermissionDenied("this player identity is disabled")
+        return player_id
 
     async def player_totals(self, player_id: str) -> PlayerTotals:
         """The player's contribution totals."""
@@ -157,6 +165,7 @@ class SessionService:
         rec = await self._owned(player_id, session_id)
         self._require_writable(rec)
         self._check_files(files)
+        await self._reserve(rec, files)
         targets = []
         for f in files:
             key = f"{rec.key_prefix}/{f.path}"
@@ -173,6 +182,8 @@ class SessionService:
                                                         expires_s=self._url_expiry_s)
                     targets.append(UploadTargetView(path=f.path, method=req.method, url=req.url,
                                                     headers=dict(req.headers), expires_at=req.expires_at))
+            except ObjectSealed as e:
+                raise FailedPrecondition(f"{f.path}: {e}") from None
             except ObjectStoreError as e:
                 raise InvalidArgument(f"{f.path}: {e}") from None
         for t in targets:
@@ -191,18 +202,54 @@ class SessionService:
             raise InvalidArgument("parts must list every uploaded part with its ETag")
         try:
             info = await self._store.complete_multipart(f"{rec.key_prefix}/{path}", upload_id, parts)
+        except ObjectSealed as e:
+            raise FailedPrecondition(f"{path}: {e}") from None
         except ObjectStoreError as e:
             raise InvalidArgument(f"{path}: {e}") from None
         return info.size_bytes
 
     async def complete_session(self, player_id: str, session_id: str) -> CompletionResult:
-        """Checks the manifest and every file it lists; accepts the session or says precisely why not."""
+        """Checks the manifest and every file it lists; accepts the session or says precisely why not.
+
+        The session's prefix is frozen before the check and sealed when it is accepted, so the bytes
+        that were checked are the bytes every later reader gets; a rejected session is thawed and may
+        be uploaded again.
+        """
         self._limit(self._uploads_limit, player_id, "upload calls")
+        await self._owned(player_id, session_id)  # 400/404/403 before any lock is taken
+        lock, users = self._completing.get(session_id, (asyncio.Lock(), 0))
+        self._completing[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._complete(player_id, session_id)
+        finally:
+            lock, users = self._completing[session_id]
+            if users == 1:
+                del self._completing[session_id]
+            else:
+                self._completing[session_id] = (lock, users - 1)
+
+    async def _complete(self, player_id: str, session_id: str) -> CompletionResult:
         rec = await self._owned(player_id, session_id)
         if rec.state == STATE_UPLOADED:
             return CompletionResult(rec, True, [])  # completing twice changes nothing
         self._require_writable(rec)
-        problems, duration_s = await self._check_uploaded(rec)
+        try:
+            snapshot = await self._store.freeze(rec.key_prefix + "/")
+        except ObjectStoreError as e:
+            raise Unavailable(f"the object store cannot hold session {session_id} unchanged: {e}") from None
+        sealed = False
+        try:
+            problems, duration_s = await self._check_uploaded(rec, snapshot)
+            if not problems:
+                try:
+                    await self._store.seal(snapshot)
+                except ObjectStoreError as e:
+                    raise Unavailable(f"the object store could not seal session {session_id}: {e}") from None
+                sealed = True
+        finally:
+            if not sealed:
+                await self._store.thaw(snapshot)
         state = STATE_REJECTED if problems else STATE_UPLOADED
         rec = await asyncio.to_thread(self._db.set_state, session_id, state, problems,
                                       duration_s if not problems else None)
@@ -213,10 +260,15 @@ class SessionService:
                  problems=[p.code for p in problems])
         return CompletionResult(rec, not problems, problems)
 
-    async def _check_uploaded(self, rec: SessionRecord) -> tuple[list[Problem], float]:
-        prefix = rec.key_prefix + "/"
+    async def _check_uploaded(self, rec: SessionRecord, snapshot: Snapshot) -> tuple[list[Problem], float]:
+        prefix = snapshot.prefix
+        present = {info.key[len(prefix):]: info for info in snapshot.objects}
+        if MANIFEST not in present:
+            return [Problem("manifest_missing", MANIFEST,
+                            "manifest.json was not uploaded; upload it last, after every file it lists")], 0.0
         try:
-            data = await self._store.get_bytes(prefix + MANIFEST, max_bytes=MANIFEST_MAX_BYTES)
+            data = await self._store.get_bytes(prefix + MANIFEST, max_bytes=MANIFEST_MAX_BYTES,
+                                               version_id=present[MANIFEST].version_id)
         except ObjectStoreError as e:
             code = "manifest_missing" if getattr(e, "http_status", 0) == 404 else "manifest_unreadable"
             msg = ("manifest.json was not uploaded; upload it last, after every file it lists"
@@ -235,9 +287,6 @@ class SessionService:
             problems.append(Problem("manifest_player_mismatch", f"{MANIFEST}:player_id",
                                     "manifest names another player than the one completing the session"))
         listed = {f.path for f in manifest.files}
-        present = {}
-        async for info in self._store.list(prefix):
-            present[info.key[len(prefix):]] = info
         sem = asyncio.Semaphore(_HASH_CONCURRENCY)
 
         async def check(f) -> list[Problem]:
@@ -248,7 +297,7 @@ class SessionService:
                 return [Problem("file_size_mismatch", f.path,
                                 f"{f.path} has {info.size_bytes} bytes; the manifest says {f.size_bytes}")]
             async with sem:
-                digest = await self._store.sha256(prefix + f.path)
+                digest = await self._store.sha256(prefix + f.path, version_id=info.version_id)
             if digest != f.sha256.lower():
                 return [Problem("file_sha256_mismatch", f.path,
                                 f"{f.path} has sha256 {digest}; the manifest says {f.sha256}")]
@@ -263,7 +312,7 @@ class SessionService:
     # helpers -------------------------------------------------------------------------------------
 
     async def _owned(self, player_id: str, session_id: str) -> SessionRecord:
-        if not session_id or not _FILE_NAME.match(session_id):
+        if not session_id or not _SESSION_ID.match(session_id):
             raise InvalidArgument("session_id is malformed")
         rec = await asyncio.to_thread(self._db.get_session, session_id)
         if rec is None:
@@ -278,9 +327,22 @@ class SessionService:
             raise FailedPrecondition(f"session {rec.session_id} is already complete; start a new session")
 
     def _check_name(self, path: str) -> None:
-        if not _FILE_NAME.match(path) or ".." in path:
-            raise InvalidArgument(
-                f"file name {path!r} is not allowed: use a plain name of letters, digits, '.', '_' and '-'")
+        reason = file_name_problem(path)
+        if reason is not None:
+            raise InvalidArgument(f"file name {path!r} is not allowed: it {reason}")
+
+    async def _reserve(self, rec: SessionRecord, files: list[FileSpec]) -> None:
+        """Counts the files against the session's limits across all its upload-urls calls."""
+        try:
+            await asyncio.to_thread(self._db.reserve_uploads, rec.session_id, {f.path: f.size_bytes for f in files},
+                                    max_files=self._settings.max_files_per_session,
+                                    max_bytes=self._settings.max_session_bytes)
+        except UploadBudgetExceeded as e:
+            if e.what == "files":
+                raise InvalidArgument(f"a session holds at most {e.limit} files; with these it would have "
+                                      f"{e.total}") from None
+            raise TooLarge(f"files total {e.total} bytes with those asked for before; a session may upload "
+                           f"at most {e.limit}") from None
 
     def _check_files(self, files: list[FileSpec]) -> None:
         if not files:

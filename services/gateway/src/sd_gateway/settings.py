@@ -37,7 +37,12 @@ class GatewaySettings(ServiceSettings):
     sessions_burst: int = Field(20, ge=1)
     upload_calls_per_minute: float = Field(120.0, gt=0)
     upload_calls_burst: int = Field(120, ge=1)
-    # Bounds on what one session may upload.
+    # A JSON request body longer than this is refused with 413 as it arrives (uploads are not JSON).
+    max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Origins the game may connect to besides the gateway's own, for its content security policy
+    # (comma-separated). With an S3 store its endpoint is added by itself.
+    csp_connect_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Bounds on what one session may upload, counted across all its upload-urls calls.
     max_files_per_session: int = Field(16, ge=1)
     max_session_bytes: int = Field(2 * 1024**3, ge=1)
     # host:port of the diffusion service's gRPC; unset means signaling answers UNAVAILABLE.
@@ -45,7 +50,7 @@ class GatewaySettings(ServiceSettings):
     # Built web game (web/dist) served at /; unset or missing means a page that says how to build it.
     web_dir: Path | None = None
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "csp_connect_origins", mode="before")
     @classmethod
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):

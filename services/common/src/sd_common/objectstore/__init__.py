@@ -9,6 +9,7 @@ from sd_common.objectstore.base import (
     ObjectStore,
     PresignedPart,
     PresignedRequest,
+    Snapshot,
 )
 from sd_common.objectstore.errors import (
     IncompleteBody,
@@ -16,10 +17,12 @@ from sd_common.objectstore.errors import (
     LengthRequired,
     MultipartInvalid,
     ObjectNotFound,
+    ObjectSealed,
     ObjectStoreError,
     ObjectTooLarge,
     SignatureInvalid,
     UrlExpired,
+    VersioningRequired,
 )
 from sd_common.objectstore.events import MalformedEvent, ObjectCreated, build_s3_event, parse_s3_event
 from sd_common.objectstore.factory import make_event_queue, make_store
@@ -41,6 +44,7 @@ __all__ = [
     "ObjectCreated",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectSealed",
     "ObjectStore",
     "ObjectStoreError",
     "ObjectTooLarge",
@@ -48,9 +52,11 @@ __all__ = [
     "PresignedRequest",
     "QueueMessage",
     "S3ObjectStore",
+    "Snapshot",
     "SignatureInvalid",
     "SqsEventQueue",
     "UrlExpired",
+    "VersioningRequired",
     "build_s3_event",
     "make_event_queue",
     "make_store",

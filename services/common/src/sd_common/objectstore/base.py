@@ -26,6 +26,15 @@ class ObjectInfo:
     size_bytes: int
     etag: str
     last_modified: datetime
+    version_id: str = ""  # the S3 version a snapshot pinned; the embedded store has no versions
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The objects under ``prefix`` (ending in '/') at the moment ``ObjectStore.freeze`` looked."""
+
+    prefix: str
+    objects: tuple[ObjectInfo, ...]
 
 
 @dataclass(frozen=True)
@@ -86,15 +95,15 @@ class ObjectStore(ABC):
         """The object's metadata, or None if there is no object under ``key``."""
 
     @abstractmethod
-    async def sha256(self, key: str) -> str:
-        """Lowercase hex SHA-256 of the object, read as a stream."""
+    async def sha256(self, key: str, *, version_id: str = "") -> str:
+        """Lowercase hex SHA-256 of the object (of that version, if given), read as a stream."""
 
     @abstractmethod
-    def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+    def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20, *, version_id: str = "") -> AsyncIterator[bytes]:
         """The object's bytes in chunks of at most ``chunk_bytes``; raises ObjectNotFound when iterated."""
 
     @abstractmethod
-    async def get_bytes(self, key: str, *, max_bytes: int) -> bytes:
+    async def get_bytes(self, key: str, *, max_bytes: int, version_id: str = "") -> bytes:
         """The whole object; raises ObjectTooLarge if it is bigger than ``max_bytes``."""
 
     @abstractmethod
@@ -104,6 +113,27 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
+
+    # Sealing: once a client's upload under a prefix has been checked, its bytes must never change.
+    # A reader needs nothing special: every read of a key directly under a sealed prefix (and a
+    # listing of exactly that prefix) returns the sealed objects.
+
+    @abstractmethod
+    async def freeze(self, prefix: str) -> Snapshot:
+        """The objects under ``prefix`` now, which later writes cannot change until ``thaw``.
+
+        Embedded store: writes under the prefix are refused (ObjectSealed). S3, where a presigned URL
+        cannot be revoked: each object's current version is pinned in the snapshot (bucket versioning
+        required); read those versions with ``version_id``. A sealed prefix returns its seal.
+        """
+
+    @abstractmethod
+    async def seal(self, snapshot: Snapshot) -> None:
+        """Makes a freeze permanent: from now on every reader sees exactly the snapshot's objects."""
+
+    @abstractmethod
+    async def thaw(self, snapshot: Snapshot) -> None:
+        """Ends a freeze that was not sealed, so the prefix can be written again."""
 
     @abstractmethod
     async def close(self) -> None:

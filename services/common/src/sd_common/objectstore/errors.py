@@ -59,3 +59,15 @@ class MultipartInvalid(ObjectStoreError):
     """A multipart upload that cannot be planned or completed as asked (unknown id, missing part …)."""
 
     http_status = 400
+
+
+class ObjectSealed(ObjectStoreError):
+    """A write under a prefix that was sealed (a checked, accepted session): its bytes never change."""
+
+    http_status = 409
+
+
+class VersioningRequired(ObjectStoreError):
+    """An S3 bucket without versioning, where a seal could not keep the checked bytes."""
+
+    http_status = 503

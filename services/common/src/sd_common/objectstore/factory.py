@@ -23,6 +23,7 @@ def make_store(settings: StoreSettings) -> ObjectStore:
             endpoint_url=settings.endpoint_url,
             region=settings.region,
             max_object_bytes=settings.max_object_bytes,
+            seal_prefix=settings.notify_prefix,
         )
     root = Path(settings.root)
     root.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ Layout under ``root`` (internal names start with ``.``, which no key segment can
     .tmp/                          bodies being received; renamed into place once complete and fsynced
     .multipart/<upload id>/        plan.json and one file per received part
     .meta/<xx>/<sha256 of key>     the object's ETag, valid while the file's inode, size and mtime match
+    .seals/<sha256 of prefix>      a sealed prefix and the objects it held: writes under it are refused
     .events/                       the LocalEventQueue (made by the factory)
     .signing-key                   the generated URL-signing key (made by the factory)
 
@@ -53,6 +54,7 @@ from sd_common.objectstore.base import (
     ObjectStore,
     PresignedPart,
     PresignedRequest,
+    Snapshot,
     check_object_size,
     check_part_list,
     plan_parts,
@@ -64,6 +66,7 @@ from sd_common.objectstore.errors import (
     InvalidKey,
     MultipartInvalid,
     ObjectNotFound,
+    ObjectSealed,
     ObjectTooLarge,
     SignatureInvalid,
     UrlExpired,
@@ -113,7 +116,10 @@ class LocalObjectStore(ObjectStore):
         self._tmp = self.root / ".tmp"
         self._multipart = self.root / ".multipart"
         self._meta = self.root / ".meta"
-        for folder in (self._tmp, self._multipart, self._meta):
+        self._seals = self.root / ".seals"
+        # Prefixes frozen by this process (a completion being checked); sealed ones have a file too.
+        self._frozen: set[str] = set()
+        for folder in (self._tmp, self._multipart, self._meta, self._seals):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
 
@@ -171,6 +177,7 @@ class LocalObjectStore(ObjectStore):
         self, key: str, *, size_bytes: int, content_type: str, expires_s: int
     ) -> PresignedRequest:
         self.path_for(key)
+        self._refuse_if_sealed(key)
         check_object_size(size_bytes, min(self.max_object_bytes, MAX_SINGLE_PUT_BYTES))
         expires = self._expiry(expires_s)
         return PresignedRequest(
@@ -184,6 +191,7 @@ class LocalObjectStore(ObjectStore):
         self, key: str, *, size_bytes: int, part_bytes: int, content_type: str, expires_s: int
     ) -> MultipartUpload:
         self.path_for(key)
+        self._refuse_if_sealed(key)
         check_object_size(size_bytes, self.max_object_bytes)
         plan = plan_parts(size_bytes, part_bytes)
         expires = self._expiry(expires_s)
@@ -218,6 +226,7 @@ class LocalObjectStore(ObjectStore):
         """
         validate_key(key)
         upload_id, part, max_bytes = self._verify(key, query)
+        self._refuse_if_sealed(key)  # before a byte of the body is read
         if content_length is not None:
             if content_length < 0:
                 raise IncompleteBody(f"Content-Length {content_length} is negative")
@@ -269,6 +278,7 @@ class LocalObjectStore(ObjectStore):
                 out.close()
             etag = quote_etag(md5.hexdigest())
             if upload_id:
+                self._refuse_if_sealed(key)
                 try:
                     os.replace(tmp, destination)
                 except FileNotFoundError:
@@ -334,6 +344,7 @@ class LocalObjectStore(ObjectStore):
 
     async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> ObjectInfo:
         validate_key(key)
+        self._refuse_if_sealed(key)
         plan = self._read_plan(key, upload_id)
         ordered = check_part_list(parts)
         planned = plan_parts(plan["size_bytes"], plan["part_bytes"])
@@ -389,6 +400,9 @@ class LocalObjectStore(ObjectStore):
 
     def _publish(self, key: str, tmp: Path, destination: Path, etag: str) -> ObjectInfo:
         """Records the ETag, then renames the complete, fsynced ``tmp`` to ``destination``."""
+        # Checked again here, with no await before the rename: a body that was still arriving when
+        # its prefix was frozen never replaces the checked object.
+        self._refuse_if_sealed(key)
         stat = tmp.stat()
         self._write_meta(key, stat, etag)
         try:
@@ -448,6 +462,37 @@ class LocalObjectStore(ObjectStore):
         self._write_meta(key, stat, etag)
         return etag
 
+    # ---- sealing -------------------------------------------------------------------------------
+
+    def _seal_path(self, prefix: str) -> Path:
+        return self._seals / hashlib.sha256(prefix.encode()).hexdigest()
+
+    def _refuse_if_sealed(self, key: str) -> None:
+        """Raises ObjectSealed if ``key`` lies under a frozen or sealed prefix."""
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth]) + "/"
+            if prefix in self._frozen or self._seal_path(prefix).exists():
+                raise ObjectSealed(
+                    f"{prefix} is sealed: its files were checked and accepted and can no longer change; "
+                    "nothing was written"
+                )
+
+    async def freeze(self, prefix: str) -> Snapshot:
+        prefix = _folder_prefix(prefix)
+        self._frozen.add(prefix)  # from here on every write under it is refused
+        return Snapshot(prefix, tuple([info async for info in self.list(prefix)]))
+
+    async def seal(self, snapshot: Snapshot) -> None:
+        record = {"prefix": snapshot.prefix, "objects": [
+            {"key": o.key, "size_bytes": o.size_bytes, "etag": o.etag} for o in snapshot.objects]}
+        await asyncio.to_thread(write_atomically, self._seal_path(snapshot.prefix),
+                                json.dumps(record).encode(), self._tmp)
+        self._frozen.discard(snapshot.prefix)  # the seal file refuses writes from now on
+
+    async def thaw(self, snapshot: Snapshot) -> None:
+        self._frozen.discard(snapshot.prefix)  # a sealed prefix keeps its seal file
+
     # ---- reading -------------------------------------------------------------------------------
 
     def _stat_object(self, key: str) -> tuple[Path, os.stat_result] | None:
@@ -479,7 +524,7 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!a} in the store") from None
 
-    async def sha256(self, key: str) -> str:
+    async def sha256(self, key: str, *, version_id: str = "") -> str:
         def digest() -> str:
             sha = hashlib.sha256()
             with self._open(key) as data:
@@ -489,7 +534,7 @@ class LocalObjectStore(ObjectStore):
 
         return await asyncio.to_thread(digest)
 
-    async def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20, *, version_id: str = "") -> AsyncIterator[bytes]:
         data = await asyncio.to_thread(self._open, key)
         try:
             while chunk := await asyncio.to_thread(data.read, chunk_bytes):
@@ -497,7 +542,7 @@ class LocalObjectStore(ObjectStore):
         finally:
             data.close()
 
-    async def get_bytes(self, key: str, *, max_bytes: int) -> bytes:
+    async def get_bytes(self, key: str, *, max_bytes: int, version_id: str = "") -> bytes:
         def read() -> bytes:
             with self._open(key) as data:
                 content = data.read(max_bytes + 1)
@@ -509,6 +554,7 @@ class LocalObjectStore(ObjectStore):
 
     async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         destination = self.path_for(key)
+        self._refuse_if_sealed(key)
         check_object_size(len(data), self.max_object_bytes)
         self._check_no_conflict(key, destination)
         tmp = self._tmp / secrets.token_hex(16)
@@ -566,6 +612,13 @@ def _sorted_entries(folder: Path) -> builtins.list[tuple[str, bool]]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(entries, key=lambda entry: entry[0] + "/" if entry[1] else entry[0])
+
+
+def _folder_prefix(prefix: str) -> str:
+    validate_prefix(prefix)
+    if not prefix.strip("/"):
+        raise InvalidKey("only a folder prefix such as 'raw/<session_id>/' can be frozen, not the whole store")
+    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 def _mtime(stat: os.stat_result) -> datetime:

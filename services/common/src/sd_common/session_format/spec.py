@@ -208,28 +208,44 @@ def _as_utc(v: datetime) -> datetime:
 UtcTimestamp = Annotated[datetime, Field(strict=False), BeforeValidator(_rfc3339_utc), AfterValidator(_as_utc)]
 
 
+# The one rule for a session file's name, used by the manifest (``files[i].path``) and by the
+# gateway's upload checks: one plain name, no folders — also exactly one valid object-key segment.
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+FILE_NAME_RULE = ("one plain name of at most 128 characters: letters, digits, '.', '_' and '-', starting with "
+                  "a letter or digit, no '..'")
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file of a session, or None if it can."""
+    if not name:
+        return "is empty"
+    if not name.isascii():
+        return "has non-ASCII characters"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        return "contains a control character"
+    if "\\" in name:
+        return "contains a backslash"
+    if name.startswith("/"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' segment"
+    if "/" in name:
+        return "has a folder part; session files are flat"
+    if len(name) > 128:
+        return "is longer than 128 characters"
+    if ".." in name or not FILE_NAME_RE.fullmatch(name):
+        return f"is not {FILE_NAME_RULE}"
+    return None
+
+
 def _safe_relative_path(v: str) -> str:
-    reason = None
-    if not v:
-        reason = "is empty"
-    elif len(v) > 255:
-        reason = "is longer than 255 characters"
-    elif not v.isascii():
-        reason = "has non-ASCII characters"
-    elif "\x00" in v:
-        reason = "contains a NUL character"
-    elif "\\" in v:
-        reason = "contains a backslash"
-    elif v.startswith("/"):
-        reason = "is absolute"
-    elif any(part in ("", ".", "..") for part in v.split("/")):
-        reason = "has an empty, '.' or '..' segment"
-    elif any(ord(c) < 0x20 or c == "\x7f" for c in v):
-        reason = "contains a control character"
-    elif v == MANIFEST_NAME:
+    reason = file_name_problem(v)
+    if reason is None and v == MANIFEST_NAME:
         reason = "names the manifest itself, which is never listed"
     if reason:
-        raise PydanticCustomError("file_path_invalid", "{value} {reason}; expected a plain relative "
+        raise PydanticCustomError("file_path_invalid", "{value} {reason}; expected a plain "
                                   "name such as video.webm", {"value": _show(v), "reason": reason})
     return v
 

@@ -90,6 +90,7 @@ class CitySource:
     projection: str | None = None
     vertical_datum: str | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    attribution: str | None = None  # credit a viewer must show with the city (e.g. ODbL data)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class City:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, coordinates rounded to the millimetre, optional fields only when set."""
         source: dict[str, Any] = {"kind": self.source.kind}
-        for key in ("seed", "bbox_wgs84", "origin_wgs84", "projection", "vertical_datum"):
+        for key in ("seed", "bbox_wgs84", "origin_wgs84", "projection", "vertical_datum", "attribution"):
             value = getattr(self.source, key)
             if value is not None:
                 source[key] = list(value) if isinstance(value, tuple) else value
@@ -129,7 +130,8 @@ class City:
             kind=s["kind"], seed=s.get("seed"),
             bbox_wgs84=tuple(s["bbox_wgs84"]) if "bbox_wgs84" in s else None,
             origin_wgs84=tuple(s["origin_wgs84"]) if "origin_wgs84" in s else None,
-            projection=s.get("projection"), vertical_datum=s.get("vertical_datum"), files=list(s.get("files", [])))
+            projection=s.get("projection"), vertical_datum=s.get("vertical_datum"), files=list(s.get("files", [])),
+            attribution=s.get("attribution"))
         return cls(
             name=doc["name"], source=source,
             nodes=[Node(n["id"], n["x_m"], n["y_m"], n["control"]) for n in doc["nodes"]],
@@ -190,6 +192,56 @@ def signed_area_m2(ring: list[Point] | list[list[float]]) -> float:
         total += px * y - x * py
         px, py = x, y
     return total / 2
+
+
+def _orient(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> int:
+    cross = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    return (cross > 0) - (cross < 0)
+
+
+def _on_segment(ax: float, ay: float, bx: float, by: float, px: float, py: float) -> bool:
+    """Whether p, collinear with a-b, lies on the closed segment a-b."""
+    return min(ax, bx) <= px <= max(ax, bx) and min(ay, by) <= py <= max(ay, by)
+
+
+def _segments_touch(a: Point, b: Point, c: Point, d: Point) -> bool:
+    o1, o2 = _orient(*a, *b, *c), _orient(*a, *b, *d)
+    o3, o4 = _orient(*c, *d, *a), _orient(*c, *d, *b)
+    if o1 != o2 and o3 != o4 and 0 not in (o1, o2, o3, o4):
+        return True  # a proper crossing
+    return ((o1 == 0 and _on_segment(*a, *b, *c)) or (o2 == 0 and _on_segment(*a, *b, *d))
+            or (o3 == 0 and _on_segment(*c, *d, *a)) or (o4 == 0 and _on_segment(*c, *d, *b)))
+
+
+def ring_self_intersection(ring: list[Point] | list[list[float]]) -> tuple[int, int] | None:
+    """The first pair of sides (i, j) of an unclosed ring that touch or cross, or None if it is simple.
+
+    Neighbouring sides may share their common vertex, but not fold back over each other (a spike).
+    """
+    n = len(ring)
+    pts = [(float(p[0]), float(p[1])) for p in ring]
+    sides = [(pts[i], pts[(i + 1) % n]) for i in range(n)]
+    boxes = [(min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])) for a, b in sides]
+    for i in range(n):
+        a, b = sides[i]
+        bi = boxes[i]
+        for j in range(i + 1, n):
+            bj = boxes[j]
+            if bj[0] > bi[2] or bj[2] < bi[0] or bj[1] > bi[3] or bj[3] < bi[1]:
+                continue
+            c, d = sides[j]
+            if j == i + 1 or (i == 0 and j == n - 1):
+                # Neighbours share one vertex; they are bad only if collinear and overlapping beyond it.
+                shared = b if j == i + 1 else a
+                far_i = a if j == i + 1 else b
+                far_j = d if j == i + 1 else c
+                if _orient(*far_i, *shared, *far_j) == 0 and (
+                        (far_j[0] - shared[0]) * (far_i[0] - shared[0]) + (far_j[1] - shared[1]) * (far_i[1] - shared[1]) > 0):
+                    return i, j
+                continue
+            if _segments_touch(a, b, c, d):
+                return i, j
+    return None
 
 
 @cache
@@ -310,6 +362,12 @@ def _ring_problems(ring: list[list[float]], where: str, counter_clockwise: bool)
     area = signed_area_m2(ring)
     if abs(area) < 1e-6:
         return [Problem("city_ring_degenerate", where, "the ring encloses no area")]
+    crossing = ring_self_intersection(ring)
+    if crossing is not None:
+        i, j = crossing
+        return [Problem("city_ring_self_intersecting", where,
+                        f"the ring is not simple: its side {i} (points {i}-{(i + 1) % len(ring)}) touches or crosses "
+                        f"side {j} (points {j}-{(j + 1) % len(ring)})")]
     if (area > 0) != counter_clockwise:
         turn = "counter-clockwise" if counter_clockwise else "clockwise"
         return [Problem("city_ring_orientation", where, f"the ring must run {turn} (x east, y north)")]

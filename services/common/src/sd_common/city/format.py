@@ -217,31 +217,41 @@ def ring_self_intersection(ring: list[Point] | list[list[float]]) -> tuple[int, 
     """The first pair of sides (i, j) of an unclosed ring that touch or cross, or None if it is simple.
 
     Neighbouring sides may share their common vertex, but not fold back over each other (a spike).
+    Sides are compared only when their bounding boxes overlap, scanning them in order of their west end.
     """
     n = len(ring)
-    pts = [(float(p[0]), float(p[1])) for p in ring]
-    sides = [(pts[i], pts[(i + 1) % n]) for i in range(n)]
-    boxes = [(min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])) for a, b in sides]
-    for i in range(n):
-        a, b = sides[i]
-        bi = boxes[i]
-        for j in range(i + 1, n):
-            bj = boxes[j]
-            if bj[0] > bi[2] or bj[2] < bi[0] or bj[1] > bi[3] or bj[3] < bi[1]:
+    if n < 3:
+        return None
+    xs = [float(p[0]) for p in ring]
+    ys = [float(p[1]) for p in ring]
+    # Neighbours meet at vertex k: a zero turn that goes back the way it came is a spike.
+    for k in range(n):
+        ax, ay = xs[k - 1], ys[k - 1]
+        sx, sy = xs[k], ys[k]
+        fx, fy = xs[(k + 1) % n], ys[(k + 1) % n]
+        if (sx - ax) * (fy - ay) == (sy - ay) * (fx - ax) and (fx - sx) * (ax - sx) + (fy - sy) * (ay - sy) > 0:
+            return (k - 1, k) if k > 0 else (0, n - 1)
+    west = [min(xs[i], xs[(i + 1) % n]) for i in range(n)]
+    order = sorted(range(n), key=west.__getitem__)
+    found: list[tuple[int, int]] = []
+    for pos, i in enumerate(order):
+        i1 = (i + 1) % n
+        ax, ay, bx, by = xs[i], ys[i], xs[i1], ys[i1]
+        east_i = ax if ax > bx else bx
+        south_i, north_i = (ay, by) if ay < by else (by, ay)
+        for j in order[pos + 1:]:
+            if west[j] > east_i:
+                break  # this and every later side starts east of side i's end
+            d = abs(i - j)
+            if d == 1 or d == n - 1:
                 continue
-            c, d = sides[j]
-            if j == i + 1 or (i == 0 and j == n - 1):
-                # Neighbours share one vertex; they are bad only if collinear and overlapping beyond it.
-                shared = b if j == i + 1 else a
-                far_i = a if j == i + 1 else b
-                far_j = d if j == i + 1 else c
-                if _orient(*far_i, *shared, *far_j) == 0 and (
-                        (far_j[0] - shared[0]) * (far_i[0] - shared[0]) + (far_j[1] - shared[1]) * (far_i[1] - shared[1]) > 0):
-                    return i, j
+            j1 = (j + 1) % n
+            cy, dy = ys[j], ys[j1]
+            if (cy > north_i and dy > north_i) or (cy < south_i and dy < south_i):
                 continue
-            if _segments_touch(a, b, c, d):
-                return i, j
-    return None
+            if _segments_touch((ax, ay), (bx, by), (xs[j], cy), (xs[j1], dy)):
+                found.append((i, j) if i < j else (j, i))
+    return min(found) if found else None
 
 
 @cache

@@ -312,15 +312,17 @@ def _extent_of(path: Path, index: int, rings: Any, min_positions: int) -> BBox |
         for ring in rings:
             if not isinstance(ring, list) or len(ring) < min_positions:
                 return None
-            for pos in ring:
-                lon, lat = pos[0], pos[1]
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lon, lat)):
-                    return None
-                if not (math.isfinite(lon) and math.isfinite(lat)):
-                    raise _BadFeature(f"coordinate [{lon}, {lat}] is not a finite number (NaN or infinity)")
-                west, east = min(west, lon), max(east, lon)
-                south, north = min(south, lat), max(north, lat)
-    except (TypeError, IndexError, KeyError):
+            lons = [pos[0] for pos in ring]
+            lats = [pos[1] for pos in ring]
+            # A NaN or infinity anywhere makes the sum non-finite (min and max would hide a NaN).
+            if not math.isfinite(sum(lons) + sum(lats)):
+                bad = next(p for p in ring if not (math.isfinite(p[0]) and math.isfinite(p[1])))
+                raise _BadFeature(f"coordinate [{bad[0]}, {bad[1]}] is not a finite number (NaN or infinity)")
+            west, east = min(west, *lons), max(east, *lons)
+            south, north = min(south, *lats), max(north, *lats)
+    except (TypeError, IndexError, KeyError, StopIteration):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (west, south, east, north)):
         return None
     if not (-180 <= west and east <= 180 and -90 <= south and north <= 90):
         if -90 <= west and east <= 90 and -180 <= south and north <= 180:
@@ -493,14 +495,14 @@ def _rounded(ring: list[tuple[float, float]]) -> list[Point]:
     return out
 
 
-def _crosses_itself(ring: list[tuple[float, float]]) -> bool:
-    rounded = _rounded(ring)
+def _crosses_itself(rounded: list[Point]) -> bool:
     return len(rounded) >= 3 and ring_self_intersection(rounded) is not None
 
 
-def _clean_ring(ring: list[tuple[float, float]], counter_clockwise: bool) -> list[Point] | None:
-    """Millimetre-rounded, unclosed, without repeated points, turned the right way; None if degenerate."""
-    out = _rounded(ring)
+def _clean_ring(ring: list[tuple[float, float]], counter_clockwise: bool, rounded: bool = False) -> list[Point] | None:
+    """Millimetre-rounded (unless already ``rounded``), unclosed, without repeated points, turned the
+    right way; None if degenerate."""
+    out = list(ring) if rounded else _rounded(ring)
     if len(out) < 3:
         return None
     area = signed_area_m2(out)
@@ -576,12 +578,14 @@ def _buildings(kept: list[_Footprint], cols: dict[str, str | None], frame: Local
             if _far(p for ring in local for p in ring):
                 why = (f"lies more than {MAX_COORDINATE_M / 1000:g} km from the city's origin", "too far from the origin")
                 break
-            if not any(_crosses_itself(r) for r in local):
-                outer = _clean_ring(local[0], counter_clockwise=True)
+            rings = [_rounded(r) for r in local]
+            if not any(_crosses_itself(r) for r in rings):
+                outer = _clean_ring(rings[0], counter_clockwise=True, rounded=True)
                 if outer is not None:
-                    parts.append((outer, [h for h in (_clean_ring(r, counter_clockwise=False) for r in local[1:]) if h]))
+                    holes = (_clean_ring(r, counter_clockwise=False, rounded=True) for r in rings[1:])
+                    parts.append((outer, [h for h in holes if h]))
                 continue
-            repaired = _repair(_rounded(local[0]), [h for h in map(_rounded, local[1:]) if len(h) >= 3])
+            repaired = _repair(rings[0], [h for h in rings[1:] if len(h) >= 3])
             if repaired is None:
                 why = ("its outline crosses itself and shapely (to repair it) is not installed",
                        "self-intersecting footprint")

@@ -210,14 +210,28 @@ geometry = st.one_of(
 )
 feature = st.builds(lambda g, p: {"type": "Feature", "geometry": g, "properties": p}, geometry, props)
 good = st.integers(0, 5).map(block)
+street_line = st.one_of(
+    st.lists(st.tuples(st.floats(LON - 0.003, LON + 0.003), st.floats(LAT - 0.003, LAT + 0.003)).map(list),
+             min_size=2, max_size=5),
+    st.lists(position, max_size=4))
+street = st.builds(
+    lambda line, hw, name, multi: {"type": "Feature", "properties": {"highway": hw, "name": name},
+                                   "geometry": {"type": "MultiLineString" if multi else "LineString",
+                                                "coordinates": [line] if multi else line}},
+    street_line, st.one_of(st.sampled_from(["primary", "residential", "footway", "motorway_link"]), prop_value),
+    prop_value, st.booleans())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(features=st.tuples(good, st.lists(feature, max_size=6)).map(lambda t: t[0] + t[1]),
-       bbox=st.one_of(st.none(), st.just("-74.0,40.72,-73.97,40.74"), st.just("-180,-90,180,90")))
-def test_city_import_writes_a_valid_file_or_refuses_with_a_message(tmp_path, features, bbox) -> None:
+       bbox=st.one_of(st.none(), st.just("-74.0,40.72,-73.97,40.74"), st.just("-180,-90,180,90")),
+       streets=st.one_of(st.none(), st.lists(street, max_size=8)))
+def test_city_import_writes_a_valid_file_or_refuses_with_a_message(tmp_path, features, bbox, streets) -> None:
     args = ["--bbox", bbox] if bbox else []
+    if streets is not None:
+        (tmp_path / "streets.geojson").write_text(json.dumps(collection(streets)))
+        args += ["--osm-streets", str(tmp_path / "streets.geojson")]
     rc, stdout, stderr, out = run(tmp_path, json.dumps(collection(features)), *args)
     if rc == 0:
         doc = json.loads(out.read_text())

@@ -28,7 +28,7 @@ from typing import Any
 from sd_common.city import import_city, write_city
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path("/work/shared/data/nyc/building_footprints_east_village_north.geojson")
+SAMPLE = REPO.parent / "shared" / "data" / "nyc" / "building_footprints_east_village_north.geojson"  # ../shared
 FIXTURES = REPO / "services" / "common" / "tests" / "fixtures" / "nyc"
 STREET_SPACING_M = 80.0  # a synthetic street grid under the tiled blocks, like Manhattan's
 AVENUE_SPACING_M = 230.0

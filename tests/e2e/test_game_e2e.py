@@ -4,8 +4,11 @@ project's own tools — the session-format validator with video decoding, and Py
 frame's barcode. Screenshots of the start screen, the drive and the result are kept as artifacts
 in tests/e2e/artifacts/ (git-ignored).
 
+The drive runs in the game's default city, the real East Village (web/public/cities/east-village.json).
+
 Needs Node with web/node_modules (`npm --prefix web ci`, done by `make install`) and Debian's
-Chromium (`make system-deps`); without them the test is skipped and says which is missing.
+Chromium (`make system-deps`); without them the test is skipped and says which is missing — and
+fails under CI=true, where they are always installed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ CHROMIUM = [Path("/usr/lib/chromium/chromium"), Path("/usr/bin/chromium")]
 DRIVE_S = 32
 SIZE = (640, 360)
 MULTIPART_BYTES = 5 * 1024 * 1024  # the smallest threshold the store allows, so the video goes in parts
-PROCESSED_TIMEOUT_S = float(os.environ.get("SD_E2E_PROCESSED_TIMEOUT_S", "45"))
+# The processor's output for the 32 s drive must appear within this many seconds of the upload; the
+# margin is for a loaded 2-core CI machine. Not appearing in time is a failure, never a skip.
+PROCESSED_TIMEOUT_S = float(os.environ.get("SD_E2E_PROCESSED_TIMEOUT_S", "240"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def _missing() -> str | None:
@@ -43,7 +49,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser test needs: {_missing()}")
+MISSING = _missing()
+pytestmark = pytest.mark.skipif(MISSING is not None and not IN_CI, reason=f"browser test needs: {MISSING}")
 
 
 def _build_web() -> None:
@@ -58,6 +65,8 @@ def _build_web() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    if MISSING is not None:  # only under CI=true, where the test must not skip
+        pytest.fail(f"browser test needs: {MISSING}")
     _build_web()
     state = tmp_path_factory.mktemp("game-stack")
     env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
@@ -83,6 +92,34 @@ def drive(stack):
     sid = result["result"]["sessionId"]
     return {"result": result, "sid": sid, "session": stack["state"] / "store" / "raw" / sid,
             "store": stack["state"] / "store", "drive_s": time.monotonic() - started}
+
+
+@pytest.fixture(scope="module")
+def processed(drive):
+    """The processor's _SUCCESS.json for the drive; fails if it does not appear in time.
+
+    The later drives wait for it: on a 2-core machine a drive recorded while the processor decodes
+    the first session starves the browser's video encoder, which then loses the last frame.
+    """
+    done = drive["store"] / "processed" / drive["sid"] / "_SUCCESS.json"
+    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    if not done.exists():
+        pytest.fail(f"no processed/{drive['sid']}/_SUCCESS.json appeared within {PROCESSED_TIMEOUT_S:.0f} s of the "
+                    "upload: the processor did not process the session (SD_E2E_PROCESSED_TIMEOUT_S sets the limit)")
+    print(f"\nprocessed {PROCESSED_TIMEOUT_S - (deadline - time.monotonic()):.0f} s after the drive's checks began")
+    return done
+
+
+def test_the_drive_is_in_the_real_east_village_with_its_credit(drive):
+    r = drive["result"]
+    assert r["startScreen"]["city"] == "East Village"
+    for shown in (r["startScreen"]["attribution"], r["hudWhileDriving"]["attribution"]):
+        assert "© OpenStreetMap contributors, ODbL" in shown and "NYC Open Data" in shown
+    manifest = json.loads((drive["session"] / "manifest.json").read_text())
+    assert manifest["city"]["name"] == "East Village"
+    assert manifest["city"]["source"] == "/cities/east-village.json"
 
 
 def test_the_drive_is_uploaded_and_accepted(drive):
@@ -153,7 +190,7 @@ def test_screenshots_are_not_blank(drive):
         assert pixels.std() > 12, f"{name} looks blank (pixel standard deviation {pixels.std():.1f})"
 
 
-def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack):
+def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, processed):
     """The diffusion path with a stand-in server: the offer is answered inside the page by a peer
     that echoes the game's frames back (web/e2e/drive.mjs --fake-diffusion), so WebRTC, compositing
     the returned stream, the barcode on top and the manifest's diffusion block all run for real."""
@@ -177,7 +214,7 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack):
     assert report.stats.barcodes_read == report.stats.frames_logged
 
 
-def test_a_rejected_upload_says_why_and_can_be_uploaded_again(stack):
+def test_a_rejected_upload_says_why_and_can_be_uploaded_again(stack, processed):
     """One byte of events.jsonl is changed on its way to the store (same size): the gateway rejects
     the session, the result screen shows its problem, and "Upload again" sends the intact files."""
     from sd_common.session_format.validate import validate_session
@@ -196,15 +233,9 @@ def test_a_rejected_upload_says_why_and_can_be_uploaded_again(stack):
     assert report.ok, report.to_dict()
 
 
-def test_processed_dataset_has_the_session_segments(drive):
-    """Runs when the processor exists: its output for this session appears in the store."""
-    done = drive["store"] / "processed" / drive["sid"] / "_SUCCESS.json"
-    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
-    while not done.exists() and time.monotonic() < deadline:
-        time.sleep(1)
-    if not done.exists():
-        pytest.skip(f"processing is not available: no processed/{drive['sid']}/_SUCCESS.json appeared within "
-                    f"{PROCESSED_TIMEOUT_S:.0f} s (the processor does not process sessions in this stack yet)")
+def test_processed_dataset_has_the_session_segments(drive, processed):
+    """The processor's output for this session appears in the store, within PROCESSED_TIMEOUT_S."""
+    done = processed
     # docs/dataset-format.md: _SUCCESS.json counts the accepted segments, segments.json lists them,
     # and each accepted one is a route_<session>_<nnn>/ folder of images with their measurements.
     success = json.loads(done.read_text())

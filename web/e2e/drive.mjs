@@ -81,7 +81,10 @@ try {
   await page.goto(`${a.url}/?${query}`, { timeout: left() });
   await page.getByTestId('start').waitFor({ state: 'visible', timeout: left() });
   await page.screenshot({ path: join(a.out, 'start.png') });
-  log('start screen shown');
+  const attribution = page.getByTestId('attribution');
+  const startScreen = { city: await page.evaluate(() => window.__sdGame.snapshot().cityName),
+    attribution: (await attribution.count()) ? await attribution.innerText() : null };
+  log(`start screen shown: ${JSON.stringify(startScreen)}`);
   await page.getByTestId('start').click();
   await page.waitForFunction(() => window.__sdGame?.currentPhase === 'driving', null, { timeout: left() });
   log('recording');
@@ -89,6 +92,8 @@ try {
   await page.waitForFunction((s) => (window.__sdGame?.snapshot().recording?.elapsed_s ?? 0) >= s, halfway, { timeout: left(), polling: 500 });
   await page.screenshot({ path: join(a.out, 'driving.png') });
   const driving = await page.evaluate(() => window.__sdGame.snapshot());
+  const hudAttribution = page.getByTestId('hud-attribution');
+  const drivingAttribution = (await hudAttribution.count()) ? await hudAttribution.innerText() : null;
   log(`driving snapshot: ${JSON.stringify(driving)}`);
   await page.waitForFunction(() => ['result', 'error'].includes(window.__sdGame?.currentPhase), null, { timeout: left(), polling: 500 });
   await page.waitForTimeout(300);
@@ -107,7 +112,8 @@ try {
     await page.screenshot({ path: join(a.out, 'result-after-retry.png') });
   }
   const result = { phase: snap.phase, verdict, afterRetry, problemsShown: problems, result: snap.result, error: snap.error, diffusionMessage: driving.diffusionMessage,
-    hudWhileDriving: { command: driving.command, speed_kmh: driving.speed_kmh, fps: driving.fps, recording: driving.recording },
+    startScreen,
+    hudWhileDriving: { command: driving.command, speed_kmh: driving.speed_kmh, fps: driving.fps, recording: driving.recording, attribution: drivingAttribution },
     wall_s: (Date.now() - started) / 1000 };
   writeFileSync(join(a.out, 'result.json'), JSON.stringify(result, null, 1));
   log(`result: ${JSON.stringify(result)}`);

@@ -17,4 +17,11 @@ describe('URL settings', () => {
     expect(c.cityUrl).toBe('/cities/manhattan-midtown.json');
     expect(parseConfig('?size=641x361').width).toBe(640); // even sizes only
   });
+
+  it('plays the real East Village by default and the generated grid with ?city=grid', () => {
+    expect(parseConfig('').cityUrl).toBe('/cities/east-village.json');
+    expect(parseConfig('?city=').cityUrl).toBe('/cities/east-village.json');
+    const grid = parseConfig('?city=grid&city_seed=5');
+    expect([grid.cityUrl, grid.citySeed]).toEqual([null, 5]);
+  });
 });

@@ -23,9 +23,10 @@ from sd_common.city.columns import CityImportError
 from sd_common.city.format import signed_area_m2
 from sd_common.city.projection import E2, LocalFrame
 from sd_common.cli.main import main as sdctl
+from tests.shared_data import FOOTPRINTS, require
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nyc"
-SAMPLE = Path("/work/shared/data/nyc/building_footprints_east_village_north.geojson")
+SAMPLE = FOOTPRINTS
 FT = 0.3048
 SQFT = 0.09290304
 # The fixtures' streets and block; FULL also holds the one building far to the north.
@@ -439,10 +440,13 @@ def test_city_fixtures_are_current() -> None:
 
 # --- the shared real sample ---------------------------------------------------------------------------
 
-needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason=f"shared NYC sample not present at {SAMPLE}")
+@pytest.fixture
+def needs_sample() -> Path:
+    """The real sample; a test using it fails under CI=true when the shared folder is missing."""
+    return require(SAMPLE)
 
 
-@needs_sample
+@pytest.mark.usefixtures("needs_sample")
 def test_city_real_sample_imports_with_heights_and_areas_of_the_source(tmp_path) -> None:
     source = json.loads(SAMPLE.read_text())
     city, summary = imported(tmp_path, "--footprints", str(SAMPLE), "--centerlines",
@@ -468,7 +472,7 @@ def test_city_real_sample_imports_with_heights_and_areas_of_the_source(tmp_path)
         assert building_area(b) / (float(props["shape_area"]) * SQFT) == pytest.approx(6.17, rel=0.01)
 
 
-@needs_sample
+@pytest.mark.usefixtures("needs_sample")
 def test_city_real_sample_with_a_bbox(tmp_path) -> None:
     city, report = import_city(SAMPLE, bbox=(-73.9866, 40.7297, -73.9800, 40.7323))
     assert 0 < len(city.buildings) < 176

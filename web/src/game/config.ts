@@ -1,12 +1,17 @@
 /** Game settings from the page URL, e.g. `?autopilot=1&seed=7&duration_s=32&size=640x360`. */
 import { CARLA_FRONT_CAMERA, type CameraMount } from '../sim/camera';
 
+/** The city played when the URL names none: the real East Village (web/public/cities/east-village.json). */
+export const DEFAULT_CITY = 'east-village';
+/** `?city=grid` plays the generated Manhattan-like grid (seeded by `city_seed`) instead. */
+export const GENERATED_CITY = 'grid';
+
 export interface GameConfig {
   /** Route and traffic seed. */
   seed: number;
-  /** Seed of the generated city (ignored when a city file is loaded). */
+  /** Seed of the generated city (`?city=grid`; ignored when a city file is loaded). */
   citySeed: number;
-  /** A city file to load: `/cities/<name>.json`, or a full URL. */
+  /** A city file to load: `/cities/<name>.json`, or a full URL; null plays the generated grid. */
   cityUrl: string | null;
   durationS: number;
   width: number;
@@ -60,11 +65,11 @@ export function parseConfig(search: string, randomSeed: () => number = () => Mat
   }
   mount.fov_deg = float(q.get('fov'), mount.fov_deg, 20, 150);
   const bench = flag(q.get('bench'), false);
-  const city = q.get('city');
+  const city = q.get('city') || DEFAULT_CITY;
   return {
     seed: int(q.get('seed'), randomSeed(), 0, 2 ** 31 - 1),
     citySeed: int(q.get('city_seed'), 1, 0, 2 ** 31 - 1),
-    cityUrl: city ? (/^[A-Za-z0-9._-]+$/.test(city) ? `/cities/${city}.json` : city) : null,
+    cityUrl: city === GENERATED_CITY ? null : /^[A-Za-z0-9._-]+$/.test(city) ? `/cities/${city}.json` : city,
     durationS: float(q.get('duration_s'), 60, 2, 600),
     width,
     height,

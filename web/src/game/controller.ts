@@ -48,6 +48,8 @@ export interface HudSnapshot {
   error: string | null;
   fps: number;
   cityName: string;
+  /** The city's data credit (city.source.attribution): shown wherever the city is shown. */
+  cityAttribution: string;
   playerId: string | null;
   gamepad: boolean;
   cities: string[];
@@ -597,6 +599,7 @@ export class Game {
       error: this.error,
       fps: this.fpsWindow.length,
       cityName: this.loaded?.city.name ?? '',
+      cityAttribution: this.loaded?.city.source.attribution ?? '',
       playerId: this.client.playerId,
       gamepad: this.input?.gamepadConnected ?? false,
       cities: this.cities,

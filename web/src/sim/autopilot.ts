@@ -102,6 +102,23 @@ export class Autopilot {
         vLead = Math.max(0, o.v * Math.cos(o.yaw - car.yaw));
       }
     }
+    // The same along the route's path, which bends through a turn where the straight corridor above
+    // looks past the crosswalk being turned into; pedestrians count from a little beside the path,
+    // since they walk into it.
+    const sFrom = tr.sCurrent;
+    const sTo = Math.min(route.length, tr.sCurrent + 30);
+    for (const o of bodies) {
+      if (Math.abs(o.x - car.x) > 35 || Math.abs(o.y - car.y) > 35) continue;
+      const hit = route.path.project(o.x, o.y, sFrom, sTo);
+      const isPed = o.halfLength < 1;
+      const reach = w.params.width_m / 2 + o.halfWidth + (isPed ? 1.6 : 0.4);
+      if (hit.d2 > reach * reach || hit.s <= sFrom + 0.1) continue;
+      const g = hit.s - sFrom - half - o.halfLength;
+      if (g < gap) {
+        gap = Math.max(0, g);
+        vLead = isPed ? 0 : Math.max(0, o.v * Math.cos(o.yaw - route.path.sample(hit.s).heading));
+      }
+    }
     if (tr.finished) {
       vTarget = 0;
     }

@@ -46,6 +46,8 @@ export interface CitySource {
   seed?: number;
   bbox_wgs84?: [number, number, number, number];
   origin_wgs84?: [number, number];
+  /** Credit that must be shown with the city (OpenStreetMap's ODbL notice for imported streets). */
+  attribution?: string;
 }
 
 export interface City {
@@ -85,7 +87,10 @@ export function parseCity(raw: unknown): City {
   if (o.format !== 'scale-diffusion-city') fail('city.format', `is ${JSON.stringify(o.format)}; expected "scale-diffusion-city"`);
   if (o.version !== 1) fail('city.version', `is ${JSON.stringify(o.version)}; this game reads version 1`);
   if (typeof o.name !== 'string' || !o.name) fail('city.name', 'expected a non-empty string');
-  const source = (o.source ?? { kind: 'generated' }) as CitySource;
+  const source = { ...((o.source ?? { kind: 'generated' }) as CitySource) };
+  if (source.attribution !== undefined && typeof source.attribution !== 'string') {
+    fail('city.source.attribution', `is ${JSON.stringify(source.attribution)}; expected a string`);
+  }
   if (!Array.isArray(o.nodes) || !Array.isArray(o.edges) || !Array.isArray(o.buildings)) {
     fail('city', 'expected arrays nodes, edges and buildings');
   }

@@ -83,6 +83,7 @@ export function Hud({ game, hud }: { game: Game; hud: HudSnapshot }) {
         </div>
       )}
       {hud.notice && <div className="notice">{hud.notice}</div>}
+      {hud.cityAttribution && <div className="attribution" data-testid="hud-attribution">{hud.cityAttribution}</div>}
     </div>
   );
 }

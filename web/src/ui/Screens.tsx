@@ -11,6 +11,7 @@ export function StartScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
         <h1>Scale Diffusion</h1>
         <p className="tagline">Drive one minute through New York. What you see and do becomes training data for self-driving models.</p>
         <p className="city">City: <b>{hud.cityName}</b> · route of {Math.round(hud.routeLength_m)} m</p>
+        {hud.cityAttribution && <p className="fineprint" data-testid="attribution">{hud.cityAttribution}</p>}
         <div className="buttons">
           <button className="primary" data-testid="start" onClick={() => void game.start(true)}>Start recording · 1 min</button>
           <button data-testid="practice" onClick={() => void game.start(false)}>Practice drive</button>
@@ -24,7 +25,7 @@ export function StartScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
         <p className="fineprint">Follow the blue route; the banner tells you where to turn. Obey the lights and stop signs,
           stay on your side of the street, and mind the pedestrians. Enter starts.</p>
         {hud.cities.length > 0 && (
-          <p className="fineprint">Other cities: {hud.cities.map((c) => (
+          <p className="fineprint">Cities: {hud.cities.map((c) => (
             <a key={c} href={`?city=${encodeURIComponent(c)}`}>{c} </a>))}</p>
         )}
         {hud.notice && <p className="warn">{hud.notice}</p>}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .columns import CityImportError, ColumnMapping
-from .format import write_city
+from .format import City, validate_city, write_city
 from .nyc import import_city
 from .streets import DEFAULT_SNAP_M
 
@@ -35,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "optionally, a LION or CSCL street centerline GeoJSON export, both in WGS84 lon/lat.")
     imp.add_argument("--footprints", required=True, type=Path, metavar="F.geojson",
                      help="Building Footprints export (current or legacy field names)")
-    imp.add_argument("--centerlines", type=Path, metavar="C.geojson", help="LION or CSCL centerline export")
+    streets = imp.add_mutually_exclusive_group()
+    streets.add_argument("--centerlines", type=Path, metavar="C.geojson", help="LION or CSCL centerline export")
+    streets.add_argument("--osm-streets", type=Path, metavar="S.geojson",
+                         help="OpenStreetMap road export (LineStrings with 'highway' and 'name'); widths per class")
     imp.add_argument("--bbox", type=_floats(4, "w,s,e,n"), metavar="W,S,E,N",
                      help="WGS84 box to import (default: the footprints' extent); footprints by centroid, "
                           "centerline segments if any part is inside")
@@ -75,7 +78,8 @@ def import_command(args: argparse.Namespace) -> int:
     try:
         mapping = ColumnMapping.load(args.columns) if args.columns else ColumnMapping.default()
         city, report = import_city(args.footprints, args.centerlines, bbox=args.bbox, origin=args.origin,
-                                   name=args.name, columns=mapping, snap_m=args.snap_m)
+                                   name=args.name, columns=mapping, snap_m=args.snap_m, osm_streets=args.osm_streets)
+        refuse_invalid(city)
         size = write_city(city, args.out)
     except CityImportError as exc:
         print(f"sdctl city import: {exc}", file=sys.stderr)
@@ -90,6 +94,24 @@ def import_command(args: argparse.Namespace) -> int:
         for line in report.lines():
             print(f"  {line}")
     return 0
+
+
+def refuse_invalid(city: City) -> None:
+    """CityImportError naming each problem if the city would not pass `sdctl city validate`.
+
+    The importer skips what it knows the format cannot hold; this is the last check before writing,
+    so that no rule it missed ever yields a file the validator rejects.
+    """
+    try:
+        problems = validate_city(json.loads(json.dumps(city.to_dict(), allow_nan=False)))
+    except ValueError as exc:  # NaN or infinity somewhere: JSON cannot carry it
+        raise CityImportError(f"the imported city holds a value JSON cannot carry ({exc}); nothing written") from None
+    except RuntimeError:  # jsonschema is not installed: the importer alone runs on the standard library
+        return
+    if problems:
+        shown = "; ".join(f"{p.path}: {p.message} [{p.code}]" for p in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise CityImportError(f"the imported city would not be valid, so nothing was written: {shown}{more}")
 
 
 def validate_command(args: argparse.Namespace) -> int:

@@ -90,6 +90,7 @@ class CitySource:
     projection: str | None = None
     vertical_datum: str | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    attribution: str | None = None  # credit a viewer must show with the city (e.g. ODbL data)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class City:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, coordinates rounded to the millimetre, optional fields only when set."""
         source: dict[str, Any] = {"kind": self.source.kind}
-        for key in ("seed", "bbox_wgs84", "origin_wgs84", "projection", "vertical_datum"):
+        for key in ("seed", "bbox_wgs84", "origin_wgs84", "projection", "vertical_datum", "attribution"):
             value = getattr(self.source, key)
             if value is not None:
                 source[key] = list(value) if isinstance(value, tuple) else value
@@ -129,7 +130,8 @@ class City:
             kind=s["kind"], seed=s.get("seed"),
             bbox_wgs84=tuple(s["bbox_wgs84"]) if "bbox_wgs84" in s else None,
             origin_wgs84=tuple(s["origin_wgs84"]) if "origin_wgs84" in s else None,
-            projection=s.get("projection"), vertical_datum=s.get("vertical_datum"), files=list(s.get("files", [])))
+            projection=s.get("projection"), vertical_datum=s.get("vertical_datum"), files=list(s.get("files", [])),
+            attribution=s.get("attribution"))
         return cls(
             name=doc["name"], source=source,
             nodes=[Node(n["id"], n["x_m"], n["y_m"], n["control"]) for n in doc["nodes"]],
@@ -190,6 +192,66 @@ def signed_area_m2(ring: list[Point] | list[list[float]]) -> float:
         total += px * y - x * py
         px, py = x, y
     return total / 2
+
+
+def _orient(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> int:
+    cross = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    return (cross > 0) - (cross < 0)
+
+
+def _on_segment(ax: float, ay: float, bx: float, by: float, px: float, py: float) -> bool:
+    """Whether p, collinear with a-b, lies on the closed segment a-b."""
+    return min(ax, bx) <= px <= max(ax, bx) and min(ay, by) <= py <= max(ay, by)
+
+
+def _segments_touch(a: Point, b: Point, c: Point, d: Point) -> bool:
+    o1, o2 = _orient(*a, *b, *c), _orient(*a, *b, *d)
+    o3, o4 = _orient(*c, *d, *a), _orient(*c, *d, *b)
+    if o1 != o2 and o3 != o4 and 0 not in (o1, o2, o3, o4):
+        return True  # a proper crossing
+    return ((o1 == 0 and _on_segment(*a, *b, *c)) or (o2 == 0 and _on_segment(*a, *b, *d))
+            or (o3 == 0 and _on_segment(*c, *d, *a)) or (o4 == 0 and _on_segment(*c, *d, *b)))
+
+
+def ring_self_intersection(ring: list[Point] | list[list[float]]) -> tuple[int, int] | None:
+    """The first pair of sides (i, j) of an unclosed ring that touch or cross, or None if it is simple.
+
+    Neighbouring sides may share their common vertex, but not fold back over each other (a spike).
+    Sides are compared only when their bounding boxes overlap, scanning them in order of their west end.
+    """
+    n = len(ring)
+    if n < 3:
+        return None
+    xs = [float(p[0]) for p in ring]
+    ys = [float(p[1]) for p in ring]
+    # Neighbours meet at vertex k: a zero turn that goes back the way it came is a spike.
+    for k in range(n):
+        ax, ay = xs[k - 1], ys[k - 1]
+        sx, sy = xs[k], ys[k]
+        fx, fy = xs[(k + 1) % n], ys[(k + 1) % n]
+        if (sx - ax) * (fy - ay) == (sy - ay) * (fx - ax) and (fx - sx) * (ax - sx) + (fy - sy) * (ay - sy) > 0:
+            return (k - 1, k) if k > 0 else (0, n - 1)
+    west = [min(xs[i], xs[(i + 1) % n]) for i in range(n)]
+    order = sorted(range(n), key=west.__getitem__)
+    found: list[tuple[int, int]] = []
+    for pos, i in enumerate(order):
+        i1 = (i + 1) % n
+        ax, ay, bx, by = xs[i], ys[i], xs[i1], ys[i1]
+        east_i = ax if ax > bx else bx
+        south_i, north_i = (ay, by) if ay < by else (by, ay)
+        for j in order[pos + 1:]:
+            if west[j] > east_i:
+                break  # this and every later side starts east of side i's end
+            d = abs(i - j)
+            if d == 1 or d == n - 1:
+                continue
+            j1 = (j + 1) % n
+            cy, dy = ys[j], ys[j1]
+            if (cy > north_i and dy > north_i) or (cy < south_i and dy < south_i):
+                continue
+            if _segments_touch((ax, ay), (bx, by), (xs[j], cy), (xs[j1], dy)):
+                found.append((i, j) if i < j else (j, i))
+    return min(found) if found else None
 
 
 @cache
@@ -310,6 +372,12 @@ def _ring_problems(ring: list[list[float]], where: str, counter_clockwise: bool)
     area = signed_area_m2(ring)
     if abs(area) < 1e-6:
         return [Problem("city_ring_degenerate", where, "the ring encloses no area")]
+    crossing = ring_self_intersection(ring)
+    if crossing is not None:
+        i, j = crossing
+        return [Problem("city_ring_self_intersecting", where,
+                        f"the ring is not simple: its side {i} (points {i}-{(i + 1) % len(ring)}) touches or crosses "
+                        f"side {j} (points {j}-{(j + 1) % len(ring)})")]
     if (area > 0) != counter_clockwise:
         turn = "counter-clockwise" if counter_clockwise else "clockwise"
         return [Problem("city_ring_orientation", where, f"the ring must run {turn} (x east, y north)")]

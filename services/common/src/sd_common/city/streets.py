@@ -43,6 +43,7 @@ class Segment:
     source_id: str | None = None
     from_level: str | None = None  # endpoints with different levels never join; None joins any
     to_level: str | None = None
+    width_from_source: bool = True  # False: width_m is a class default (OSM), written width_known=false
 
 
 def kind_for_name(name: str) -> str:
@@ -55,11 +56,16 @@ def lanes_for_width(width_m: float) -> int:
     return max(1, math.floor((width_m - 2 * PARKING_LANE_M) / TRAVEL_LANE_M + 1e-9))
 
 
+# The format's most lanes in one direction (city-v1.schema.json).
+MAX_LANES_PER_DIRECTION = 16
+
+
 def split_lanes(total: int, oneway: bool) -> tuple[int, int]:
-    """(lanes_forward, lanes_backward): all forward if one-way, else half each way and at least one."""
+    """(lanes_forward, lanes_backward): all forward if one-way, else half each way and at least one;
+    at most MAX_LANES_PER_DIRECTION each way (only a width-derived count of a 150+ m road reaches it)."""
     if oneway:
-        return max(1, total), 0
-    each = max(1, total // 2)
+        return min(MAX_LANES_PER_DIRECTION, max(1, total)), 0
+    each = min(MAX_LANES_PER_DIRECTION, max(1, total // 2))
     return each, each
 
 
@@ -137,9 +143,25 @@ def build_graph(segments: list[Segment], snap_m: float = DEFAULT_SNAP_M) -> tupl
             id=f"e{len(edges) + 1}", from_id=a.id, to_id=b.id, points=points, width_m=width_m,
             lanes_forward=forward, lanes_backward=backward, oneway="forward" if s.oneway else "two_way",
             name=s.name, kind=s.kind, source_id=s.source_id,
-            width_known=s.width_m is not None and s.width_m > 0))
+            width_known=s.width_m is not None and s.width_m > 0 and s.width_from_source))
     assign_controls(nodes, edges)
     return nodes, edges, dropped
+
+
+def keep_largest_component(nodes: list[Node], edges: list[Edge]) -> tuple[list[Node], list[Edge], int]:
+    """The nodes and edges of the largest connected piece of the graph (by edge count), and how many
+    edges were dropped: a street that reaches nothing else cannot be part of a route."""
+    index = {n.id: i for i, n in enumerate(nodes)}
+    uf = _UnionFind(len(nodes))
+    for e in edges:
+        uf.union(index[e.from_id], index[e.to_id])
+    size: Counter = Counter(uf.find(index[e.from_id]) for e in edges)
+    if not size:
+        return nodes, edges, 0
+    biggest = max(size, key=lambda root: (size[root], -root))
+    kept_edges = [e for e in edges if uf.find(index[e.from_id]) == biggest]
+    used = {e.from_id for e in kept_edges} | {e.to_id for e in kept_edges}
+    return [n for n in nodes if n.id in used], kept_edges, len(edges) - len(kept_edges)
 
 
 def is_major(edge: Edge) -> bool:

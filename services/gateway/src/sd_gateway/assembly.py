@@ -48,6 +48,8 @@ class RunningGateway:
     metrics_port: int
     base_url: str
     _rt: GrpcRuntime
+    _db: GatewayDatabase  # the parts tests reach into to set up states a client cannot make
+    _store: object
 
     async def stop(self) -> None:
         """Stops taking requests, drains both servers, closes the database and store."""
@@ -64,10 +66,20 @@ def _store_origins(store_settings: StoreSettings) -> list[str]:
     return ["https://*.amazonaws.com"]
 
 
-async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> tuple[int, str]:
+@dataclass
+class GatewayParts:
+    """What build_gateway made: the bound HTTP port and URL, and the records and store it serves."""
+
+    http_port: int
+    base_url: str
+    db: GatewayDatabase
+    store: object
+
+
+async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> GatewayParts:
     """Builds the gateway into ``rt``: gRPC API, the HTTP server it hosts, what closes at shutdown.
 
-    Binds the HTTP socket now (its URL is the local store's upload URL); returns its port and URL.
+    Binds the HTTP socket now (its URL is the local store's upload URL).
     """
     settings: GatewaySettings = rt.settings  # type: ignore[assignment]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -121,12 +133,12 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> tuple
             await task
 
     rt.host("http", start_http, stop_http)
-    return http_port, base_url
+    return GatewayParts(http_port, base_url, db, store)
 
 
 async def start_gateway(settings: GatewaySettings, store_settings: StoreSettings) -> RunningGateway:
     """Binds, builds and starts the gateway; returns once both servers accept connections."""
     rt = GrpcRuntime("gateway", settings)
-    http_port, base_url = await build_gateway(rt, store_settings)
+    parts = await build_gateway(rt, store_settings)
     await rt.start()
-    return RunningGateway(http_port, rt.grpc_port, rt.metrics_port, base_url, rt)
+    return RunningGateway(parts.http_port, rt.grpc_port, rt.metrics_port, parts.base_url, rt, parts.db, parts.store)

@@ -18,7 +18,7 @@ from av.filter import Graph
 from sd_common.problems import Problem
 from sd_common.session_format import barcode
 from sd_common.session_format.spec import MANIFEST_NAME, VIDEO_NAME
-from sd_common.session_format.video import luma_view, pts_ms, webm_structure
+from sd_common.session_format.video import luma_view, pts_ms, stream_codec, webm_structure
 
 from .geometry import CropPlan
 
@@ -67,6 +67,14 @@ def _open(path: Path) -> av.container.InputContainer:
                                     "WebM with MediaRecorder")) from None
 
 
+def codec_problem(ctx: av.CodecContext) -> Problem | None:
+    """The problem of a stream that is not VP8 (named by its codec, not by the decoder FFmpeg chose)."""
+    codec = stream_codec(ctx)
+    if codec == "vp8":
+        return None
+    return Problem("video_codec_mismatch", VIDEO_NAME, f"{VIDEO_NAME} is coded {codec}; format v1 requires vp8")
+
+
 def probe_video(path: Path, *, expected_size: tuple[int, int], cell_px: int, probe_frames: int) -> VideoProbe:
     """Checks container, codec and size, lists every packet's pts, and reads the first frames' barcodes.
 
@@ -84,10 +92,9 @@ def probe_video(path: Path, *, expected_size: tuple[int, int], cell_px: int, pro
             raise VideoRejected(Problem("video_no_stream", VIDEO_NAME, f"{VIDEO_NAME} has no video stream"))
         stream = container.streams.video[0]
         ctx = stream.codec_context
-        codec, width, height = ctx.name, ctx.width, ctx.height
-        if codec != "vp8":
-            raise VideoRejected(Problem("video_codec_mismatch", VIDEO_NAME,
-                                        f"{VIDEO_NAME} is coded {codec}; format v1 requires vp8"))
+        codec, width, height = stream_codec(ctx), ctx.width, ctx.height
+        if (wrong := codec_problem(ctx)) is not None:
+            raise VideoRejected(wrong)
         if (width, height) != expected_size:
             raise VideoRejected(Problem("video_resolution_mismatch", VIDEO_NAME,
                                         f"{VIDEO_NAME} is {width}x{height} but {MANIFEST_NAME} recording says "

@@ -423,7 +423,7 @@ def _check_latency(ctx: _Context) -> None:
 def _check_video(ctx: _Context, threads: int) -> None:
     import av
 
-    from .video import iter_frames, webm_structure
+    from .video import iter_frames, stream_codec, webm_structure
 
     if VIDEO_NAME not in ctx.readable:
         return
@@ -454,7 +454,7 @@ def _check_video(ctx: _Context, threads: int) -> None:
             ctx.out.add(Problem("video_no_stream", VIDEO_NAME, f"{VIDEO_NAME} has no video stream"))
             return
         stream = container.streams.video[0]
-        st.video_codec = stream.codec_context.name
+        st.video_codec = stream_codec(stream.codec_context)
         st.video_width, st.video_height = stream.codec_context.width, stream.codec_context.height
         m = ctx.manifest
         if st.video_codec != "vp8":

@@ -41,3 +41,12 @@ def test_another_codec_is_named_by_its_codec_not_its_decoder(tmp_path):
     assert problem.code == "video_codec_mismatch"
     assert problem.message == "video.webm is coded av1; format v1 requires vp8"
     assert codec_problem(av.CodecContext.create("libvpx-vp9", "r")).message.startswith("video.webm is coded vp9;")
+
+
+def test_the_warm_up_frame_does_not_count_against_the_probe_share():
+    from sd_processor.decode import VideoProbe
+
+    # A 2-frame probe of a short session: the warm-up picture, then frame 0 with its barcode.
+    assert VideoProbe("vp8", 256, 144, [], probed=2, barcodes_read=1, first_unreadable=True).barcode_share == 1.0
+    assert VideoProbe("vp8", 256, 144, [], probed=2, barcodes_read=1, first_unreadable=False).barcode_share == 0.5
+    assert VideoProbe("vp8", 256, 144, [], probed=3, barcodes_read=0, first_unreadable=True).barcode_share == 0.0

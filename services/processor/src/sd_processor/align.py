@@ -21,7 +21,6 @@ varying clock offset is removed.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import numpy as np

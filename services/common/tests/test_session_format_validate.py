@@ -202,6 +202,19 @@ def test_each_corruption_is_reported_with_its_code(tmp_path, knob):
         assert not report.ok
 
 
+def test_a_video_in_another_codec_is_named_by_its_codec_not_by_the_decoder(session):
+    from sd_common.session_format.video import VideoWriter
+
+    with VideoWriter(session / "video.webm", 256, 144, codec="libsvtav1", realtime=False) as w:
+        for i in range(3):
+            w.write_bgr(np.full((144, 256, 3), 60 * i, np.uint8), 20 + 33 * i)
+    rewrite_manifest(session)
+    report = validate_session(session)
+    wrong = [p for p in report.problems if p.code == "video_codec_mismatch"]
+    assert report.stats.video_codec == "av1"  # PyAV decodes it with libdav1d
+    assert [p.message for p in wrong] == ["video.webm is coded av1; format v1 requires vp8"]
+
+
 def test_blurred_frames_are_blurred_but_keep_a_readable_barcode(tmp_path):
     truth = synth_session(tmp_path, SMALL.with_corruption("blur_frames", 6))
     blurred = set(truth.blurred_frame_ids)

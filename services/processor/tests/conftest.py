@@ -79,3 +79,42 @@ def wrap_rad(deg: float) -> float:
     """Degrees (counter-clockwise, city frame) to CARLA's heading in radians, wrapped to [-pi, pi)."""
     theta = math.radians(-deg)
     return (theta + math.pi) % (2 * math.pi) - math.pi
+
+
+def rewrite_video(session_dir: Path, edit) -> None:
+    """Re-encodes video.webm through ``edit`` and re-hashes the manifest, as a recorder that did so would.
+
+    ``edit`` takes the decoded pictures as a list of (I420 planes, pts_ms) and returns the list to encode.
+    """
+    import av
+    from sd_common.session_format.spec import file_sha256
+    from sd_common.session_format.video import VideoWriter
+
+    video = session_dir / "video.webm"
+    with av.open(str(video)) as container:
+        pictures = [(f.to_ndarray(format="yuv420p"), round(f.pts * f.time_base * 1000))
+                    for f in container.decode(video=0)]
+    height, width = pictures[0][0].shape[0] * 2 // 3, pictures[0][0].shape[1]
+    with VideoWriter(video, width, height, bitrate=int(2_500_000 * width * height / (1280 * 720))) as writer:
+        for planes, pts in edit(pictures):
+            writer.write_i420(planes, pts)
+    manifest = json.loads((session_dir / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "video.webm":
+            entry["size_bytes"], entry["sha256"] = video.stat().st_size, file_sha256(video)
+    (session_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def warm_up_picture(planes: np.ndarray) -> np.ndarray:
+    """The picture a canvas recorder starts with before the first render: black, no barcode."""
+    out = np.zeros_like(planes)
+    out[planes.shape[0] * 2 // 3:] = 128  # neutral chroma
+    return out
+
+
+def erase_barcode(planes: np.ndarray, cell_px: int) -> np.ndarray:
+    """The picture with its barcode strip painted mid-grey (it no longer reads)."""
+    out = planes.copy()
+    height = planes.shape[0] * 2 // 3
+    out[height - cell_px:height, : 23 * cell_px] = 128
+    return out

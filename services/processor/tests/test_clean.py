@@ -169,3 +169,32 @@ def test_implausible_controls():
     status[40] = LINE_CONTROLS_INVALID
     assert reasons_of(make_log(150, status=status), lines=[i for i in range(150) if i != 40], holes=1) == \
         ["controls_implausible"]
+
+
+def flat_wall(edge_x: float) -> np.ndarray:
+    """A flat-shaded view: one untextured wall colour left of a sharp vertical edge, sky colour right of it."""
+    y = np.full((256, 256), 90, np.uint8)
+    x0 = int(edge_x)
+    y[:, x0:] = 190
+    if 0 <= x0 < 256:  # the edge pixel is covered in part, as a renderer's anti-aliasing does
+        y[:, x0] = round(90 + 100 * (1 - (edge_x - x0)))
+    y[200:, :] = 60  # the road
+    return y
+
+
+def test_flat_shaded_sharp_walls_are_neither_blurred_nor_frozen():
+    # Textured street, then the wall of a building fills the view (few edges, all sharp). Frame 24 comes
+    # 9.5 ms after frame 23 (the page rendered twice within one frame period) while the pose moved
+    # 0.19 m: its edge moved one pixel where the others moved five.
+    frames = moving(16) + [flat_wall(40 + 5 * k) for k in range(8)] + [flat_wall(76 + 5 * k) for k in range(8)]
+    x = np.cumsum(np.full(32, 0.3))
+    x[24:] -= 0.11  # frame 24 moved 0.19 m instead of 0.3 m
+    reasons = feed(frames, log=make_log(32, x=x))
+    assert all(not r for r in reasons.values()), {i: r for i, r in reasons.items() if r}
+
+
+def test_a_frozen_frame_in_a_flat_scene_is_still_frozen_when_the_next_frame_catches_up():
+    frames = [flat_wall(20 + 6 * k) for k in range(20)]
+    frames[12] = frames[11].copy()
+    reasons = feed(frames)
+    assert reasons[12] == ["frozen"] and all(not r for i, r in reasons.items() if i != 12)

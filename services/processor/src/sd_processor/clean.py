@@ -41,20 +41,31 @@ THUMB = 64
 class FrameMetrics:
     """What the per-frame rules look at."""
 
-    laplacian_var: float
+    sharpness: float  # edge sharpness: 16 x mean(Laplacian^2) / mean(|Sobel gradient|^2); nan without edges
+    edge_energy: float  # mean squared luma gradient, (levels / px)^2: how much edge there is to judge
     mean_luma: float
     bright_share: float
     thumb: np.ndarray  # THUMB x THUMB uint8
 
 
-def frame_metrics(y: np.ndarray) -> FrameMetrics:
-    """Blur, exposure and a thumbnail of one output luma plane (H x W uint8, full range)."""
-    lap = cv2.Laplacian(y, cv2.CV_16S, ksize=1)
-    _, std = cv2.meanStdDev(lap)
+def frame_metrics(y: np.ndarray, detail_size: tuple[int, int] | None = None) -> FrameMetrics:
+    """Sharpness, exposure and a thumbnail of one output luma plane (H x W uint8, full range).
+
+    ``detail_size`` (width, height): the picture's real detail, when the output was enlarged from a
+    smaller crop; sharpness is measured at that size, where a sharp edge is one pixel wide again.
+    """
     mean = cv2.mean(y)[0]
     bright = cv2.countNonZero(cv2.compare(y, 250, cv2.CMP_GE)) / y.size
     thumb = cv2.resize(y, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-    return FrameMetrics(float(std[0, 0]) ** 2, float(mean), float(bright), thumb)
+    detail = y if detail_size is None else cv2.resize(y, detail_size, interpolation=cv2.INTER_AREA)
+    f = detail.astype(np.float32)
+    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
+    lap = cv2.Laplacian(f, cv2.CV_32F, ksize=1)
+    grad2 = float(cv2.mean(cv2.multiply(gx, gx) + cv2.multiply(gy, gy))[0])  # Sobel has gain 4: /16 is levels/px
+    lap2 = float(cv2.mean(cv2.multiply(lap, lap))[0])
+    sharpness = 16.0 * lap2 / grad2 if grad2 > 0 else math.nan
+    return FrameMetrics(sharpness, grad2 / 16.0, float(mean), float(bright), thumb)
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,6 +82,9 @@ class Candidate:
     reasons: list[str] = field(default_factory=list)
     metrics: FrameMetrics | None = None
     jpeg: bytes | None = None
+    change: float | None = None  # thumbnail difference to the picture before it (None: none before)
+    moved_share: float | None = None  # share of its pixels that changed by more than codec noise since then
+    blur_judged: bool = False  # exposed normally and with enough edges for the blur test
 
     @property
     def good(self) -> bool:
@@ -79,13 +93,19 @@ class Candidate:
 
 
 class FrameCleaner:
-    """Applies the per-frame rules; a frame's verdict is complete once the frame after it was seen."""
+    """Applies the per-frame rules; a frame's verdict is complete once the frame after it was seen.
 
-    def __init__(self, log: FrameLog, cfg: CleanConfig) -> None:
+    The rules judge the picture against what the session itself shows: blur against the session's
+    own sharpness (a measure that does not depend on how many edges a scene has), a frozen picture
+    against the change the logged motion brings in the frames around it.
+    """
+
+    def __init__(self, log: FrameLog, cfg: CleanConfig, *, detail_size: tuple[int, int] | None = None) -> None:
         self.log = log
         self.cfg = cfg
-        self._history: deque[float] = deque(maxlen=cfg.history_frames)  # Laplacian variances
-        self._motion: deque[float] = deque(maxlen=cfg.history_frames)  # frame-to-frame differences
+        self.detail_size = detail_size
+        self._sharpness: deque[float] = deque(maxlen=cfg.history_frames)  # of the frames judged for blur
+        self._changes: deque[float] = deque(maxlen=cfg.history_frames)  # frame-to-frame thumbnail differences
         self._before: Candidate | None = None  # the frame before the pending one
         self._pending: Candidate | None = None  # the newest frame with a picture, verdict not final
 
@@ -98,18 +118,52 @@ class FrameCleaner:
             self._before = None
             done.append(cand)
             return done
-        cand.metrics = frame_metrics(frame.y)
+        cand.metrics = frame_metrics(frame.y, self.detail_size)
         self._picture_rules(cand)
         if self._pending is not None:
+            prev = self._pending
+            cand.change = mean_abs_diff(cand.metrics.thumb, prev.metrics.thumb)
+            self._changes.append(cand.change)
+            moved = cv2.compare(cv2.absdiff(frame.y, prev.frame.y), self.cfg.frozen_pixel_levels, cv2.CMP_GT)
+            cand.moved_share = cv2.countNonZero(moved) / moved.size
+            self._blur_rule(self._before, self._pending, cand)
+            self._frozen_rule(self._before, self._pending, cand)
             self._flicker_rule(self._before, self._pending, cand)
             done.append(self._pending)
         self._before, self._pending = self._pending, cand
         return done
 
     def finish(self) -> list[Candidate]:
-        """The last pending frame (its flicker test has no next frame)."""
+        """The last pending frame (its blur test has one neighbour; flicker and frozen tests need two)."""
         done, self._pending = self._pending, None
+        if done is not None:
+            self._blur_rule(self._before, done, None)
         return [done] if done is not None else []
+
+    def _blur_rule(self, before: Candidate | None, mid: Candidate, after: Candidate | None) -> None:
+        # Blur lowers the sharpness of the edges and, on the same scene, the edge energy. A frame is
+        # blurred when its sharpness is far below the session's own (strong evidence alone), or
+        # below it while its edge energy also falls well short of both neighbours' (the same scene
+        # a frame apart), which a scene with fewer edges does not do.
+        if not mid.blur_judged:
+            return
+        cfg, m = self.cfg, mid.metrics
+        history = self._sharpness
+        median = float(np.median(history)) if len(history) >= 5 else None
+        history.append(m.sharpness)
+        if m.sharpness < cfg.blur_min_sharpness or \
+                (median is not None and m.sharpness < cfg.blur_strong_ratio * median):
+            mid.reasons.append(R_BLURRED)
+            return
+        around = [c.metrics.edge_energy for c in (before, after) if c is not None and c.blur_judged]
+        if median is not None and around and m.sharpness < cfg.blur_ratio * median and \
+                m.edge_energy < cfg.blur_edge_ratio * min(around):
+            mid.reasons.append(R_BLURRED)
+
+    def _fades(self, m: FrameMetrics, ref: FrameMetrics) -> bool:
+        """Whether picture ``m`` looks like a blurred copy of ``ref``: less sharp and with less edge energy."""
+        cfg = self.cfg
+        return m.sharpness < cfg.blur_ratio * ref.sharpness and m.edge_energy < cfg.blur_edge_ratio * ref.edge_energy
 
     def _picture_rules(self, cand: Candidate) -> None:
         m, cfg = cand.metrics, self.cfg
@@ -117,38 +171,49 @@ class FrameCleaner:
             cand.reasons.append(R_BLACK)
         elif m.bright_share >= cfg.overexposed_min_share:
             cand.reasons.append(R_OVEREXPOSED)
-        else:
-            history = self._history
-            median = float(np.median(history)) if len(history) >= 5 else None
-            if m.laplacian_var < cfg.blur_min_laplacian_var or (
-                    median is not None and m.laplacian_var < cfg.blur_ratio * median):
-                cand.reasons.append(R_BLURRED)
-            history.append(m.laplacian_var)
-        prev = self._pending
-        if prev is None:
-            return
-        diff = mean_abs_diff(m.thumb, prev.metrics.thumb)
-        motion = self._motion
-        scene = float(np.median(motion)) if len(motion) >= 5 else None
-        motion.append(diff)
-        if scene is not None and diff < cfg.frozen_max_mad and diff < cfg.frozen_ratio * scene and \
-                cand.line is not None and prev.line is not None and self._moved(prev.line, cand.line):
-            cand.reasons.append(R_FROZEN)
+        elif m.edge_energy >= cfg.blur_min_edge_energy:  # too little edge to tell sharp from blurred
+            cand.blur_judged = True
 
-    def _moved(self, a: int, b: int) -> bool:
-        log, cfg = self.log, self.cfg
+    def _step_m(self, a: int, b: int) -> float:
+        """How far the camera went between two logged states, turning counted as metres."""
+        log = self.log
         dx = log.col("cam_x_m")[b] - log.col("cam_x_m")[a]
         dy = log.col("cam_y_m")[b] - log.col("cam_y_m")[a]
         dz = log.col("cam_z_m")[b] - log.col("cam_z_m")[a]
         turn = abs((log.col("cam_yaw_deg")[b] - log.col("cam_yaw_deg")[a] + 180.0) % 360.0 - 180.0)
-        return math.sqrt(dx * dx + dy * dy + dz * dz) >= cfg.frozen_min_motion_m or turn >= cfg.frozen_min_turn_deg
+        return math.sqrt(dx * dx + dy * dy + dz * dz) + turn * self.cfg.frozen_m_per_deg
+
+    def _frozen_rule(self, before: Candidate | None, mid: Candidate, after: Candidate) -> None:
+        # A repeated picture changes no pixel by more than the codec's refinement although the camera
+        # moved (any real motion moves some edge by a pixel), and the next picture then catches up.
+        # Per metre of logged motion the frame's change must be far below the next one's, which must
+        # itself be an ordinary visible change (not a cut, a flicker, a blur or an exposure failure).
+        cfg = self.cfg
+        if before is None or mid.change is None or after.change is None or None in (before.line, mid.line,
+                                                                                       after.line):
+            return
+        if {R_BLACK, R_OVEREXPOSED} & set(after.reasons) or {R_BLACK, R_OVEREXPOSED} & set(before.reasons):
+            return
+        if after.blur_judged and mid.blur_judged and self._fades(after.metrics, mid.metrics):
+            return  # the next picture is blurred: its change says nothing about this frame's
+        step_in, step_out = self._step_m(before.line, mid.line), self._step_m(mid.line, after.line)
+        if step_in < cfg.frozen_min_motion_m or step_out < cfg.frozen_min_motion_m:
+            return
+        if len(self._changes) < 5:
+            return
+        usual = float(np.median(self._changes))
+        d_in, d_out = mid.change, after.change
+        if d_in < cfg.frozen_max_mad and mid.moved_share <= cfg.frozen_max_moved_share and \
+                cfg.frozen_min_next_mad <= d_out <= cfg.frozen_max_next_ratio * usual and \
+                d_in / step_in < cfg.frozen_ratio * (d_out / step_out):
+            mid.reasons.append(R_FROZEN)
 
     def _flicker_rule(self, before: Candidate | None, mid: Candidate, after: Candidate) -> None:
         if before is None:
             return
         cfg = self.cfg
-        d_prev = mean_abs_diff(mid.metrics.thumb, before.metrics.thumb)
-        d_next = mean_abs_diff(mid.metrics.thumb, after.metrics.thumb)
+        d_prev = mid.change
+        d_next = after.change
         d_skip = mean_abs_diff(before.metrics.thumb, after.metrics.thumb)
         if min(d_prev, d_next) > cfg.flicker_ratio * d_skip + cfg.flicker_floor:
             mid.reasons.append(R_FLICKER)

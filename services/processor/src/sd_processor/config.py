@@ -19,21 +19,40 @@ class CleanConfig:
     """Per-frame and per-segment quality rules. Luma values are full-range (0-255) of the output image."""
 
     # --- per frame -------------------------------------------------------------------------------
-    # Blur: variance of the Laplacian of the output luma. A frame is blurred when it is below the
-    # absolute floor, or below `blur_ratio` times the median of the last `history_frames` frames
-    # (a scene-relative test: flat scenes are legitimately low in texture).
-    blur_min_laplacian_var: float = 5.0
-    blur_ratio: float = 0.35
+    # Blur: edge sharpness, 16 x mean(Laplacian^2) / mean(|Sobel gradient|^2) of the output luma (at
+    # the crop's own size when the output enlarges it). It measures how steep edges are, not how many
+    # there are: a flat-shaded wall is about as sharp as a textured street. A frame is judged only
+    # with at least `blur_min_edge_energy` (levels/px)^2 of mean squared gradient (a blank view has no
+    # edge to judge) and a normal exposure. It is blurred when its sharpness is below
+    # `blur_min_sharpness`, or below `blur_strong_ratio` times the median of the session's last
+    # `history_frames` judged frames, or below `blur_ratio` times that median while its edge energy is
+    # below `blur_edge_ratio` times that of each judged neighbour (blur removes edge energy; the same
+    # scene a frame earlier or later has it).
+    blur_min_edge_energy: float = 0.5
+    blur_min_sharpness: float = 0.1
+    blur_strong_ratio: float = 0.4
+    blur_ratio: float = 0.85
+    blur_edge_ratio: float = 0.6
     history_frames: int = 31
-    # Frozen: the picture hardly changed from the previous decoded frame (mean absolute luma difference
-    # of 64x64 thumbnails below `frozen_max_mad` and below `frozen_ratio` times the median difference
-    # of the last `history_frames` frame pairs, the scene's own motion) although the camera moved at
-    # least `frozen_min_motion_m` or turned at least `frozen_min_turn_deg` between the two logged states.
-    # (A re-encoded still picture is not bit-identical: VP8 keeps refining it, about 0.5 levels.)
-    frozen_max_mad: float = 0.6
-    frozen_ratio: float = 0.25
-    frozen_min_motion_m: float = 0.1
-    frozen_min_turn_deg: float = 0.5
+    # Frozen: the picture repeats the previous one although the camera moved, and the next picture
+    # catches up. Judged where the camera moved at least `frozen_min_motion_m` into and out of the
+    # frame (turning counts `frozen_m_per_deg` metres per degree). The frame is frozen when at most
+    # `frozen_max_moved_share` of its output pixels changed by more than `frozen_pixel_levels` since
+    # the previous picture (real motion moves edges, which change pixels by their contrast), its change
+    # (mean absolute luma difference of 64x64 thumbnails) is below `frozen_max_mad`, the next frame's
+    # change is an ordinary visible one (at least `frozen_min_next_mad` levels and at most
+    # `frozen_max_next_ratio` times the median change of the last `history_frames` frame pairs), and
+    # per metre of logged motion the frame changed less than `frozen_ratio` times the next frame.
+    # (A re-encoded still picture is not bit-identical: at the game's bitrate VP8 refines it by
+    # about 0.1 level, at a tenth of it by up to 1 level, when it can no longer be told from motion.)
+    frozen_max_mad: float = 0.3
+    frozen_pixel_levels: int = 16
+    frozen_max_moved_share: float = 0.001
+    frozen_ratio: float = 0.2
+    frozen_min_motion_m: float = 0.075
+    frozen_m_per_deg: float = 0.2
+    frozen_min_next_mad: float = 0.5
+    frozen_max_next_ratio: float = 5.0
     # Exposure: black when the mean luma is below `black_max_mean`; overexposed when at least
     # `overexposed_min_share` of the pixels are at or above 250.
     black_max_mean: float = 12.0

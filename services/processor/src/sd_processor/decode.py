@@ -18,7 +18,7 @@ from av.filter import Graph
 from sd_common.problems import Problem
 from sd_common.session_format import barcode
 from sd_common.session_format.spec import MANIFEST_NAME, VIDEO_NAME
-from sd_common.session_format.video import luma_view, pts_ms, webm_structure
+from sd_common.session_format.video import luma_view, pts_ms, stream_codec, webm_structure
 
 from .geometry import CropPlan
 
@@ -43,14 +43,17 @@ class VideoProbe:
     pts_ms: list[int]  # every packet's pts in stream order (VP8: one packet, one picture)
     probed: int = 0  # frames decoded to look for barcodes
     barcodes_read: int = 0
+    first_unreadable: bool = False  # the first frame shows no barcode (a canvas recorder's warm-up picture)
     truncated: str | None = None  # why the file looks cut, if it does
     demux_error: str | None = None
     notes: list[Problem] = field(default_factory=list)  # non-fatal findings
 
     @property
     def barcode_share(self) -> float:
-        """Share of probed frames whose barcode read."""
-        return self.barcodes_read / self.probed if self.probed else 0.0
+        """Share of probed frames whose barcode read, not counting a warm-up first frame before a readable one."""
+        warm_up = int(self.first_unreadable and self.barcodes_read > 0)
+        counted = self.probed - warm_up
+        return self.barcodes_read / counted if counted else 0.0
 
 
 def _why(exc: BaseException) -> str:
@@ -65,6 +68,14 @@ def _open(path: Path) -> av.container.InputContainer:
         raise VideoRejected(Problem("video_unreadable", VIDEO_NAME,
                                     f"{VIDEO_NAME} cannot be opened as a video ({_why(exc)}); record VP8 in "
                                     "WebM with MediaRecorder")) from None
+
+
+def codec_problem(ctx: av.CodecContext) -> Problem | None:
+    """The problem of a stream that is not VP8 (named by its codec, not by the decoder FFmpeg chose)."""
+    codec = stream_codec(ctx)
+    if codec == "vp8":
+        return None
+    return Problem("video_codec_mismatch", VIDEO_NAME, f"{VIDEO_NAME} is coded {codec}; format v1 requires vp8")
 
 
 def probe_video(path: Path, *, expected_size: tuple[int, int], cell_px: int, probe_frames: int) -> VideoProbe:
@@ -84,10 +95,9 @@ def probe_video(path: Path, *, expected_size: tuple[int, int], cell_px: int, pro
             raise VideoRejected(Problem("video_no_stream", VIDEO_NAME, f"{VIDEO_NAME} has no video stream"))
         stream = container.streams.video[0]
         ctx = stream.codec_context
-        codec, width, height = ctx.name, ctx.width, ctx.height
-        if codec != "vp8":
-            raise VideoRejected(Problem("video_codec_mismatch", VIDEO_NAME,
-                                        f"{VIDEO_NAME} is coded {codec}; format v1 requires vp8"))
+        codec, width, height = stream_codec(ctx), ctx.width, ctx.height
+        if (wrong := codec_problem(ctx)) is not None:
+            raise VideoRejected(wrong)
         if (width, height) != expected_size:
             raise VideoRejected(Problem("video_resolution_mismatch", VIDEO_NAME,
                                         f"{VIDEO_NAME} is {width}x{height} but {MANIFEST_NAME} recording says "
@@ -120,6 +130,10 @@ def probe_video(path: Path, *, expected_size: tuple[int, int], cell_px: int, pro
                             "yuva420p",):
                         if barcode.read(luma_view(frame), cell_px) is not None:
                             probe.barcodes_read += 1
+                        elif probe.probed == 1:
+                            probe.first_unreadable = True
+                    elif probe.probed == 1:
+                        probe.first_unreadable = True
     if not probe.pts_ms:
         notes = [truncated_problem(probe.truncated)] if probe.truncated else []
         raise VideoRejected(Problem("video_empty", VIDEO_NAME, f"{VIDEO_NAME} has no video packet"), notes=notes)
@@ -130,6 +144,56 @@ def truncated_problem(detail: str) -> Problem:
     """The (frame-local) problem of a video file that ends early."""
     return Problem("video_truncated", VIDEO_NAME, f"{VIDEO_NAME} is cut short: {detail}; frames up to the cut "
                    "are processed")
+
+
+def decoded_pictures(path: Path, threads: int, errors: list[str]) -> Iterator[av.VideoFrame]:
+    """Every decodable picture of the file in stream order; rejected packets are described in ``errors``."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        ctx.thread_count = threads
+        demux = container.demux(stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                errors.append(f"demuxing stopped: {_why(exc)}")
+                break
+            try:
+                decoded = ctx.decode(packet)
+            except av.FFmpegError as exc:
+                errors.append(f"packet at pts {packet.pts} ms: {_why(exc)}")
+                continue
+            yield from decoded
+
+
+@dataclass(frozen=True)
+class BarcodeTrack:
+    """Per decoded picture, in the order FrameDecoder yields them: its pts and the id its barcode shows.
+
+    ``pts_ms`` is None for a picture that cannot be used (no pts, or another size than the stream's).
+    """
+
+    pts_ms: list[int | None]
+    frame_ids: list[int | None]
+
+
+def read_barcode_track(path: Path, *, expected_size: tuple[int, int], cell_px: int, threads: int = 1) -> BarcodeTrack:
+    """Decodes the whole video once, reading only each picture's barcode strip (timestamp mode's first pass)."""
+    pts: list[int | None] = []
+    ids: list[int | None] = []
+    for frame in decoded_pictures(path, threads, []):
+        if (frame.width, frame.height) != expected_size:
+            pts.append(None)
+            ids.append(None)
+            continue
+        if frame.format.name not in _PLANAR_420 + ("yuva420p",):
+            frame = frame.reformat(format="yuv420p")
+        pts.append(pts_ms(frame))
+        ids.append(barcode.read(luma_view(frame), cell_px))
+    return BarcodeTrack(pts, ids)
 
 
 @dataclass
@@ -189,28 +253,8 @@ class FrameDecoder:
         """Every decodable picture in stream order; packets the decoder rejects are noted and skipped."""
         graph = self._graph()
         size = (self.plan.source_width, self.plan.source_height)
-        with _open(self.path) as container:
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
-            ctx.thread_count = self.threads
-            demux = container.demux(stream)
-            index = 0
-            while True:
-                try:
-                    packet = next(demux)
-                except StopIteration:
-                    break
-                except (av.FFmpegError, OSError, ValueError) as exc:
-                    self.decode_errors.append(f"demuxing stopped: {_why(exc)}")
-                    break
-                try:
-                    decoded = ctx.decode(packet)
-                except av.FFmpegError as exc:
-                    self.decode_errors.append(f"packet at pts {packet.pts} ms: {_why(exc)}")
-                    continue
-                for frame in decoded:
-                    yield self._convert(graph, frame, index, size)
-                    index += 1
+        for index, frame in enumerate(decoded_pictures(self.path, self.threads, self.decode_errors)):
+            yield self._convert(graph, frame, index, size)
 
     def _convert(self, graph: Graph, frame: av.VideoFrame, index: int, size: tuple[int, int]) -> DecodedFrame:
         t = pts_ms(frame)

@@ -37,7 +37,7 @@ from sd_common.session_format.validate import (
 from . import align as al
 from .clean import FrameCleaner, segment_reasons
 from .config import ProcessorConfig
-from .decode import FrameDecoder, VideoRejected, probe_video, truncated_problem
+from .decode import FrameDecoder, VideoRejected, probe_video, read_barcode_track, truncated_problem
 from .export import (
     QC_REPORT_NAME,
     SEGMENTS_NAME,
@@ -170,10 +170,17 @@ def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorCon
     if by_barcode:
         aligner = al.FrameIdAligner(run.log)
     else:
-        aligner = al.TimestampAligner(run.log, probe.pts_ms, probes_used)
+        # A first pass reads every frame's barcode: frames that show one keep their line and anchor the
+        # pairing by time of the frames between them.
+        track = read_barcode_track(video, expected_size=(m.recording.width, m.recording.height),
+                                   cell_px=m.barcode.cell_px, threads=run.cfg.decode_threads)
+        aligner = al.TimestampAligner(run.log, track, probes_used)
+        read = sum(f is not None for f in track.frame_ids)
         problems.append(Problem("video_barcode_unreadable", VIDEO_NAME,
                                 f"{VIDEO_NAME}: {probe.barcodes_read} of the first {probe.probed} frames show a "
-                                "readable barcode; frames were paired with log lines by time (estimated)"))
+                                f"readable barcode ({read} of all {len(track.frame_ids)}); frames whose barcode "
+                                "reads keep their id, the others were paired with log lines by time between them "
+                                "(estimated)"))
     aligner.summary.probes_used = probes_used
     run.progress(STAGE_ALIGN, 0, len(probe.pts_ms))
     problems += _stream(run, probe, aligner, read_barcodes=by_barcode)
@@ -207,7 +214,8 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     period_ms = float(np.median(steps)) if len(steps) else 1000.0 / m.recording.fps_target
     decoder = FrameDecoder(run.session_dir / VIDEO_NAME, run.plan, cell_px=m.barcode.cell_px,
                            read_barcodes=read_barcodes, threads=cfg.decode_threads)
-    cleaner = FrameCleaner(log, cfg.clean)
+    detail = (run.plan.width, run.plan.height) if run.plan.upscales else None  # judge blur at the crop's size
+    cleaner = FrameCleaner(log, cfg.clean, detail_size=detail)
     splicer = Splicer(segment_s=cfg.segment_s, max_gap_frames=cfg.max_gap_frames, max_gap_ms=cfg.max_gap_ms,
                       period_ms=period_ms)
     paired_lines: set[int] = set()
@@ -298,6 +306,13 @@ def _frame_problems(qc: QcReport, decoder: FrameDecoder, summary: al.AlignmentSu
         if reasons[reason]:
             out.append(Problem(code, VIDEO_NAME, f"{VIDEO_NAME}: {_count(reasons[reason], decoded)} {what}; "
                                "they were dropped"))
+    # One frame without a barcode before the first readable one is the warm-up picture every canvas
+    # recording starts with: dropped and counted (alignment.frames_before_first_barcode), not a problem.
+    leading = summary.frames_before_first_barcode
+    if leading > 1:
+        out.append(Problem("video_barcode_unreadable", VIDEO_NAME,
+                           f"{VIDEO_NAME}: the first {leading} frames show no readable barcode; they were dropped "
+                           "(nothing ties them to a log line)"))
     missing = qc.dropped[R_NOT_IN_VIDEO]
     if missing:
         out.append(Problem("video_frames_dropped", VIDEO_NAME, f"{VIDEO_NAME} lacks {_count(missing, len(log))} "

@@ -88,6 +88,9 @@ class ValidationStats:
     frames_decoded: int = 0
     barcodes_read: int = 0
     barcodes_unreadable: int = 0
+    # A canvas recording (captureStream(0)) starts with the canvas as it was when recording began:
+    # a warm-up picture without a barcode, which does not count against MAX_UNREADABLE_FRACTION.
+    first_frame_unreadable: bool = False
     frames_dropped: int = 0
     frames_duplicated: int = 0
     video_codec: str | None = None
@@ -423,7 +426,7 @@ def _check_latency(ctx: _Context) -> None:
 def _check_video(ctx: _Context, threads: int) -> None:
     import av
 
-    from .video import iter_frames, webm_structure
+    from .video import iter_frames, stream_codec, webm_structure
 
     if VIDEO_NAME not in ctx.readable:
         return
@@ -454,7 +457,7 @@ def _check_video(ctx: _Context, threads: int) -> None:
             ctx.out.add(Problem("video_no_stream", VIDEO_NAME, f"{VIDEO_NAME} has no video stream"))
             return
         stream = container.streams.video[0]
-        st.video_codec = stream.codec_context.name
+        st.video_codec = stream_codec(stream.codec_context)
         st.video_width, st.video_height = stream.codec_context.width, stream.codec_context.height
         m = ctx.manifest
         if st.video_codec != "vp8":
@@ -482,6 +485,8 @@ def _check_video(ctx: _Context, threads: int) -> None:
             fid = barcode.read(frame.luma, cell_px)
             if fid is None:
                 st.barcodes_unreadable += 1
+                if frame.index == 0:
+                    st.first_frame_unreadable = True
                 continue
             st.barcodes_read += 1
             at = f"{VIDEO_NAME}:frame[{frame.index}]"
@@ -517,10 +522,14 @@ def _judge_pairing(ctx: _Context, seen: set[int], pairs_t: list[float], pairs_pt
         ctx.out.add(Problem("video_empty", VIDEO_NAME, f"{VIDEO_NAME} has no decodable frame"))
         return
     if st.barcodes_unreadable:
-        share = st.barcodes_unreadable / st.frames_decoded
+        warm_up = int(st.first_frame_unreadable and st.barcodes_read > 0)
+        counted = st.barcodes_unreadable - warm_up
+        share = counted / max(1, st.frames_decoded - warm_up)
+        detail = " (the first, the recorder's warm-up picture, is not counted)" if warm_up else ""
         ctx.out.add(Problem("video_barcode_unreadable", VIDEO_NAME,
-                            f"{VIDEO_NAME} has {st.barcodes_unreadable} of {st.frames_decoded} frames ({share:.1%}) "
-                            "whose barcode does not read; draw it after the render, in pure black and white"),
+                            f"{VIDEO_NAME} has {st.barcodes_unreadable} of {st.frames_decoded} frames whose barcode "
+                            f"does not read{detail}; {share:.1%} counted; draw it after the render, in pure black "
+                            "and white, and draw frame 0 before the recorder starts"),
                     warning=share <= MAX_UNREADABLE_FRACTION)
     if st.frames_duplicated:
         share = st.frames_duplicated / st.frames_decoded

@@ -35,6 +35,14 @@ def luma_view(frame: av.VideoFrame) -> np.ndarray:
     return rows[:, : plane.width]
 
 
+def stream_codec(ctx: av.CodecContext) -> str:
+    """The codec a stream is coded in (``vp8``, ``av1``), whichever decoder FFmpeg picked for it.
+
+    ``ctx.name`` is the decoder's name: ``libvpx`` or ``vp8`` for VP8, ``libdav1d`` for AV1.
+    """
+    return ctx.codec.canonical_name
+
+
 def pts_ms(frame: av.VideoFrame) -> int | None:
     """The frame's presentation time in whole milliseconds, or None when the container has none."""
     if frame.pts is None or frame.time_base is None:

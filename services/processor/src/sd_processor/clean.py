@@ -155,9 +155,13 @@ class FrameCleaner:
                 (median is not None and m.sharpness < cfg.blur_strong_ratio * median):
             mid.reasons.append(R_BLURRED)
             return
-        around = [c.metrics.edge_energy for c in (before, after) if c is not None and c.blur_judged]
+        judged = [c for c in (before, after) if c is not None and c.blur_judged]
+        around = [c.metrics.edge_energy for c in judged]
         if median is not None and around and m.sharpness < cfg.blur_ratio * median and \
                 m.edge_energy < cfg.blur_edge_ratio * min(around):
+            mid.reasons.append(R_BLURRED)
+        elif len(judged) == 2 and all(self._fades(m, c.metrics) for c in judged):
+            # a blurred copy of the scene on both sides: needs no session history (the first frames)
             mid.reasons.append(R_BLURRED)
 
     def _fades(self, m: FrameMetrics, ref: FrameMetrics) -> bool:

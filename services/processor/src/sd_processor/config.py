@@ -27,7 +27,9 @@ class CleanConfig:
     # `blur_min_sharpness`, or below `blur_strong_ratio` times the median of the session's last
     # `history_frames` judged frames, or below `blur_ratio` times that median while its edge energy is
     # below `blur_edge_ratio` times that of each judged neighbour (blur removes edge energy; the same
-    # scene a frame earlier or later has it).
+    # scene a frame earlier or later has it), or when against each judged neighbour (both present)
+    # it is below `blur_ratio` of its sharpness and `blur_edge_ratio` of its edge energy, which needs
+    # no session history and so also judges the first frames.
     blur_min_edge_energy: float = 0.5
     blur_min_sharpness: float = 0.1
     blur_strong_ratio: float = 0.4

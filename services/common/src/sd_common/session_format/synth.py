@@ -364,14 +364,25 @@ FRAME_PICKS: dict[str, tuple[str, ...]] = {
     "garbage_lines": (),
 }
 PICTURE_KNOBS = ("black_frames", "overexposed_frames", "flicker_frames", "frozen_frames")
+PICTURE_APART = 2  # frames between two picture corruptions, at least
 
 
 def _pick(rng: np.random.Generator, n: int, count: int, *, exclude: set[int] = frozenset(),
-          margin: int = 2) -> list[int]:
-    """``count`` distinct indices from the middle of 0..n-1, avoiding ``exclude``."""
-    pool = [i for i in range(margin, n - margin) if i not in exclude]
-    count = min(count, len(pool))
-    return sorted(int(i) for i in rng.choice(pool, size=count, replace=False)) if count else []
+          margin: int = 2, apart: int = 0) -> list[int]:
+    """``count`` distinct indices from the middle of 0..n-1, avoiding ``exclude``; with ``apart`` > 0,
+    none within ``apart`` frames of an excluded index or of another pick."""
+    near = {i + d for i in exclude for d in range(-apart, apart + 1)}
+    pool = [i for i in range(margin, n - margin) if i not in near]
+    if not apart:
+        count = min(count, len(pool))
+        return sorted(int(i) for i in rng.choice(pool, size=count, replace=False)) if count else []
+    chosen: list[int] = []
+    for i in rng.permutation(pool) if pool else []:
+        if len(chosen) == count:
+            break
+        if all(abs(int(i) - j) > apart for j in chosen):
+            chosen.append(int(i))
+    return sorted(chosen)
 
 
 # --- plan: everything decided before a pixel is drawn or a byte written ----------------------------
@@ -418,8 +429,12 @@ def plan_session(cfg: SynthConfig) -> SessionPlan:
     for knob, avoid in FRAME_PICKS.items():
         taken = set().union(*(picks[a] for a in avoid))
         pool = n - 1 if knob == "non_monotonic_timestamps" else n  # a swap takes frame i and i + 1
+        # A picture corruption keeps clean neighbours: the frame-to-frame rules (flicker, frozen, blur
+        # against its neighbours) judge a frame by the frames beside it, and a clean frame between two
+        # flickered ones would itself look like a flicker, so the truth would be ambiguous.
+        picture = knob in PICTURE_KNOBS or knob == "blur_frames"
         picks[knob] = _pick(stream(cfg.seed, f"pick:{knob}"), pool, getattr(cfg, knob), exclude=taken,
-                            margin=3 if knob in PICTURE_KNOBS else 2)
+                            margin=3 if picture else 2, apart=PICTURE_APART if picture else 0)
     for i in picks["non_monotonic_timestamps"]:
         t_render[[i, i + 1]] = t_render[[i + 1, i]]
         t_capture[[i, i + 1]] = t_capture[[i + 1, i]]

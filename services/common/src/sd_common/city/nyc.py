@@ -16,7 +16,7 @@ import statistics
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -626,32 +626,34 @@ def _buildings(kept: list[_Footprint], cols: dict[str, str | None], frame: Local
 
 # --- centerlines --------------------------------------------------------------------------------------
 
-def _read_segments(path: Path, bbox: BBox, columns: ColumnMapping, frame: LocalFrame, report: ImportReport
-                   ) -> tuple[list[Segment], dict[str, str | None], FeatureCollectionStats]:
-    stats = FeatureCollectionStats()
-    present: set[str] = set()
-    kept: list[tuple[dict[str, Any], list[list[list[float]]], int]] = []
-    lons, lats = array("d"), array("d")
+def _street_lines(path: Path, stats: FeatureCollectionStats, report: ImportReport, present: set[str],
+                  lons: array, lats: array, *, lower_keys: bool = False
+                  ) -> Iterator[tuple[int, dict[str, Any], list[list[list[float]]]]]:
+    """(index, properties, line parts) of each usable line feature of a street file; a feature without
+    line geometry or with bad coordinates is a counted or named skip. Every property name read goes
+    into ``present`` and the centre of every feature's extent into ``lons``/``lats``."""
     for index, feature in enumerate(_iter(path, stats)):
         report.segments_read += 1
         props = feature.get("properties") or {}
         if not isinstance(props, dict):
             props = {}
+        if lower_keys:
+            props = {str(k).lower(): v for k, v in props.items()}
         present.update(props)
         geometry = feature.get("geometry")
-        if not geometry:
+        if not geometry or not isinstance(geometry, dict):
             report.segments_skipped["no geometry"] += 1
             continue
         gtype, coords = geometry.get("type"), geometry.get("coordinates")
         if gtype == "LineString":
-            lines = [coords]
+            parts = [coords]
         elif gtype == "MultiLineString":
-            lines = coords
+            parts = coords
         else:
             report.segments_skipped[f"not a line ({gtype})"] += 1
             continue
         try:
-            extent = _extent_of(path, index, lines, 2)
+            extent = _extent_of(path, index, parts, 2)
         except _BadFeature as exc:
             _skip(report, "centerlines", path, index, None, str(exc), "non-finite coordinates")
             continue
@@ -660,6 +662,16 @@ def _read_segments(path: Path, bbox: BBox, columns: ColumnMapping, frame: LocalF
             continue
         lons.append((extent[0] + extent[2]) / 2)
         lats.append((extent[1] + extent[3]) / 2)
+        yield index, props, parts
+
+
+def _read_segments(path: Path, bbox: BBox, columns: ColumnMapping, frame: LocalFrame, report: ImportReport
+                   ) -> tuple[list[Segment], dict[str, str | None], FeatureCollectionStats]:
+    stats = FeatureCollectionStats()
+    present: set[str] = set()
+    kept: list[tuple[dict[str, Any], list[list[list[float]]], int]] = []
+    lons, lats = array("d"), array("d")
+    for index, props, lines in _street_lines(path, stats, report, present, lons, lats):
         if not any(_line_meets_bbox(line, bbox) for line in lines):
             report.segments_skipped["outside bbox"] += 1
             continue
@@ -750,35 +762,7 @@ def _read_osm_streets(path: Path, bbox: BBox, frame: LocalFrame, report: ImportR
     lines: list[list[tuple[float, float]]] = []
     tags: list[tuple[int, str, str]] = []  # per line: feature index, name, highway class
     lons, lats = array("d"), array("d")
-    for index, feature in enumerate(_iter(path, stats)):
-        report.segments_read += 1
-        props = feature.get("properties") or {}
-        if not isinstance(props, dict):
-            props = {}
-        lower = {str(k).lower(): v for k, v in props.items()}
-        present.update(lower)
-        geometry = feature.get("geometry")
-        if not geometry or not isinstance(geometry, dict):
-            report.segments_skipped["no geometry"] += 1
-            continue
-        gtype, coords = geometry.get("type"), geometry.get("coordinates")
-        if gtype == "LineString":
-            parts = [coords]
-        elif gtype == "MultiLineString":
-            parts = coords
-        else:
-            report.segments_skipped[f"not a line ({gtype})"] += 1
-            continue
-        try:
-            extent = _extent_of(path, index, parts, 2)
-        except _BadFeature as exc:
-            _skip(report, "centerlines", path, index, None, str(exc), "non-finite coordinates")
-            continue
-        if extent is None:
-            report.segments_skipped["invalid line coordinates"] += 1
-            continue
-        lons.append((extent[0] + extent[2]) / 2)
-        lats.append((extent[1] + extent[3]) / 2)
+    for index, lower, parts in _street_lines(path, stats, report, present, lons, lats, lower_keys=True):
         highway = osm.highway_class(lower.get("highway"))
         if highway not in osm.HIGHWAY_WIDTH_FT:
             report.segments_skipped[f"highway={highway or 'none'} (not driven)"] += 1

@@ -82,10 +82,10 @@ def _json_events(out: str, event: str) -> list[dict]:
 def test_the_processor_finishes_a_session_in_flight_after_sigterm(tmp_path, long_session_dir):
     from scale_diffusion.processor.v1 import processor_pb2, processor_pb2_grpc
 
-    from tests.integration.test_ingest_reliability import _upload
+    from tests.ingest_access import put_session_locally
     from tests.integration.test_service_runtime import start_service
 
-    _upload(tmp_path / "store", long_session_dir, "sess-drain")
+    put_session_locally(tmp_path / "store", long_session_dir, "sess-drain")
     proc, grpc_port, _, _ = start_service("processor", tmp_path, {"SD_PROCESSOR_SHUTDOWN_GRACE_S": "60"})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
@@ -112,7 +112,7 @@ def test_the_processor_finishes_a_session_in_flight_after_sigterm(tmp_path, long
 def test_the_ingest_finishes_a_dispatch_in_flight_after_sigterm(tmp_path, long_session_dir):
     from sd_ingest.catalog import Catalog, SessionState
 
-    from tests.integration.test_ingest_reliability import _upload
+    from tests.ingest_access import put_session_locally
     from tests.integration.test_service_runtime import start_service
 
     processor, processor_port, _, _ = start_service("processor", tmp_path, {"SD_PROCESSOR_SHUTDOWN_GRACE_S": "60"})
@@ -121,7 +121,7 @@ def test_the_ingest_finishes_a_dispatch_in_flight_after_sigterm(tmp_path, long_s
         "SD_INGEST_SHUTDOWN_GRACE_S": "60", "SD_INGEST_DATABASE_URL": db, "SD_INGEST_SCAN_INTERVAL_S": "0.2",
         "SD_INGEST_RECEIVE_WAIT_S": "0.2", "SD_INGEST_PROCESSOR_TARGET": f"127.0.0.1:{processor_port}"})
     try:
-        _upload(tmp_path / "store", long_session_dir, "sess-drain")
+        put_session_locally(tmp_path / "store", long_session_dir, "sess-drain")
         catalog = Catalog(db)
         try:
             deadline = time.monotonic() + 90

@@ -20,11 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from scale_diffusion.ingest.v1 import ingest_pb2
 from sd_common.objectstore import LocalEventQueue
 from sd_ingest.catalog import Catalog, SessionState
 from sd_ingest.outputs import success_attempt
 
+from tests.ingest_access import catalog_session, put_session_locally
 from tests.ports import free_port
 from tests.pg import start_postgres
 
@@ -127,47 +128,18 @@ def session_6s(tmp_path_factory) -> Path:
     return out / "session"
 
 
-def _upload(store_root: Path, session_dir: Path, sid: str) -> None:
-    """Writes the session into the embedded store as the gateway's uploads do (events included)."""
-    import asyncio
-
-    from sd_common.objectstore import make_store
-    from sd_common.settings import StoreSettings
-
-    async def go() -> None:
-        store = make_store(StoreSettings(backend="local", root=store_root))
-        doc = json.loads((session_dir / "manifest.json").read_text())
-        doc["session_id"], doc["player_id"] = sid, "p-rel"
-        for f in doc["files"]:
-            await store.put_bytes(f"raw/{sid}/{f['path']}", (session_dir / f["path"]).read_bytes(),
-                                  content_type=f["content_type"])
-        await store.put_bytes(f"raw/{sid}/manifest.json", json.dumps(doc).encode(), content_type="application/json")
-        await store.close()
-
-    asyncio.run(go())
-
-
-def _status(port: int, sid: str):
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            return ingest_pb2_grpc.IngestServiceStub(ch).GetSessionStatus(
-                ingest_pb2.GetSessionStatusRequest(session_id=sid), timeout=5).session
-        except grpc.RpcError:
-            return None
-
-
 def test_a_processor_killed_mid_session_is_retried_and_finishes_once(procs, session_6s):
     processor_port, ingest_port = free_port(), free_port()
     first = procs.processor(processor_port, "slow:30")
     # Retries back off to 1 s; 30 attempts give the new processor about 25 s to come up, which a loaded
     # machine needs (6 attempts, about 3 s, ran out while it was still importing).
     procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=30)
-    _upload(procs.store_root, session_6s, "sess-kill")
+    put_session_locally(procs.store_root, session_6s, "sess-kill")
     _wait(lambda: any(c["outcome"] == "started" for c in _calls(procs.log_dir)), 60, "the first dispatch")
     first.send_signal(signal.SIGKILL)
     first.wait()
     procs.processor(processor_port, "ok")  # the processor comes back on the same address
-    done = _wait(lambda: (s := _status(ingest_port, "sess-kill")) and s.catalog_state in (
+    done = _wait(lambda: (s := catalog_session(ingest_port, "sess-kill")) and s.catalog_state in (
         ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 60, "PROCESSED")
     assert done.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, done.last_error
     assert done.attempts >= 2 and done.segments_accepted == 1
@@ -202,14 +174,14 @@ def test_the_real_processor_killed_mid_session_is_retried_and_finishes_once(proc
     # than spending itself on refused connections while it restarts.
     procs.ingest(ingest_port, processor_port, f"sqlite:///{procs.tmp / 'catalog.db'}", max_attempts=2,
                  dispatch_idle_timeout_s=60)
-    _upload(procs.store_root, long_session_dir, "sess-real-kill")
+    put_session_locally(procs.store_root, long_session_dir, "sess-real-kill")
     [started] = _wait(lambda: _events(first_log, "processing", "sess-real-kill"), 90, "the processor to start")
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert _events(first_log, "processed", "sess-real-kill") == []  # killed before it finished
     time.sleep(3)  # down for a while, as under a supervisor's restart delay
     procs.real_processor(processor_port)  # back on the same address, as a supervisor would bring it
-    done = _wait(lambda: (s := _status(ingest_port, "sess-real-kill")) and s.catalog_state in (
+    done = _wait(lambda: (s := catalog_session(ingest_port, "sess-real-kill")) and s.catalog_state in (
         ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 120, "PROCESSED")
     assert done.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, done.last_error
     assert done.attempts == 2 and done.attempt_id != started["attempt_id"]
@@ -246,14 +218,14 @@ def test_an_ingest_killed_mid_stream_loses_and_double_counts_nothing(procs, sess
         first = procs.ingest(ingest_port, processor_port, url, concurrency=1)
         sids = [f"sess-{i}" for i in range(3)]
         for sid in sids:
-            _upload(procs.store_root, session_6s, sid)
+            put_session_locally(procs.store_root, session_6s, sid)
         # Kill it while it holds a dispatch and has events still queued or leased.
         _wait(lambda: any(c["outcome"] == "started" for c in _calls(procs.log_dir)), 60, "a dispatch")
         first.send_signal(signal.SIGKILL)
         first.wait()
         procs.ingest(ingest_port, processor_port, url, concurrency=1)
         for sid in sids:
-            s = _wait(lambda sid=sid: (s := _status(ingest_port, sid)) and s.catalog_state in (
+            s = _wait(lambda sid=sid: (s := catalog_session(ingest_port, sid)) and s.catalog_state in (
                 ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 90, f"{sid} PROCESSED")
             assert s.catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, s.last_error
             assert s.segments_accepted == 1

@@ -11,12 +11,12 @@ import signal
 import subprocess
 import time
 
-import grpc
 import httpx
-from scale_diffusion.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from scale_diffusion.ingest.v1 import ingest_pb2
 
 from sd_common.cli.stack import RestartPolicy, describe_exit
 
+from tests.ingest_access import catalog_session
 from tests.stack import BIN, RunningStack, start_stack
 
 
@@ -34,15 +34,6 @@ def _wait_output(stack: RunningStack, pattern: str, count: int = 1, timeout_s: f
 
 def _pid(stack: RunningStack, name: str, nth: int = 1) -> int:
     return int(_wait_output(stack, rf"(?m)^{name} started \(pid (\d+)\)$", nth)[nth - 1][1])
-
-
-def _catalog_session(stack: RunningStack, sid: str):
-    with grpc.insecure_channel(f"127.0.0.1:{50052 + stack.offset}") as ch:
-        try:
-            return ingest_pb2_grpc.IngestServiceStub(ch).GetSessionStatus(
-                ingest_pb2.GetSessionStatusRequest(session_id=sid), timeout=5).session
-        except grpc.RpcError:
-            return None
 
 
 def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_serving(tmp_path, long_session_dir):
@@ -72,7 +63,7 @@ def test_a_killed_service_is_restarted_with_backoff_while_the_others_keep_servin
         assert all(stack.output.count(f"{n} started (pid") == 1 for n in others), stack.output
         # the session it was processing is retried on the restarted processor and finishes
         deadline = time.monotonic() + 120
-        while (s := _catalog_session(stack, sid)) is None or s.catalog_state not in (
+        while (s := catalog_session(50052 + stack.offset, sid)) is None or s.catalog_state not in (
                 ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED):
             assert time.monotonic() < deadline, stack.output
             time.sleep(0.2)

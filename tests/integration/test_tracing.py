@@ -5,7 +5,6 @@ real service's spans, and with no endpoint nothing is installed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -23,8 +22,8 @@ from opentelemetry.trace import SpanKind
 
 from sd_common import tracing
 from sd_common.grpc_runtime import GrpcRuntime
-from sd_common.objectstore import make_store
 from sd_common.settings import StoreSettings
+from tests.ingest_access import put_session
 from tests.ports import free_port
 
 SESSION = tracing.SESSION_ATTRIBUTE
@@ -112,7 +111,7 @@ async def test_a_dispatch_is_one_trace_through_the_ingest_and_the_real_processor
         shutdown_grace_s=1), store_settings)
     sid = "sess-traced"
     try:
-        await _upload(store_settings, session_6s, sid)
+        await put_session(store_settings, session_6s, sid, "p-trace")
         deadline = time.monotonic() + 120
         while (rec := ingest.catalog.get_session(sid)) is None or rec.state not in (
                 SessionState.PROCESSED, SessionState.FAILED):
@@ -221,15 +220,3 @@ def session_6s(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth6-trace")
     synth_session(out, SynthConfig(width=256, height=144, duration_s=6.0, seed=23))
     return out / "session"
-
-
-async def _upload(store_settings: StoreSettings, session_dir: Path, sid: str) -> None:
-    """Writes the session into the embedded store as the gateway's uploads do (events included)."""
-    store = make_store(store_settings)
-    doc = json.loads((session_dir / "manifest.json").read_text())
-    doc["session_id"], doc["player_id"] = sid, "p-trace"
-    for f in doc["files"]:
-        await store.put_bytes(f"raw/{sid}/{f['path']}", (session_dir / f["path"]).read_bytes(),
-                              content_type=f["content_type"])
-    await store.put_bytes(f"raw/{sid}/manifest.json", json.dumps(doc).encode(), content_type="application/json")
-    await store.close()

@@ -1,13 +1,16 @@
 """Reading a dataset version: the manifest's split by session, labels as recorded, decoded pictures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import simplejpeg
+import torch
 from version_factory import make_version
 
 from sd_trainer.config import DataConfig
-from sd_trainer.data import DatasetError, make_loader, open_local_version, split_dataset
+from sd_trainer.data import DatasetError, decode_jpeg, make_loader, open_local_version, split_dataset
 
 
 def test_split_is_the_manifests_and_no_session_is_in_both(tiny_version):
@@ -71,3 +74,39 @@ def test_loader_batches_and_shards(tiny_version):
     shards = [{f.path for f in (ds.frames[i] for i in make_loader(ds, cfg, train=True, seed=0, rank=r,
                                                                    world_size=2).sampler)} for r in (0, 1)]
     assert shards[0].isdisjoint(shards[1])
+
+
+def test_frames_are_resized_in_the_worker_only_when_the_model_asks(tiny_version):
+    v = open_local_version(tiny_version.root, tiny_version.dataset_id)
+    same = split_dataset(v, "train")
+    assert not same.resizes and split_dataset(v, "train", height=64, width=64).resizes is False
+    with open(same.frames[0].path, "rb") as fh:
+        assert torch.equal(same[0]["image"], torch.from_numpy(decode_jpeg(fh.read()).transpose(2, 0, 1).copy()))
+    seg = next(s for s in tiny_version.manifest["segments"] if s["split"] == "train")
+    measurements = json.loads((tiny_version.root / seg["uri"] / "measurements.json").read_text())
+    for height, width in ((32, 32), (24, 40), (96, 96)):
+        ds = split_dataset(v, "train", height=height, width=width)
+        assert ds.resizes
+        for k in (2, 9):
+            index = next(i for i, f in enumerate(ds.frames) if f.segment_id == seg["segment_id"]) + k
+            image = ds[index]["image"]
+            assert image.shape == (3, height, width) and image.dtype == torch.uint8
+            # The picture is scaled, not cropped: the steer bar sits at the same relative position.
+            cols = image.float()[:, height // 5:height * 3 // 4, :].mean(dim=(0, 1))
+            bar_x = round((measurements[k]["steer"] + 1) / 2 * 63)  # the bar spans bar_x - 2 .. bar_x + 2
+            expected = (bar_x + 0.5) * width / 64 - 0.5
+            assert abs(int(cols.argmax()) - expected) <= 2 * width / 64 + 0.5
+    scaled = v.geometry.scaled_to(32, 32)
+    assert scaled.intrinsics["fx"] == pytest.approx(v.geometry.intrinsics["fx"] / 2)
+    assert scaled.intrinsics["fov_deg"] == pytest.approx(v.geometry.intrinsics["fov_deg"])
+    with pytest.raises(DatasetError, match="not a picture size"):
+        split_dataset(v, "train", height=-1, width=8)
+
+
+def test_a_frame_of_another_size_than_the_version_is_named(tmp_path):
+    v = make_version(tmp_path / "v")
+    version = open_local_version(v.root, v.dataset_id)
+    ds = split_dataset(version, "train")
+    Path(ds.frames[4].path).write_bytes(simplejpeg.encode_jpeg(np.zeros((32, 48, 3), np.uint8), colorspace="RGB"))
+    with pytest.raises(DatasetError, match="is 48x32, the version's frames are 64x64"):
+        ds[4]

@@ -94,8 +94,9 @@ def make_version(root: Path, *, sessions: int = 4, segments_per_session: int = 2
                 all_commands[c] = all_commands.get(c, 0) + n
             totals_frames += frames
             files = sorted(p for p in folder.rglob("*") if p.is_file())
+            # The ETag as the store lists it: the quoted MD5 of a single-part object (sd_ingest.datasets._gather).
             listing = "".join(f"{p.relative_to(folder).as_posix()}\t{p.stat().st_size}\t"
-                              f"{hashlib.md5(p.read_bytes()).hexdigest()}\n" for p in files)
+                              f"\"{hashlib.md5(p.read_bytes()).hexdigest()}\"\n" for p in files)
             seg_doc = {"segment_id": seg_id, "index": g, "accepted": True, "reasons": [], "frames": frames,
                        "duration_s": frames / 20.0, "t_start_ms": 0.0, "t_end_ms": frames * 50.0,
                        "distance_m": round(x, 3), "mean_speed_mps": 7.0,

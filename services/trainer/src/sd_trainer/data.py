@@ -5,23 +5,36 @@ and, per session, `processed/<sid>/segments.json` and the segment folders it nam
 manifest's own (`segments[].split`, decided by session when the version was made); nothing here
 re-splits, so a validation session never lends a frame to training.
 
+A version in the object store is first copied into a local cache in the same layout
+(`fetch_version`, async; `fetch_version_sync` builds the store from `SD_STORE_*` settings): every byte
+is checked against the version id through the manifest's per-segment listing digests and the objects'
+ETags, and only complete, checked files ever get their final names.
+
 Frames are decoded in the DataLoader's workers by libjpeg-turbo (simplejpeg) straight into a uint8
 array, and batches stay uint8 until the training device: normalisation and augmentation run there.
+When the model asks for another input size than the version's, the worker resizes (see FrameDataset).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
+import os
+import secrets
+import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import simplejpeg
 import torch
+import torch.nn.functional as F
+from sd_common.objectstore import ObjectInfo, ObjectStore, make_store, validate_key, validate_prefix
+from sd_common.settings import StoreSettings
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -43,6 +56,19 @@ class Geometry:
     height: int
     intrinsics: dict[str, float] | None
     crop: dict[str, int] | None
+
+    def scaled_to(self, height: int, width: int) -> Geometry:
+        """The camera of these frames resized to `height` x `width` (the whole frame scaled, nothing cropped)."""
+        if (height, width) == (self.height, self.width) or self.intrinsics is None:
+            return replace(self, height=height, width=width)
+        sx, sy = width / self.width, height / self.height
+        k = dict(self.intrinsics)
+        for name, scale in (("fx", sx), ("cx", sx), ("fy", sy), ("cy", sy)):
+            if name in k:
+                k[name] = k[name] * scale
+        if "fx" in k:
+            k["fov_deg"] = math.degrees(2 * math.atan(width / (2 * k["fx"])))
+        return replace(self, height=height, width=width, intrinsics=k)
 
 
 @dataclass(frozen=True)
@@ -170,25 +196,53 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 class FrameDataset(Dataset):
-    """Frames of one split as dicts of tensors (docs/training.md, "A batch")."""
+    """Frames of one split as dicts of tensors (docs/training.md, "A batch").
 
-    def __init__(self, frames: list[FrameRecord], height: int, width: int):
+    `height` x `width` is the version's frame size; `out_height` x `out_width` (0: the same) is what the
+    model takes. Only when they differ is a frame resized, here in the worker: libjpeg-turbo decodes at the
+    smallest DCT scale (1/2, 1/4, 1/8) still at least the asked size, then an antialiased bilinear resize
+    (torch, on the uint8 picture as float, rounded back to uint8) gives the exact size.
+    """
+
+    def __init__(self, frames: list[FrameRecord], height: int, width: int, out_height: int = 0, out_width: int = 0):
         self.frames = frames
         self.height = height
         self.width = width
+        self.out_height = out_height or height
+        self.out_width = out_width or width
+        if self.out_height < 1 or self.out_width < 1:
+            raise DatasetError(f"input size {out_width}x{out_height} is not a picture size")
+
+    @property
+    def resizes(self) -> bool:
+        """Whether frames are resized for the model."""
+        return (self.out_height, self.out_width) != (self.height, self.width)
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def picture(self, index: int) -> torch.Tensor:
+        """Frame `index` as uint8 [3, H, W] at the model's input size."""
         f = self.frames[index]
         with open(f.path, "rb") as fh:
-            rgb = decode_jpeg(fh.read())
-        if rgb.shape[:2] != (self.height, self.width):
-            raise DatasetError(f"{f.path} is {rgb.shape[1]}x{rgb.shape[0]}, the version's frames are "
-                               f"{self.width}x{self.height}")
+            data = fh.read()
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        if (h, w) != (self.height, self.width):
+            raise DatasetError(f"{f.path} is {w}x{h}, the version's frames are {self.width}x{self.height}")
+        if not self.resizes:
+            return torch.from_numpy(np.ascontiguousarray(decode_jpeg(data).transpose(2, 0, 1)))
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=self.out_height, min_width=self.out_width)
+        chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        if chw.shape[1:] == (self.out_height, self.out_width):
+            return chw
+        resized = F.interpolate(chw[None].float(), size=(self.out_height, self.out_width), mode="bilinear",
+                                antialias=True, align_corners=False)[0]
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        f = self.frames[index]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
+            "image": self.picture(index),
             "speed_mps": torch.tensor(f.speed_mps, dtype=torch.float32),
             "command": torch.tensor(f.command, dtype=torch.int64),
             "branch": torch.tensor(f.branch, dtype=torch.int64),
@@ -196,11 +250,11 @@ class FrameDataset(Dataset):
         }
 
 
-def split_dataset(version: LocalVersion, split: str) -> FrameDataset:
-    """The FrameDataset of one split of a version."""
+def split_dataset(version: LocalVersion, split: str, *, height: int = 0, width: int = 0) -> FrameDataset:
+    """The FrameDataset of one split; `height`/`width` as ModelConfig's image_height/image_width (0: the version's)."""
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; splits are {SPLITS}")
-    return FrameDataset(version.frames[split], version.geometry.height, version.geometry.width)
+    return FrameDataset(version.frames[split], version.geometry.height, version.geometry.width, height, width)
 
 
 def make_loader(dataset: FrameDataset, cfg: DataConfig, *, train: bool, seed: int, rank: int = 0,
@@ -225,3 +279,176 @@ def make_loader(dataset: FrameDataset, cfg: DataConfig, *, train: bool, seed: in
         pin_memory=cfg.pin_memory and device_type == "cuda",
         generator=generator,
     )
+
+
+# ---- a version from the object store -----------------------------------------------------------
+
+COMPLETE_MARKER = ".complete.json"  # written last: the cache holds the whole version, every file checked
+_PARTIAL_DIR = ".partial"  # bodies being downloaded; renamed into place only once complete and checked
+_FETCH_CONCURRENCY = 16
+_MANIFEST_MAX_BYTES = 256 * 1024 * 1024
+_SEGMENTS_JSON_MAX_BYTES = 64 * 1024 * 1024
+
+
+def listing_digest(prefix: str, objects: list[ObjectInfo]) -> str:
+    """The ingest's `files_sha256` of a segment: SHA-256 over `<relative key>\\t<size>\\t<ETag>\\n` lines in key order."""
+    digest = hashlib.sha256()
+    for info in sorted(objects, key=lambda o: o.key):
+        digest.update(f"{info.key[len(prefix):]}\t{info.size_bytes}\t{info.etag}\n".encode())
+    return digest.hexdigest()
+
+
+def _plain_md5(etag: str) -> str | None:
+    """The MD5 an ETag stands for, or None for a multipart ETag (`<hex>-<parts>`), which hashes the parts."""
+    value = etag.strip().strip('"')
+    return value if len(value) == 32 and "-" not in value else None
+
+
+def _local_path(root: Path, key: str) -> Path:
+    validate_key(key)  # no '..', no leading '/', no hidden names: a key stays inside root
+    return root / key
+
+
+def _write_atomically(root: Path, path: Path, data: bytes) -> None:
+    tmp = root / _PARTIAL_DIR / secrets.token_hex(16)
+    with open(tmp, "xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+
+
+def _file_matches(path: Path, info: ObjectInfo) -> bool:
+    """A file already in the cache is kept only if its size and (for single-part objects) MD5 match the ETag."""
+    try:
+        if path.stat().st_size != info.size_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    expected = _plain_md5(info.etag)
+    if expected is None:
+        return True
+    md5 = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            md5.update(chunk)
+    return md5.hexdigest() == expected
+
+
+async def _download(store: ObjectStore, root: Path, info: ObjectInfo, segment_id: str) -> bool:
+    """Copies one object into the cache unless a checked copy is there; True if it was downloaded."""
+    path = _local_path(root, info.key)
+    if await asyncio.to_thread(_file_matches, path, info):
+        return False
+    tmp = root / _PARTIAL_DIR / secrets.token_hex(16)
+    md5 = hashlib.md5()
+    size = 0
+    out = await asyncio.to_thread(open, tmp, "xb")
+    try:
+        async for chunk in store.iter_bytes(info.key):
+            md5.update(chunk)
+            size += len(chunk)
+            await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(out.flush)
+        await asyncio.to_thread(os.fsync, out.fileno())
+    finally:
+        out.close()
+    expected = _plain_md5(info.etag)
+    if size != info.size_bytes or (expected is not None and md5.hexdigest() != expected):
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"segment {segment_id}: {info.key} arrived as {size} bytes with MD5 {md5.hexdigest()}, "
+                           f"the listing says {info.size_bytes} bytes, ETag {info.etag}: the object changed "
+                           "while it was read")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    return True
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    """What one fetch_version call did."""
+
+    root: Path
+    reused: bool  # the cache was already complete: nothing was listed or downloaded
+    objects: int  # objects of the version's segments
+    downloaded: int  # of which this call downloaded (the others were already in the cache, checked)
+
+
+async def fetch_version_report(store: ObjectStore, dataset_id: str, cache_dir: Path) -> FetchReport:
+    """fetch_version, also saying whether the cache was reused and how many objects were downloaded."""
+    if not (len(dataset_id) == 64 and all(c in "0123456789abcdef" for c in dataset_id)):
+        raise DatasetError(f"dataset id {dataset_id!r} is not a lowercase hex SHA-256 (64 characters)")
+    root = Path(cache_dir) / dataset_id
+    marker = root / COMPLETE_MARKER
+    manifest_key = f"datasets/{dataset_id}/manifest.json"
+    manifest_path = root / manifest_key
+    if marker.is_file() and manifest_path.is_file():
+        if hashlib.sha256(manifest_path.read_bytes()).hexdigest() == dataset_id:
+            return FetchReport(root, True, json.loads(marker.read_text()).get("objects", 0), 0)
+    # Bodies left by an interrupted fetch were never renamed into place: they are simply discarded.
+    shutil.rmtree(root / _PARTIAL_DIR, ignore_errors=True)
+    (root / _PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+    if await store.head(manifest_key) is None:
+        raise DatasetError(f"dataset version {dataset_id!r} not found: no {manifest_key} in the store")
+    raw = await store.get_bytes(manifest_key, max_bytes=_MANIFEST_MAX_BYTES)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != dataset_id:
+        raise DatasetError(f"{manifest_key} has SHA-256 {digest}, not the version id {dataset_id}: the file was changed")
+    manifest = json.loads(raw)
+    segments = manifest.get("segments") or []
+    for sid in sorted({seg["session_id"] for seg in segments}):
+        key = f"processed/{sid}/segments.json"
+        if await store.head(key) is None:
+            raise DatasetError(f"session {sid}: {key} is missing from the store")
+        data = await store.get_bytes(key, max_bytes=_SEGMENTS_JSON_MAX_BYTES)
+        await asyncio.to_thread(_write_atomically, root, _local_path(root, key), data)
+    # Every segment's listing is checked before anything is downloaded, so a changed segment fails fast.
+    work: list[tuple[ObjectInfo, str]] = []
+    for seg in segments:
+        seg_id, uri = seg["segment_id"], seg["uri"]
+        if not uri.endswith("/"):
+            raise DatasetError(f"segment {seg_id}: uri {uri!r} is not a folder prefix")
+        validate_prefix(uri)
+        objects = [info async for info in store.list(uri)]
+        if not objects:
+            raise DatasetError(f"segment {seg_id}: no objects under {uri} in the store")
+        found = listing_digest(uri, objects)
+        if found != seg.get("files_sha256"):
+            raise DatasetError(f"segment {seg_id}: the files under {uri} have listing digest {found}, the version "
+                               f"recorded {seg.get('files_sha256')}: the segment changed since the version was made")
+        work.extend((info, seg_id) for info in objects)
+    limit = asyncio.Semaphore(_FETCH_CONCURRENCY)
+
+    async def one(info: ObjectInfo, seg_id: str) -> bool:
+        async with limit:
+            return await _download(store, root, info, seg_id)
+
+    downloaded = sum(await asyncio.gather(*(one(info, seg_id) for info, seg_id in work)))
+    # The manifest goes in after everything it names, then the marker: either means "all here, all checked".
+    await asyncio.to_thread(_write_atomically, root, manifest_path, raw)
+    await asyncio.to_thread(_write_atomically, root, marker, json.dumps(
+        {"dataset_id": dataset_id, "objects": len(work)}).encode())
+    shutil.rmtree(root / _PARTIAL_DIR, ignore_errors=True)
+    return FetchReport(root, False, len(work), downloaded)
+
+
+async def fetch_version(store: ObjectStore, dataset_id: str, cache_dir: Path) -> Path:
+    """Copies a version from the object store into `cache_dir/<id>/` (the store's layout) and returns that folder.
+
+    Async. The manifest is checked against its id, each segment's object listing against the manifest's
+    `files_sha256`, and each downloaded body against its listed size and ETag (MD5 for single-part
+    objects). A cache completed earlier is reused without listing the store; an interrupted one is resumed:
+    files already in place are kept if their size and MD5 still match, partial bodies are discarded.
+    """
+    return (await fetch_version_report(store, dataset_id, cache_dir)).root
+
+
+def fetch_version_sync(settings: StoreSettings, dataset_id: str, cache_dir: Path) -> Path:
+    """fetch_version from the store `settings` describe (SD_STORE_*), for a caller without an event loop."""
+
+    async def run() -> Path:
+        async with make_store(settings) as store:
+            return await fetch_version(store, dataset_id, cache_dir)
+
+    return asyncio.run(run())

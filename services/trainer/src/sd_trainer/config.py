@@ -85,17 +85,34 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Photometric augmentation of training images only (labels stay valid: nothing geometric)."""
+    """Photometric augmentation of training images only (labels stay valid: nothing geometric).
+
+    The transforms and strengths are coiltraine's (input/scheduler.py, the `medium` schedule, the set the
+    CIL paper lists: contrast, brightness, tone, Gaussian blur, Gaussian noise, salt-and-pepper noise and
+    region dropout). coiltraine ramps them up with the images seen; these defaults hold them at the values
+    that schedule reaches after a 100,000-iteration batch-120 run (its NoCrash length). Its NoCrash CILRS
+    configs themselves set `AUGMENTATION: None`: `enabled: false` reproduces that run. Every range is in
+    [0, 1] image units. See sd_trainer/augment.py and docs/training.md.
+    """
 
     enabled: bool = True
-    probability: float = 0.5  # chance that each transform is applied to an image
-    brightness: float = 0.2  # multiplicative, 1 ± brightness
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue_deg: float = 0.0
-    gaussian_blur_sigma_max: float = 1.0
-    gaussian_noise_std: float = 0.02  # in [0, 1] image units
-    salt_pepper_fraction: float = 0.0
+    probability: float = 0.117  # chance that each transform is applied to an image (coiltraine: 0.05 -> 0.117)
+    # Chance that a transform draws its value per colour channel rather than once per image (colour shifts).
+    per_channel_probability: float = 0.067
+    random_order: bool = True  # each image takes its transforms in its own random order, as coiltraine
+    brightness: float = 0.0565  # additive, U(-brightness, +brightness) (coiltraine Add ±14.4 of 255)
+    brightness_multiply: tuple[float, float] = (0.879, 1.333)  # multiplicative, U(lo, hi)
+    contrast: float = 0.067  # (v - 0.5) * U(1 - contrast, 1 + contrast) + 0.5
+    saturation: float = 1.0  # blend toward the grey image by U(0, saturation) (coiltraine Grayscale)
+    hue_deg: float = 0.0  # rotation of hue by U(-hue_deg, +hue_deg) (not in coiltraine: off)
+    gaussian_blur_sigma_max: float = 0.833  # pixels, sigma ~ U(0, max)
+    # Per-pixel noise, std ~ U(0, max). coiltraine passes 0.0575 to imgaug in 0-255 units, where it is
+    # invisible (0.06 grey levels); read here as a fraction of the full range (about 15 grey levels).
+    gaussian_noise_std: float = 0.0575
+    salt_pepper_fraction: float = 0.0575  # pixels set to black, fraction ~ U(0, max) (coiltraine Dropout)
+    region_dropout_fraction: float = 0.0575  # rectangles set to black, area fraction ~ U(0, max) (CoarseDropout)
+    # Resolution of the dropout mask as a fraction of the image's, U(lo, hi): cells of 1/size pixels (5-12.5 px).
+    region_dropout_size: tuple[float, float] = (0.08, 0.2)
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,37 @@ def test_a_frame_of_another_size_than_the_version_is_named(tmp_path):
     Path(ds.frames[4].path).write_bytes(simplejpeg.encode_jpeg(np.zeros((32, 48, 3), np.uint8), colorspace="RGB"))
     with pytest.raises(DatasetError, match="is 48x32, the version's frames are 64x64"):
         ds[4]
+
+
+def _loader_bench():
+    import importlib.util
+    import sys
+    if "trainer_loader_bench" in sys.modules:
+        return sys.modules["trainer_loader_bench"]
+    path = Path(__file__).resolve().parents[3] / "bench" / "trainer_loader_bench.py"
+    spec = importlib.util.spec_from_file_location("trainer_loader_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_bench_delivers_every_training_frame_once_per_epoch(tmp_path, workers):
+    """The benchmark's own code path, tiny: what it times is whole, decoded, correctly labelled epochs."""
+    bench = _loader_bench()
+    v = bench.make_bench_version(tmp_path / "v", frames=48, size=64)
+    ds = split_dataset(open_local_version(v.root, v.dataset_id), "train")
+    assert len(ds) == 36
+    run = bench.run_loader(v.root, v.dataset_id, workers=workers, batch=6, epochs=2, check=True)
+    assert run.images == 2 * 36 - 6  # the first batch is not timed
+    expected_labels = sorted((np.float32(f.steer).item(), np.float32(f.throttle).item(), np.float32(f.brake).item(),
+                              np.float32(f.speed_mps).item(), f.command) for f in ds.frames)
+    assert sorted(run.labels) == sorted(expected_labels * 2)
+    pixels = 0
+    for f in ds.frames:
+        with open(f.path, "rb") as fh:
+            pixels += int(decode_jpeg(fh.read()).sum(dtype=np.int64))
+    assert run.image_sum == 2 * pixels
+    n, seconds = bench.pil_baseline([f.path for f in ds.frames[:5]])
+    assert n == 5 and seconds > 0

@@ -123,7 +123,8 @@ def main() -> None:
             for workers in a.workers:
                 best = max((run_loader(v.root, v.dataset_id, workers=workers, batch=a.batch, epochs=a.epochs,
                                        height=h, width=w) for _ in range(a.repeat)), key=lambda r: r.images_per_s)
-                label = f"make_loader, {workers} workers" + (f", resized to {w}x{h}" if h else "")
+                label = f"make_loader, {workers} worker{'' if workers == 1 else 's'}"
+                label += f", resized to {w}x{h}" if h else ""
                 rows.append({"case": label, "workers": max(1, workers), "images_per_s": best.images_per_s})
                 print(json.dumps(rows[-1]), flush=True)
     print()

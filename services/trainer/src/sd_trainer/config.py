@@ -100,17 +100,17 @@ class AugmentConfig:
     # Chance that a transform draws its value per colour channel rather than once per image (colour shifts).
     per_channel_probability: float = 0.067
     random_order: bool = True  # each image takes its transforms in its own random order, as coiltraine
-    brightness: float = 0.0565  # additive, U(-brightness, +brightness) (coiltraine Add ±14.4 of 255)
+    brightness: float = 0.0566  # additive, U(-brightness, +brightness) (coiltraine Add ±14.4 of 255)
     brightness_multiply: tuple[float, float] = (0.879, 1.333)  # multiplicative, U(lo, hi)
     contrast: float = 0.067  # (v - 0.5) * U(1 - contrast, 1 + contrast) + 0.5
     saturation: float = 1.0  # blend toward the grey image by U(0, saturation) (coiltraine Grayscale)
     hue_deg: float = 0.0  # rotation of hue by U(-hue_deg, +hue_deg) (not in coiltraine: off)
     gaussian_blur_sigma_max: float = 0.833  # pixels, sigma ~ U(0, max)
-    # Per-pixel noise, std ~ U(0, max). coiltraine passes 0.0575 to imgaug in 0-255 units, where it is
+    # Per-pixel noise, std ~ U(0, max). coiltraine passes 0.0574 to imgaug in 0-255 units, where it is
     # invisible (0.06 grey levels); read here as a fraction of the full range (about 15 grey levels).
-    gaussian_noise_std: float = 0.0575
-    salt_pepper_fraction: float = 0.0575  # pixels set to black, fraction ~ U(0, max) (coiltraine Dropout)
-    region_dropout_fraction: float = 0.0575  # rectangles set to black, area fraction ~ U(0, max) (CoarseDropout)
+    gaussian_noise_std: float = 0.0574
+    salt_pepper_fraction: float = 0.0574  # pixels set to black, fraction ~ U(0, max) (coiltraine Dropout)
+    region_dropout_fraction: float = 0.0574  # rectangles set to black, area fraction ~ U(0, max) (CoarseDropout)
     # Resolution of the dropout mask as a fraction of the image's, U(lo, hi): cells of 1/size pixels (5-12.5 px).
     region_dropout_size: tuple[float, float] = (0.08, 0.2)
 

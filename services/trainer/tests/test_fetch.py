@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +21,7 @@ from sd_common.settings import StoreSettings
 from sd_trainer.data import (
     COMPLETE_MARKER,
     DatasetError,
+    FetchReport,
     fetch_version,
     fetch_version_report,
     fetch_version_sync,
@@ -183,3 +190,41 @@ async def test_copy_from_s3_on_loopback(moto_server, tmp_path):
             await fetch_version(store, v.dataset_id, tmp_path / "cache2")
     finally:
         await store.close()
+
+
+def _copied_frames(root: Path) -> bool:
+    return (root / "processed").is_dir() and any((root / "processed").rglob("*.jpg"))
+
+
+def test_a_fetch_killed_with_sigkill_leaves_no_bad_file_and_resumes(tmp_path):
+    """A real kill of the fetching process (as a pod is killed), then a fetch into the same cache."""
+    v = make_version(tmp_path / "store", sessions=4, segments_per_session=2, frames=100, height=128, width=128)
+    cache = tmp_path / "cache"
+    root = cache / v.dataset_id
+    code = ("import sys; from pathlib import Path; from sd_common.settings import StoreSettings; "
+            "from sd_trainer.data import fetch_version_sync; "
+            "fetch_version_sync(StoreSettings(backend='local', root=Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3]))")
+    child = subprocess.Popen([sys.executable, "-c", code, str(v.root), v.dataset_id, str(cache)])
+    try:
+        deadline = time.monotonic() + 120
+        while not _copied_frames(root):  # kill it as soon as the first frame has its final name
+            assert child.poll() is None, f"the fetch ended ({child.returncode}) before any frame was copied"
+            assert time.monotonic() < deadline, "no frame was copied within 120 s"
+            time.sleep(0.001)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not (root / COMPLETE_MARKER).exists(), "the fetch finished before it was killed: nothing interrupted"
+    expected = _version_files(v.root)
+    placed = _version_files(root)
+    assert 0 < len(placed) < len(expected)
+    assert all(expected[k] == b for k, b in placed.items())  # whatever has its final name is whole
+
+    async def resume() -> FetchReport:
+        async with _store(v.root) as store:
+            return await fetch_version_report(store, v.dataset_id, cache)
+
+    report = asyncio.run(resume())
+    assert not report.reused and 0 < report.downloaded < report.objects
+    assert _version_files(root) == expected and (root / COMPLETE_MARKER).is_file()

@@ -142,3 +142,12 @@ def test_bad_input_is_named():
         Augmenter(AugmentConfig(), 0)(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match="augment.probability must be in"):
         Augmenter(dataclasses.replace(AugmentConfig(), probability=1.5), 0)
+
+
+def test_the_new_ranges_are_overridable_like_every_key():
+    cfg = TrainConfig.from_overrides({"data": {"augment": {"brightness_multiply": [0.9, 1.1], "random_order": False,
+                                                           "region_dropout_size": [0.1, 0.1]}}}).data.augment
+    assert cfg.brightness_multiply == (0.9, 1.1) and cfg.random_order is False
+    assert cfg.region_dropout_size == (0.1, 0.1)
+    out = Augmenter(dataclasses.replace(cfg, probability=1.0), seed=0)(_batch(n=4))
+    assert out.shape == (4, 3, 32, 32)

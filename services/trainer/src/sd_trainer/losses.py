@@ -27,7 +27,7 @@ class LossParts:
 
     def as_floats(self) -> dict[str, float]:
         """Plain numbers for logs: total, controls, speed and one entry per control."""
-        out = {"total": float(self.total), "controls": float(self.controls), "speed": float(self.speed)}
+        out = {"total": float(self.total.detach()), "controls": float(self.controls), "speed": float(self.speed)}
         out.update({name: float(v) for name, v in self.per_control.items()})
         return out
 

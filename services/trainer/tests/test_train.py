@@ -145,6 +145,38 @@ def test_sigkill_mid_run_resumes_to_the_same_step_and_weights(reference):
         assert torch.equal(ours["model"][name], tensor), name
 
 
+def test_sigterm_checkpoints_and_a_new_folder_resumes_from_the_store(reference):
+    version, ref_out, store, _, tmp = reference
+    out = tmp / "runs" / "term-pod-1"
+    command = _command("term", version, out, TINY)
+    env = _env(version.root, tmp)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    progress = out / "progress.json"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if progress.is_file() and json.loads(progress.read_text()).get("step", 0) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    stopped = json.loads(progress.read_text())
+    assert stopped["state"] == "stopped" and stopped["reason"] == "Terminated"
+    at = json.loads((store / "training" / "term" / "checkpoints" / "latest.json").read_text())["step"]
+    assert 5 <= at < 40 and (store / "training" / "term" / f"checkpoints/step-{at:09d}.pt").is_file()
+
+    # a new pod has an empty folder: it resumes from the store's checkpoint, not from step 0
+    fresh = tmp / "runs" / "term-pod-2"
+    again = subprocess.run(_command("term", version, fresh, TINY), env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((fresh / "progress.json").read_text())["resumed_from_step"] == at
+    assert json.loads((fresh / "result.json").read_text())["step"] == 40
+    ours = torch.load(fresh / "checkpoints" / "step-000000040.pt", weights_only=False)["model"]
+    ref = torch.load(ref_out / "checkpoints" / "step-000000040.pt", weights_only=False)["model"]
+    assert all(torch.equal(ours[k], v) for k, v in ref.items())
+
+
 def test_bad_configuration_and_missing_dataset_exit_2_and_say_why(tmp_path):
     from sd_trainer.train import main
 

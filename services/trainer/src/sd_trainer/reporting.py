@@ -62,6 +62,7 @@ class Reporter:
         if history.is_file():
             self.train_history = [h for h in map(json.loads, history.read_text().splitlines())
                                   if h["step"] <= start_step]
+            history.write_text("".join(json.dumps(h) + "\n" for h in self.train_history))
         if self.use_bar:
             from tqdm import tqdm
 
@@ -204,9 +205,13 @@ class Reporter:
 def write_termination_log(path: Path, result: dict[str, Any]) -> None:
     """The result as compact JSON, dropping the per-branch detail first if it exceeds 4 KiB."""
     data = json.dumps(result, separators=(",", ":")).encode()
-    if len(data) > TERMINATION_LOG_BYTES:
-        slim = json.loads(data)
-        for v in (slim.get("validation") or {},):
-            v.pop("mae_per_branch", None)
+    slim = json.loads(data)
+    for drop in ("mae_per_branch", "frames_per_branch"):  # least needed first; the JSON stays whole
+        if len(data) <= TERMINATION_LOG_BYTES:
+            break
+        (slim.get("validation") or {}).pop(drop, None)
         data = json.dumps(slim, separators=(",", ":")).encode()
+    if len(data) > TERMINATION_LOG_BYTES:
+        data = json.dumps({k: slim.get(k) for k in ("run_id", "state", "step", "checkpoint_uri")},
+                          separators=(",", ":")).encode()
     Path(path).write_bytes(data[:TERMINATION_LOG_BYTES])

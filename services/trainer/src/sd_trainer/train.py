@@ -475,9 +475,10 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     return result
 
 
-def _fail(run_dir: Path, run_id: str, reason: str, message: str, settings: TrainingProcessSettings) -> None:
-    """progress.json and the termination log say why the run failed (rank 0)."""
-    doc = {"run_id": run_id, "state": "failed", "reason": reason, "message": message[-2000:],
+def _fail(run_dir: Path, run_id: str, reason: str, message: str, settings: TrainingProcessSettings,
+          state: str = "failed") -> None:
+    """progress.json and the termination log say why the run failed or stopped (rank 0)."""
+    doc = {"run_id": run_id, "state": state, "reason": reason, "message": message[-2000:],
            "updated_at": time.time()}
     progress = run_dir / "progress.json"
     try:
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as e:
         print(f"training run {args.run_id}: {e}", file=sys.stderr, flush=True)
         if ddp.is_main:
-            _fail(run_dir, args.run_id, "Terminated", str(e), settings)
+            _fail(run_dir, args.run_id, "Terminated", str(e), settings, state="stopped")
         return EXIT_TERMINATED
     except (Exception, CheckpointError) as e:  # noqa: BLE001 - the exit status must say "may be retried"
         traceback.print_exc()

@@ -48,7 +48,6 @@ from sd_common.settings import StoreSettings
 from sd_trainer import data
 from sd_trainer.checkpoints import (
     LATEST,
-    CheckpointError,
     StoreMirror,
     load_latest,
     read_latest,
@@ -56,7 +55,7 @@ from sd_trainer.checkpoints import (
     write_atomically,
 )
 from sd_trainer.config import BRANCH_NAMES, CONTROL_NAMES, ConfigError, TrainConfig
-from sd_trainer.losses import branched_loss
+from sd_trainer.losses import LossParts, branched_loss
 from sd_trainer.model import CILRS
 from sd_trainer.reporting import Reporter
 from sd_trainer.resnet import PretrainedWeightsError
@@ -100,8 +99,8 @@ class Distributed:
     @classmethod
     def from_env(cls) -> Distributed:
         """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
-        return cls(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                   local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -206,6 +205,45 @@ def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any) -
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         image = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
     return image
+
+
+def build_optimization(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[Any, ...]:
+    """Adam, its step decay, the GradScaler (active for float16 only) and the autocast context factory."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=cfg.optim.betas,
+                                 weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.lr_decay_every_steps,
+                                                gamma=cfg.optim.lr_decay_factor)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast() -> Any:
+        return torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else nullcontext()
+
+    return optimizer, scheduler, scaler, autocast
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                   cfg: TrainConfig, autocast: Any, image: torch.Tensor, speed: torch.Tensor, branch: torch.Tensor,
+                   controls: torch.Tensor) -> LossParts:
+    """One training step: loss under autocast, backward (scaled for float16), clipping, Adam, LR schedule.
+
+    A non-finite loss skips the update (the caller stops the run with the step named).
+    """
+    with autocast():
+        out = model(image, speed)
+        parts = branched_loss(out, branch, controls, speed, cfg.loss, cfg.model.speed_factor_mps)
+    if not torch.isfinite(parts.total):
+        return parts
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.total).backward()
+    if cfg.optim.grad_clip_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return parts
 
 
 @torch.no_grad()
@@ -314,16 +352,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     model = CILRS(cfg.model).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=cfg.optim.betas,
-                                 weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.lr_decay_every_steps,
-                                                gamma=cfg.optim.lr_decay_factor)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-
-    def autocast() -> Any:
-        return torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else nullcontext()
+    optimizer, scheduler, scaler, autocast = build_optimization(model, cfg, device)
 
     # Resume: the newer of the local folder's and the store's latest checkpoint.
     if mirror is not None:
@@ -408,19 +437,11 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
             speed = batch["speed_mps"].to(device, non_blocking=True)
             branch = batch["branch"].to(device, non_blocking=True)
             controls = batch["controls"].to(device, non_blocking=True)
-            with autocast():
-                out = model(image, speed)
-                parts = branched_loss(out, branch, controls, speed, cfg.loss, cfg.model.speed_factor_mps)
+            parts = optimizer_step(model, optimizer, scheduler, scaler, cfg, autocast, image, speed, branch,
+                                   controls)
             if not torch.isfinite(parts.total):
-                raise FloatingPointError(f"the training loss is not finite at step {step + 1}: {parts.as_floats()}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            if cfg.optim.grad_clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+                raise FloatingPointError(f"the training loss is not finite at step {step + 1}: "
+                                         f"{parts.as_floats()}")
             step += 1
             position += 1
             window_images += image.shape[0] * ddp.world_size
@@ -498,7 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     ddp = Distributed.from_env()
     run_dir = args.out or Path(".run/training") / args.run_id
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        return _main(args, settings, ddp, run_dir, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace, settings: TrainingProcessSettings, ddp: Distributed, run_dir: Path,
+          stop: dict[str, bool]) -> int:
     try:
         if not RUN_ID_PATTERN.match(args.run_id):
             raise ConfigError(f"run id {args.run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
@@ -514,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         if ddp.is_main:
             _fail(run_dir, args.run_id, "Terminated", str(e), settings, state="stopped")
         return EXIT_TERMINATED
-    except (Exception, CheckpointError) as e:  # noqa: BLE001 - the exit status must say "may be retried"
+    except Exception as e:  # noqa: BLE001 - the exit status must say "may be retried"
         traceback.print_exc()
         if ddp.is_main:
             _fail(run_dir, args.run_id, type(e).__name__, f"{e}", settings)

@@ -55,8 +55,8 @@ def test_a_single_gpu_run_is_one_pod_running_the_training_process():
     assert c["command"] == ["python", "-m", "sd_trainer.train", "--run-id", "r1", "--dataset", DATASET,
                             "--out", "/tmp/run", "--config-json", '{"optim":{"max_steps":5}}']
     assert c["image"] == SETTINGS.trainer_image and c["envFrom"] == [{"configMapRef": {"name": "sd-trainer"}}]
-    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 1},
-                              "limits": {"memory": "32Gi", "nvidia.com/gpu": 1}}
+    assert c["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+                              "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
     assert {e["name"] for e in c["env"]} >= {"SD_TRAINER_TERMINATION_LOG", "AWS_ACCESS_KEY_ID"}
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert pod["nodeSelector"] == {"pool": "h100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -104,7 +104,7 @@ def test_an_evaluation_runs_carla_as_a_sidecar_beside_the_evaluator():
     pod = pod_of(job)
     (carla,) = pod["initContainers"]
     assert carla["restartPolicy"] == "Always" and carla["image"] == "carlasim/carla:0.9.16"
-    assert carla["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert carla["resources"]["limits"]["nvidia.com/gpu"] == "1"
     (ev,) = pod["containers"]
     assert ev["command"][:3] == ["python", "-m", "sd_evaluator.evaluate"]
     assert ev["command"][ev["command"].index("--checkpoint") + 1] == "s3://b/ckpt.pt"

@@ -39,7 +39,7 @@ def _resources(res: dict[str, Any], gpus: int) -> dict[str, Any]:
     if res.get("memory"):
         requests["memory"] = limits["memory"] = str(res["memory"])
     if gpus > 0:  # extended resources: requests must equal limits
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = gpus
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpus)  # quantities are strings
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests

@@ -33,6 +33,9 @@ def kopf_settings() -> kopf.OperatorSettings:
     """kopf's own settings: no finalizers anywhere, progress in annotations, events of warnings only."""
     s = kopf.OperatorSettings()
     s.posting.level = 30  # logging.WARNING: handler errors become Kubernetes events, chatter does not
+    # The CRDs come with the chart before the operator starts: no watching for new ones, so no
+    # cluster-wide rights are needed.
+    s.scanning.disabled = True
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="scalediffusion.io")
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="scalediffusion.io")
     return s

@@ -10,15 +10,14 @@ machine cannot turn a pass into a fail.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kmock
 import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
+from kube_emulator import ApiServer
 from operator_schemas import merge_patch, validate_custom, validate_kubernetes
 from sd_operator.context import OperatorContext
 from sd_operator.kube import Kube
@@ -26,18 +25,6 @@ from sd_operator.lifecycle import rfc3339
 from sd_operator.runtime import build_registry, kopf_settings
 from sd_operator.settings import OperatorSettings
 
-
-
-class ApiServer(kmock.KubernetesEmulator):
-    """kmock plus what an API server writes into every new object: uid, resourceVersion, creation time."""
-
-    async def _handle(self, request):
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("resourceVersion", "1")
-            meta.setdefault("creationTimestamp", rfc3339(datetime.now(UTC)))
-        return await super()._handle(request)
 
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.kmock(cls=ApiServer)]
@@ -58,26 +45,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.t
-
-
-@pytest.fixture
-async def cluster(kmock):
-    """kmock with the resources the operator watches and creates, and a namespace."""
-    for key, kind, sub in (("scalediffusion.io/v1alpha1/trainingruns", "TrainingRun", {"status"}),
-                           ("scalediffusion.io/v1alpha1/evaluations", "Evaluation", {"status"}),
-                           ("scalediffusion.io/v1alpha1/datasetversions", "DatasetVersion", {"status"}),
-                           ("batch/v1/jobs", "Job", {"status"}), ("v1/pods", "Pod", {"status"}),
-                           ("v1/services", "Service", set()), ("v1/events", "Event", set())):
-        kmock.resources[key] = kmock_info(kind, sub)
-    kmock.resources["v1/namespaces"] = kmock_info("Namespace", set(), namespaced=False)
-    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock_info(
-        "CustomResourceDefinition", set(), namespaced=False)
-    yield kmock
-
-
-def kmock_info(kind: str, sub: set[str], namespaced: bool = True):
-    return kmock.ResourceInfo(kind=kind, namespaced=namespaced, subresources=sub,
-                           verbs={"list", "watch", "get", "create", "patch", "update", "delete"})
 
 
 def operator(url: str, clock: Clock, **overrides: Any) -> KopfRunner:

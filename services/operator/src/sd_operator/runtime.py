@@ -4,8 +4,7 @@ loop as the gRPC health service and the Prometheus endpoint, and stop with them 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
+import threading
 import kopf
 import structlog
 from grpc_health.v1 import health_pb2
@@ -42,50 +41,60 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 
 class KopfHost:
-    """Runs kopf as something the gRPC runtime hosts: started after gRPC serves, stopped beside its drain."""
+    """Runs kopf as something the gRPC runtime hosts: started after gRPC serves, stopped beside its drain.
 
-    def __init__(self, settings: OperatorSettings, context: OperatorContext, runtime: GrpcRuntime | None = None,
-                 settings_hook: Any = None) -> None:
+    kopf runs in a thread with an event loop of its own: when it stops it cancels every task it did not
+    find at its start, which in a shared loop would include the gRPC server's own shutdown.
+    """
+
+    def __init__(self, settings: OperatorSettings, context: OperatorContext,
+                 runtime: GrpcRuntime | None = None) -> None:
         self.settings = settings
         self.context = context
         self.runtime = runtime
-        self._stop = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._kopf_settings_hook = settings_hook
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        namespaces = self.settings.namespace_list()
+        registry = build_registry(self.settings)
+        # The same credentials as the operator's own client (kube.py): the pod's service account, or a
+        # kubeconfig outside a cluster. A registry of one's own gets none of kopf's default login handlers.
+        kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
+        try:
+            # standalone: one replica with the Recreate strategy never overlaps another, so kopf's peering
+            # (its own CRDs and cluster-wide rights) would only add moving parts.
+            asyncio.run(kopf.operator(
+                registry=registry, settings=kopf_settings(), standalone=True, clusterwide=not namespaces,
+                namespaces=namespaces, memo=self.context, stop_flag=self._stop, ready_flag=self._ready))
+        except BaseException as exc:  # noqa: BLE001 - reported below, the thread must not die silently
+            self._error = exc
+        if not self._stop.is_set() and self._loop is not None and self.runtime is not None:
+            # kopf ending on its own (lost credentials, a crash) must fail the liveness probe.
+            self._loop.call_soon_threadsafe(self._lost)
+
+    def _lost(self) -> None:
+        log.error("kopf stopped", error=repr(self._error))
+        asyncio.ensure_future(self.runtime.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def start(self) -> None:
         """Starts kopf and returns once its indices are filled and handlers run."""
-        namespaces = self.settings.namespace_list()
-        ks = kopf_settings()
-        if self._kopf_settings_hook:
-            self._kopf_settings_hook(ks)
-        # standalone: one replica with the Recreate strategy never overlaps another, so kopf's peering
-        # (its own CRDs and cluster-wide rights) would only add moving parts.
-        self._task = asyncio.create_task(kopf.operator(
-            registry=build_registry(self.settings), settings=ks, standalone=True,
-            clusterwide=not namespaces, namespaces=namespaces, memo=self.context,
-            stop_flag=self._stop, ready_flag=self._ready))
-        self._task.add_done_callback(self._ended)
-        ready = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            ready.cancel()
-            self._task.result()
-            raise RuntimeError("kopf stopped before it was ready")
-        log.info("operator watching", namespaces=namespaces or "all")
-
-    def _ended(self, task: asyncio.Task) -> None:
-        # kopf ending on its own (lost credentials, a crash) must fail the liveness probe.
-        if self.runtime is not None and not self._stop.is_set():
-            log.error("kopf stopped", error=repr(task.exception()) if not task.cancelled() else "cancelled")
-            asyncio.ensure_future(self.runtime.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
+        self._thread.start()
+        while not await asyncio.to_thread(self._ready.wait, 0.5):
+            if not self._thread.is_alive():
+                raise RuntimeError(f"kopf stopped before it was ready: {self._error!r}")
+        log.info("operator watching", namespaces=self.settings.namespace_list() or "all")
 
     async def stop(self) -> None:
-        """Asks kopf to stop and waits for it (handlers in flight finish)."""
+        """Asks kopf to stop and waits for it (handlers in flight finish) within the grace period."""
         self._stop.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, self.settings.shutdown_grace_s)
         self.context.kube.close()
 
 

@@ -1,8 +1,12 @@
-"""Makes the tests' shared modules (operator_schemas.py, kube_emulator.py) importable, and their fixtures."""
+"""kmock with the resources the operator watches and creates (tests/kube_api.py)."""
 
-import sys
-from pathlib import Path
+import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.kube_api import declare_resources
 
-from kube_emulator import cluster  # noqa: E402,F401  (a fixture)
+
+@pytest.fixture
+async def cluster(kmock):
+    """The Kubernetes API emulator, ready for the operator."""
+    declare_resources(kmock)
+    yield kmock

@@ -10,7 +10,7 @@ import kopf
 import kubernetes_validate
 import pytest
 import yaml
-from operator_schemas import REPO, crd, validate_custom, validate_kubernetes
+from tests.kube_api import REPO, crd, validate_custom, validate_kubernetes
 from sd_operator.datasetversion import child_name, evaluation, training_run
 from sd_operator.jobs import evaluation_job, rendezvous_service, training_job
 from sd_operator.settings import OperatorSettings

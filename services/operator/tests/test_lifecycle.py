@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from operator_schemas import merge_patch, validate_custom
+from tests.kube_api import merge_patch, validate_custom
 from sd_operator.lifecycle import Policy, job_name, reconcile, rfc3339
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)

@@ -17,8 +17,7 @@ import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
-from kube_emulator import ApiServer
-from operator_schemas import merge_patch, validate_custom, validate_kubernetes
+from tests.kube_api import ApiServer, merge_patch, validate_custom, validate_kubernetes
 from sd_operator.context import OperatorContext
 from sd_operator.kube import Kube
 from sd_operator.lifecycle import rfc3339

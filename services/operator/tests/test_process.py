@@ -15,9 +15,8 @@ import time
 import grpc
 import httpx
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kube_emulator import ApiServer
+from tests.kube_api import ApiServer, write_kubeconfig
 
 from tests.ports import free_port
 
@@ -36,12 +35,7 @@ async def health(port: int) -> int | None:
 
 async def test_the_operator_process_serves_health_and_metrics_runs_a_job_and_stops_on_sigterm(cluster, tmp_path):
     url = str(cluster.url).rstrip("/")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-        "users": [{"name": "test", "user": {"token": "test"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "kmock", "user": "test", "namespace": NS}}]}))
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url, NS)
     grpc_port, metrics_port = free_port(), free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "SD_OPERATOR_GRPC_PORT": str(grpc_port),
            "SD_OPERATOR_METRICS_PORT": str(metrics_port), "SD_OPERATOR_NAMESPACES": NS,

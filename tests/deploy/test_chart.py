@@ -99,6 +99,7 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
     "custom-release": ({}, "scale-diffusion-prod", "sd-prod"),
     "network-policies": ({"networkPolicy": {"enabled": True}}, "sd", "default"),
     "operator": ({"operator": {"enabled": True}, "global": {"imagePullSecrets": [{"name": "regcred"}]},
+                  "ingest": {"datasetVersionResources": {"enabled": True, "policy": {"train": {"enabled": True}}}},
                   "aws": {"existingSecret": "aws-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"}},
                  "sd", "ml"),
 }
@@ -1054,3 +1055,22 @@ def test_the_crds_shipped_with_the_chart_are_valid_kubernetes():
     assert [p.stem for p in crds] == ["datasetversions", "evaluations", "trainingruns"]
     for path in crds:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), RECENT_KUBERNETES, strict=True)
+
+
+def test_ingest_announces_dataset_versions_under_its_own_account_when_asked():
+    from sd_ingest.settings import IngestSettings
+    from sd_ingest.version_resources import parse_policy
+
+    docs, _, namespace = scenario("operator")
+    ingest = by_component(docs, "Deployment")["ingest"]
+    assert pod_spec(ingest)["serviceAccountName"] == "sd-scale-diffusion-ingest"
+    assert pod_spec(ingest)["automountServiceAccountToken"] is True
+    env = {k: v for k, v in env_of(docs, ingest).items() if k.startswith("SD_INGEST_") and isinstance(v, str)}
+    settings = IngestSettings.model_validate({k.removeprefix("SD_INGEST_").lower(): v for k, v in env.items()})
+    assert settings.dataset_version_resources and settings.dataset_version_namespace == namespace
+    assert parse_policy(settings.dataset_version_policy) == {"train": {"enabled": True}}
+    role = {r["metadata"]["name"]: r for r in objects(docs, "Role")}["sd-scale-diffusion-ingest"]
+    assert role["rules"] == [{"apiGroups": ["scalediffusion.io"], "resources": ["datasetversions"],
+                              "verbs": ["create", "get"]}]
+    defaults, _, _ = scenario("defaults")
+    assert "SD_INGEST_DATASET_VERSION_RESOURCES" not in env_of(defaults, by_component(defaults, "Deployment")["ingest"])

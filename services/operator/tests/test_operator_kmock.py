@@ -18,6 +18,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 from tests.kube_api import ApiServer, merge_patch, validate_custom, validate_kubernetes
+from sd_operator import trainingrun
 from sd_operator.context import OperatorContext
 from sd_operator.kube import Kube
 from sd_operator.lifecycle import rfc3339
@@ -296,3 +297,27 @@ async def test_a_dataset_version_policy_creates_its_run_once_and_the_evaluation_
 
 def test_merge_patch_helper_removes_nulls():
     assert merge_patch({"a": 1, "b": {"c": 2}}, {"a": None, "b": {"d": 3}}) == {"b": {"c": 2, "d": 3}}
+
+
+async def test_the_create_handler_run_twice_makes_one_job_and_a_namesake_of_another_owner_is_waited_for(cluster):
+    """The handler called directly, twice, as kopf may call it (its progress write can be lost)."""
+    url = str(cluster.url).rstrip("/")
+    cfg = kubernetes.client.Configuration(host=url, api_key={"authorization": "Bearer test"})
+    settings = OperatorSettings(namespaces=NS)
+    ctx = OperatorContext(settings, Kube(cfg), now=Clock())
+    body = kopf.Body(run_body("r6"))
+    try:
+        for _ in range(2):
+            patch = kopf.Patch()
+            await trainingrun.on_create(body=body, spec=body.spec, status=body.status, patch=patch, memo=ctx)
+            assert patch["status"]["jobName"] == "r6-0" and patch["status"]["phase"] == "Pending"
+        assert [j["metadata"]["name"] for j in await jobs_of(cluster, "r6")] == ["r6-0"]
+        # A new run of the same name (another uid) while the old Job still exists: wait, do not adopt it.
+        newer = kopf.Body({**run_body("r6"), "metadata": {**run_body("r6")["metadata"], "uid": "uid-r6-new"}})
+        with pytest.raises(kopf.TemporaryError, match="belongs to another owner"):
+            await trainingrun.on_create(body=newer, spec=newer.spec, status=newer.status, patch=kopf.Patch(),
+                                        memo=ctx)
+        (job,) = await jobs_of(cluster, "r6")
+        assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-r6"
+    finally:
+        ctx.kube.close()

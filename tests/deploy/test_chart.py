@@ -1000,7 +1000,7 @@ def test_the_operator_is_off_by_default_and_the_trainer_keeps_its_subprocess_lau
 def test_the_operator_runs_once_with_its_own_account_and_settings_the_real_settings_class_reads():
     from sd_operator.settings import OperatorSettings
 
-    docs, release, namespace = scenario("operator")
+    docs, _, namespace = scenario("operator")
     dep = by_component(docs, "Deployment")["operator"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     pod = pod_spec(dep)

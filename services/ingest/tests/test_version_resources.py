@@ -53,7 +53,8 @@ async def test_a_new_dataset_version_is_announced_once_and_an_unreachable_api_lo
         for sid, player in (("sess-1", "alice"), ("sess-2", "bob")):
             await put_session(h.store, session_6s, sid, player)
         for sid in ("sess-1", "sess-2"):
-            assert (await h.wait_state(sid, SessionState.PROCESSED, SessionState.FAILED)).state == SessionState.PROCESSED
+            rec = await h.wait_state(sid, SessionState.PROCESSED, SessionState.FAILED)
+            assert rec.state == SessionState.PROCESSED
         rec, created = await ingest.service.create_dataset("first", 0.5, 3)
         assert created
         async with kmock.get(RESOURCES) as resp:

@@ -10,10 +10,11 @@ import kopf
 import kubernetes_validate
 import pytest
 import yaml
-from tests.kube_api import REPO, crd, validate_custom, validate_kubernetes
 from sd_operator.datasetversion import child_name, evaluation, training_run
 from sd_operator.jobs import evaluation_job, rendezvous_service, training_job
 from sd_operator.settings import OperatorSettings
+
+from tests.kube_api import REPO, crd, validate_custom, validate_kubernetes
 
 EXAMPLES = sorted((REPO / "charts" / "scale-diffusion" / "examples").glob("*.yaml"))
 DATASET = "3f" * 32

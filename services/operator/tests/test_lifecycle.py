@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.kube_api import merge_patch, validate_custom
 from sd_operator.lifecycle import Policy, job_name, reconcile, rfc3339
+
+from tests.kube_api import merge_patch, validate_custom
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = Policy(retry_backoff_s=30, retry_backoff_max_s=600)

@@ -17,7 +17,6 @@ import kopf
 import kubernetes
 import pytest
 from kopf.testing import KopfRunner
-from tests.kube_api import ApiServer, merge_patch, validate_custom, validate_kubernetes
 from sd_operator import trainingrun
 from sd_operator.context import OperatorContext
 from sd_operator.kube import Kube
@@ -25,7 +24,7 @@ from sd_operator.lifecycle import rfc3339
 from sd_operator.runtime import build_registry, kopf_settings
 from sd_operator.settings import OperatorSettings
 
-
+from tests.kube_api import ApiServer, merge_patch, validate_custom, validate_kubernetes
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.kmock(cls=ApiServer)]
 
@@ -264,7 +263,8 @@ async def _gone(cluster, path: str) -> bool:
 
 async def test_a_dataset_version_policy_creates_its_run_once_and_the_evaluation_waits_for_it(cluster):
     dv = {"apiVersion": "scalediffusion.io/v1alpha1", "kind": "DatasetVersion",
-          "metadata": {"name": "ds-cdcdcdcdcdcd", "namespace": NS, "uid": "uid-dv", "generation": 1, "resourceVersion": "1"},
+          "metadata": {"name": "ds-cdcdcdcdcdcd", "namespace": NS, "uid": "uid-dv", "generation": 1,
+                       "resourceVersion": "1"},
           "spec": {"datasetId": DATASET, "policy": {
               "train": {"enabled": True, "backoffLimit": 0},
               "evaluate": {"enabled": True, "benchmark": "smoke", "carlaImage": "carlasim/carla:0.9.16"}}}}

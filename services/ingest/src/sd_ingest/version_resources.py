@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sd_common.kube_config import client_configuration
 
 from sd_ingest.catalog import DatasetRecord
 
@@ -75,12 +76,7 @@ class DatasetVersionPublisher:
     def __init__(self, namespace: str, policy: dict[str, Any]) -> None:
         import kubernetes  # only a cluster installation needs the client
 
-        cfg = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=cfg)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=cfg)
-        self._api = kubernetes.client.ApiClient(cfg)
+        self._api = kubernetes.client.ApiClient(client_configuration())
         self._custom = kubernetes.client.CustomObjectsApi(self._api)
         self._exception = kubernetes.client.exceptions.ApiException
         self.namespace = namespace

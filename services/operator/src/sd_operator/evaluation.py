@@ -16,8 +16,17 @@ from sd_operator import indices, lifecycle
 from sd_operator.context import FINISHED, JOBS_CREATED, OperatorContext
 from sd_operator.jobs import EVALUATOR_CONTAINER, evaluation_job
 from sd_operator.kube import ChildConflict
-from sd_operator.resources import (CANCELLED, EVALUATIONS, FAILED, GROUP, MAX_OWNER_NAME, PENDING, SUCCEEDED,
-                                   TERMINAL, VERSION)
+from sd_operator.resources import (
+    CANCELLED,
+    EVALUATIONS,
+    FAILED,
+    GROUP,
+    MAX_OWNER_NAME,
+    PENDING,
+    SUCCEEDED,
+    TERMINAL,
+    VERSION,
+)
 
 KIND = "Evaluation"
 

@@ -11,30 +11,13 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from sd_common.kube_config import client_configuration
 
 from sd_operator.resources import GROUP, VERSION
 
 
-class NoCredentials(Exception):
-    """Neither a pod's service account nor a kubeconfig gives access to an API server."""
-
-
 class ChildConflict(Exception):
     """A child with the deterministic name exists but belongs to another owner (a deleted namesake)."""
-
-
-def client_configuration() -> kubernetes.client.Configuration:
-    """In a pod: its service account; elsewhere: the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    cfg = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
-    except kubernetes.config.ConfigException as in_cluster:
-        try:
-            kubernetes.config.load_kube_config(client_configuration=cfg)
-        except (kubernetes.config.ConfigException, OSError) as kubeconfig:
-            raise NoCredentials(f"no Kubernetes credentials: not in a pod ({in_cluster}) and no usable "
-                                f"kubeconfig ({kubeconfig})") from None
-    return cfg
 
 
 _PLURALS = {"TrainingRun": "trainingruns", "Evaluation": "evaluations", "DatasetVersion": "datasetversions"}

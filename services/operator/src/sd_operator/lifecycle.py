@@ -32,7 +32,7 @@ def parse_time(value: str | None) -> datetime | None:
     """An RFC 3339 time from the API (None stays None)."""
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)  # Python 3.11 reads the trailing "Z"
 
 
 def job_name(owner: str, attempt: int) -> str:

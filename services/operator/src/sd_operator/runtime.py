@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+
 import kopf
 import structlog
 from grpc_health.v1 import health_pb2

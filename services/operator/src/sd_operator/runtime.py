@@ -1,9 +1,11 @@
-"""The operator inside the project's service runtime: kopf's watches and handlers run in the same event
-loop as the gRPC health service and the Prometheus endpoint, and stop with them on SIGTERM."""
+"""The operator inside the project's service runtime: kopf's watches and handlers run in the same process
+as the gRPC health service and the Prometheus endpoint (in a thread of their own), and stop with them on
+SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import kopf
@@ -32,7 +34,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 def kopf_settings() -> kopf.OperatorSettings:
     """kopf's own settings: no finalizers anywhere, progress in annotations, events of warnings only."""
     s = kopf.OperatorSettings()
-    s.posting.level = 30  # logging.WARNING: handler errors become Kubernetes events, chatter does not
+    s.posting.level = logging.WARNING  # handler errors become Kubernetes events, chatter does not
     # The CRDs come with the chart before the operator starts: no watching for new ones, so no
     # cluster-wide rights are needed.
     s.scanning.disabled = True

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
-SERVICES := gateway ingest processor diffusion trainer evaluator
+SERVICES := gateway ingest processor diffusion trainer evaluator operator
 PYPROJECTS := $(wildcard services/*/pyproject.toml)
 # Debian packages the tests and benchmarks start for real: PostgreSQL (catalog tests), ffmpeg
 # (processor benchmark baseline), Chromium (the game's browser tests). Installed only when missing.

@@ -98,6 +98,10 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, str]] = {
         {"trainer": {"enabled": False}, "evaluator": {"enabled": False}}, "sd", "default"),
     "custom-release": ({}, "scale-diffusion-prod", "sd-prod"),
     "network-policies": ({"networkPolicy": {"enabled": True}}, "sd", "default"),
+    "operator": ({"operator": {"enabled": True}, "global": {"imagePullSecrets": [{"name": "regcred"}]},
+                  "ingest": {"datasetVersionResources": {"enabled": True, "policy": {"train": {"enabled": True}}}},
+                  "aws": {"existingSecret": "aws-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"}},
+                 "sd", "ml"),
 }
 
 # The PodMonitor fields the chart writes (monitoring.coreos.com/v1), closed to anything else so that a
@@ -285,8 +289,11 @@ def test_validation_rejects_a_broken_manifest():
 def test_every_enabled_service_has_a_deployment_service_and_configmap(key):
     docs, _, _ = scenario(key)
     expected = set(enabled_services(SCENARIOS[key][0]))
-    for kind in ("Deployment", "Service", "ConfigMap"):
-        assert set(by_component(docs, kind)) == expected, kind
+    # The operator has a Deployment and settings but no Service: nothing calls it (it calls the API server).
+    operator = {"operator"} if SCENARIOS[key][0].get("operator", {}).get("enabled") else set()
+    for kind in ("Deployment", "ConfigMap"):
+        assert set(by_component(docs, kind)) == expected | operator, kind
+    assert set(by_component(docs, "Service")) == expected
 
 
 @pytest.mark.parametrize("key", list(SCENARIOS))
@@ -979,3 +986,91 @@ def test_gateway_and_ingest_keep_their_records_in_postgresql_with_the_rendered_s
             assert not list(tmp_path.rglob("*.db")), "a service fell back to SQLite"
         finally:
             stop_all(running)
+
+
+# --- the operator ------------------------------------------------------------------------------------
+
+def test_the_operator_is_off_by_default_and_the_trainer_keeps_its_subprocess_launcher():
+    docs, _, _ = scenario("defaults")
+    assert "operator" not in by_component(docs, "Deployment")
+    assert not objects(docs, "Role") and not objects(docs, "RoleBinding")
+    assert "SD_TRAINER_LAUNCHER" not in env_of(docs, by_component(docs, "Deployment")["trainer"])
+
+
+def test_the_operator_runs_once_with_its_own_account_and_settings_the_real_settings_class_reads():
+    from sd_operator.settings import OperatorSettings
+
+    docs, _, namespace = scenario("operator")
+    dep = by_component(docs, "Deployment")["operator"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = pod_spec(dep)
+    assert pod["serviceAccountName"] == "sd-scale-diffusion-operator" and pod["automountServiceAccountToken"] is True
+    accounts = {sa["metadata"]["name"]: sa for sa in objects(docs, "ServiceAccount")}
+    assert pod["serviceAccountName"] in accounts
+    env = env_of(docs, dep)
+    settings = OperatorSettings.model_validate(
+        {k.removeprefix("SD_OPERATOR_").lower(): v for k, v in env.items() if k.startswith("SD_OPERATOR_")})
+    assert settings.namespace_list() == [namespace]
+    assert settings.trainer_image == "scale-diffusion/trainer:0.1.0"
+    configmaps = {cm["metadata"]["name"] for cm in objects(docs, "ConfigMap")}
+    assert settings.trainer_config_map in configmaps and settings.evaluator_config_map in configmaps
+    assert settings.job_service_account in accounts
+    assert (settings.aws_secret, settings.aws_access_key_id_key, settings.aws_secret_access_key_key) == \
+        ("aws-keys", "id", "secret")
+    assert settings.pull_secrets() == ["regcred"]
+
+
+def _allowed(role, group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in role["rules"])
+
+
+def test_rbac_gives_the_operator_and_the_trainer_exactly_what_they_call():
+    docs, _, namespace = scenario("operator")
+    roles = {r["metadata"]["name"]: r for r in objects(docs, "Role")}
+    bindings = {b["roleRef"]["name"]: b for b in objects(docs, "RoleBinding")}
+    op, tr = roles["sd-scale-diffusion-operator"], roles["sd-scale-diffusion-trainer"]
+    g = "scalediffusion.io"
+    for res in ("datasetversions", "trainingruns", "evaluations"):
+        assert all(_allowed(op, g, res, v) for v in ("get", "list", "watch", "create", "patch"))
+        assert _allowed(op, g, f"{res}/status", "patch")
+    assert all(_allowed(op, "batch", "jobs", v) for v in ("watch", "create", "delete"))
+    assert all(_allowed(op, "", "pods", v) for v in ("get", "list", "watch"))
+    assert not any(_allowed(op, "", "pods", v) for v in ("create", "delete", "patch")), "pods are read only"
+    assert _allowed(op, "", "services", "create") and _allowed(op, "", "events", "create")
+    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in op["rules"] + tr["rules"])
+    assert all(_allowed(tr, g, "trainingruns", v) for v in ("create", "get", "list", "patch"))
+    assert not _allowed(tr, "batch", "jobs", "create")
+    for role in (op, tr):
+        (subject,) = bindings[role["metadata"]["name"]]["subjects"]
+        assert subject["name"] == role["metadata"]["name"] and subject["namespace"] == namespace
+    trainer = by_component(docs, "Deployment")["trainer"]
+    assert pod_spec(trainer)["serviceAccountName"] == "sd-scale-diffusion-trainer"
+    env = env_of(docs, trainer)
+    assert env["SD_TRAINER_LAUNCHER"] == "kubernetes" and env["SD_TRAINER_NAMESPACE"] == namespace
+    assert env["SD_STORE_BUCKET"], "training Jobs read dataset versions from the store"
+
+
+def test_the_crds_shipped_with_the_chart_are_valid_kubernetes():
+    crds = sorted((CHART / "crds").glob("*.yaml"))
+    assert [p.stem for p in crds] == ["datasetversions", "evaluations", "trainingruns"]
+    for path in crds:
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), RECENT_KUBERNETES, strict=True)
+
+
+def test_ingest_announces_dataset_versions_under_its_own_account_when_asked():
+    from sd_ingest.settings import IngestSettings
+    from sd_ingest.version_resources import parse_policy
+
+    docs, _, namespace = scenario("operator")
+    ingest = by_component(docs, "Deployment")["ingest"]
+    assert pod_spec(ingest)["serviceAccountName"] == "sd-scale-diffusion-ingest"
+    assert pod_spec(ingest)["automountServiceAccountToken"] is True
+    env = {k: v for k, v in env_of(docs, ingest).items() if k.startswith("SD_INGEST_") and isinstance(v, str)}
+    settings = IngestSettings.model_validate({k.removeprefix("SD_INGEST_").lower(): v for k, v in env.items()})
+    assert settings.dataset_version_resources and settings.dataset_version_namespace == namespace
+    assert parse_policy(settings.dataset_version_policy) == {"train": {"enabled": True}}
+    role = {r["metadata"]["name"]: r for r in objects(docs, "Role")}["sd-scale-diffusion-ingest"]
+    assert role["rules"] == [{"apiGroups": ["scalediffusion.io"], "resources": ["datasetversions"],
+                              "verbs": ["create", "get"]}]
+    defaults, _, _ = scenario("defaults")
+    assert "SD_INGEST_DATASET_VERSION_RESOURCES" not in env_of(defaults, by_component(defaults, "Deployment")["ingest"])

@@ -9,6 +9,8 @@ and from <svc>-deployment.yaml, which builds the rest as lists of maps, written 
   "env"          extra env entries, e.g. read from Secrets (sd.pod.addDatabaseUrl and sd.pod.addStoreCredentials, below, add the shared ones)
   "volumes"      extra pod volumes
   "volumeMounts" extra container mounts
+  "serviceAccountName", "automountToken"  a service account of the pod's own (the operator's, the trainer's
+                 when it creates TrainingRuns); default: the release's one, without an API token
 Takes (dict "root" $ "svc" "gateway" "ports" (list …) "env" (list …) …); every list may be left out.
 */}}
 {{- define "sd.deployment" -}}
@@ -69,8 +71,8 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
     spec:
-      serviceAccountName: {{ include "sd.serviceAccountName" $root }}
-      automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
+      serviceAccountName: {{ .serviceAccountName | default (include "sd.serviceAccountName" $root) }}
+      automountServiceAccountToken: {{ if hasKey . "automountToken" }}{{ .automountToken }}{{ else }}{{ $root.Values.serviceAccount.automountToken }}{{ end }}
       {{- with $g.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}

@@ -65,7 +65,15 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     pipeline = Pipeline(settings, catalog, store, processor)
     consumer = (EventConsumer(settings, queue, catalog, on_session_event=lambda _sid: pipeline.nudge())
                 if queue is not None else None)
-    service = CatalogService(settings, catalog, store, on_change=pipeline.nudge)
+    publisher = None
+    if settings.dataset_version_resources:
+        from sd_ingest.version_resources import DatasetVersionPublisher, default_namespace, parse_policy
+
+        publisher = DatasetVersionPublisher(settings.dataset_version_namespace or default_namespace(),
+                                            parse_policy(settings.dataset_version_policy))
+        rt.on_stop(publisher.close)
+    service = CatalogService(settings, catalog, store, on_change=pipeline.nudge,
+                             on_dataset=publisher.publish if publisher is not None else None)
     register(rt, service)
 
     async def start_background() -> None:

@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
 
 from sd_common.objectstore import ObjectStore
 
@@ -16,6 +20,7 @@ from sd_ingest.datasets import create_dataset
 from sd_ingest.errors import InvalidArgument, NotFound
 from sd_ingest.settings import IngestSettings
 
+log = structlog.get_logger()
 MAX_PAGE = 500
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DATASET_ID = re.compile(r"[0-9a-f]{64}")
@@ -43,11 +48,13 @@ def _untoken(token: str) -> str:
 class CatalogService:
     """The ingest's operations over its catalog and store."""
 
-    def __init__(self, settings: IngestSettings, catalog: Catalog, store: ObjectStore, on_change=lambda: None) -> None:
+    def __init__(self, settings: IngestSettings, catalog: Catalog, store: ObjectStore, on_change=lambda: None,
+                 on_dataset: Callable[[DatasetRecord], Awaitable[Any]] | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.store = store
         self._on_change = on_change
+        self._on_dataset = on_dataset
         self._dataset_lock = asyncio.Lock()  # one snapshot at a time per replica: it reads every segment
 
     def _check_id(self, session_id: str) -> str:
@@ -82,9 +89,17 @@ class CatalogService:
         if len(name) > 256:
             raise InvalidArgument("name is longer than 256 characters")
         async with self._dataset_lock:
-            return await create_dataset(self.catalog, self.store, name=name, val_fraction=val_fraction,
-                                        split_seed=split_seed, datasets_prefix=self.settings.datasets_prefix,
-                                        processed_prefix=self.settings.processed_prefix)
+            rec, created = await create_dataset(self.catalog, self.store, name=name, val_fraction=val_fraction,
+                                                split_seed=split_seed, datasets_prefix=self.settings.datasets_prefix,
+                                                processed_prefix=self.settings.processed_prefix)
+        if self._on_dataset is not None:
+            # Also for a version that already existed: asking again repairs a missed announcement.
+            try:
+                await self._on_dataset(rec)
+            except Exception as exc:  # noqa: BLE001 - the version is made and recorded; only the notice failed
+                log.error("dataset version resource not created; create the dataset again to retry",
+                          dataset_id=rec.dataset_id, error=repr(exc))
+        return rec, created
 
     async def get_dataset(self, dataset_id: str) -> DatasetRecord:
         """One dataset version."""

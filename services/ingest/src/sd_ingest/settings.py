@@ -43,6 +43,12 @@ class IngestSettings(ServiceSettings):
     raw_prefix: str = "raw/"
     processed_prefix: str = "processed/"
     datasets_prefix: str = "datasets/"
+    # In a cluster with the operator: announce every dataset version as a DatasetVersion resource
+    # (docs/operator.md), in this namespace ("" = the pod's own), with this policy (JSON of spec.policy,
+    # e.g. {"train": {"enabled": true}}; "" = none).
+    dataset_version_resources: bool = False
+    dataset_version_namespace: str = ""
+    dataset_version_policy: str = ""
 
     def sqlalchemy_url(self) -> str:
         """The catalog's database URL (SQLite under state_dir unless database_url is set)."""

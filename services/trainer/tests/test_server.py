@@ -184,3 +184,43 @@ async def test_shutdown_stops_running_processes_and_the_next_start_resumes_them(
     log = (state / "training" / run_id / "train.log").read_text()
     assert f"training {run_id} from step {stopped_at}" in log  # resumed, not restarted from 0
     assert len(launches(state, run_id)) == 2
+
+
+async def test_a_run_left_by_a_killed_service_is_stopped_and_resumed_and_fails_after_too_many_resumes(
+        tmp_path, tiny_version):
+    state = tmp_path / "trainer"
+    behaviour = scripted(steps=40, step_s=0.05)
+    async with trainer_service(state, tiny_version.root, **behaviour) as t:
+        run_id = (await t.stub.StartTrainingRun(pb.StartTrainingRunRequest(
+            dataset_id=tiny_version.dataset_id))).run.run_id
+        await t.wait_step(run_id, 2)
+        await t.abandon()
+    orphan = launches(state, run_id)[0]["pid"]
+    assert alive(orphan)  # still training, with nobody watching it
+
+    # The next service stops the orphan (it cannot wait for a process that is not its child) and resumes.
+    async with trainer_service(state, tiny_version.root, **behaviour) as t:
+        run = await t.wait(run_id)
+        assert not alive(orphan)
+        assert run.state == pb.RUN_STATE_SUCCEEDED and run.step == 40
+        assert len(launches(state, run_id)) == 2
+        assert "SIGTERM at step" in (state / "training" / run_id / "train.log").read_text()
+
+    # A run whose process vanished with the service (killed too) resumes up to max_resumes times, then fails.
+    async with trainer_service(state, tiny_version.root, max_resumes=1, **scripted(steps=10**6, step_s=0.01)) as t:
+        run_id = (await t.stub.StartTrainingRun(pb.StartTrainingRunRequest(
+            dataset_id=tiny_version.dataset_id))).run.run_id
+        await t.wait_step(run_id, 1)
+        await t.abandon()
+    for attempt in (1, 2):
+        os.killpg(launches(state, run_id)[-1]["pid"], signal.SIGKILL)
+        async with trainer_service(state, tiny_version.root, max_resumes=1,
+                                   **scripted(steps=10**6, step_s=0.01)) as t:
+            run = (await t.stub.GetTrainingRun(pb.GetTrainingRunRequest(run_id=run_id))).run
+            if attempt == 1:
+                assert run.state == pb.RUN_STATE_RUNNING and "resum" in run.message, run
+                await t.wait_step(run_id, run.step + 1)
+                await t.abandon()
+            else:
+                assert run.state == pb.RUN_STATE_FAILED and "resumed 1 times already" in run.message, run
+    assert len(launches(state, run_id)) == 2

@@ -68,8 +68,18 @@ async def trainer_service(state_dir: Path, dataset_root: Path | None, **options)
             await channel.close()
             await rt.stop()
 
+    async def abandon() -> None:
+        """What a SIGKILL of the service leaves: no more API, no supervision, training processes running."""
+        nonlocal stopped
+        stopped = True
+        await channel.close()
+        await rt.server.stop(0)
+        for task in list(runs.launcher._watchers.values()):
+            task.cancel()
+
     trainer = Trainer(rt, runs, trainer_pb2_grpc.TrainerServiceStub(channel), target)
     trainer.stop = stop  # type: ignore[attr-defined]
+    trainer.abandon = abandon  # type: ignore[attr-defined]
     try:
         yield trainer
     finally:

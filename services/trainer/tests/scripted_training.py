@@ -1,6 +1,6 @@
 """A stand-in for `python -m sd_trainer.train` in the launcher's process-handling tests: the same
 command line and files (docs/training.md), with behaviour set by the test through SCRIPTED_TRAINING,
-a JSON object: steps, step_s (seconds per step), exit (final exit code), exit_at_step (end there with
+a JSON object: steps (unless the run's config sets max_steps), step_s (seconds per step), exit (final exit code), exit_at_step (end there with
 that code), no_result (exit 0 without result.json), ignore_sigterm. The real training process is exercised by test_runs_training.py."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def main() -> int:
         p.add_argument(flag)
     a = p.parse_args()
     script = json.loads(os.environ.get("SCRIPTED_TRAINING", "{}"))
-    steps, step_s = script.get("steps", 5), script.get("step_s", 0.02)
+    steps = json.loads(a.config_json or "{}").get("max_steps", script.get("steps", 5))  # a run's own, if given
+    step_s = script.get("step_s", 0.02)
     out = Path(a.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     with (out / "launches.jsonl").open("a") as f:  # lets a test count launches and see the arguments
@@ -44,7 +45,7 @@ def main() -> int:
         time.sleep(step_s)
         step += 1
         _write(out / "progress.json", {"state": "running", "step": step, "max_steps": steps,
-                                       "losses": {"train": 1.0 / step}})
+                                       "loss": {"total": 1.0 / step}})
         _write(latest, {"step": step, "key": f"checkpoints/step-{step:09d}.pt"})
         if script.get("exit_at_step") == step:
             print(f"dying at step {step}", flush=True)
@@ -55,7 +56,7 @@ def main() -> int:
         print("dataset version has no training segments", file=sys.stderr, flush=True)
         return script["exit"]
     _write(out / "result.json", {"step": step, "checkpoint_uri": f"file://{out}/checkpoints/step-{step:09d}.pt",
-                                 "metrics": {"val_loss": 0.25}})
+                                 "validation": {"loss": 0.25}})
     return 0
 
 

@@ -61,13 +61,13 @@ def test_pages_go_newest_first_and_a_token_survives_new_runs():
 
 def test_progress_and_result_files_fill_the_run():
     run = Run("r", DS, {})
-    apply_progress(run, {"state": "running", "step": 40, "max_steps": 100, "losses": {"train": 0.5}}, None)
+    apply_progress(run, {"state": "running", "step": 40, "max_steps": 100, "loss": {"total": 0.5, "steer": 0.1}}, None)
     assert (run.step, run.max_steps, run.train_loss, run.val_loss) == (40, 100, 0.5, 0.0)
     apply_progress(run, None, {"step": 100, "checkpoint_uri": "s3://b/training/r/checkpoints/step-000000100.pt",
-                               "metrics": {"val_loss": 0.2, "steer_mae": 0.1}})
+                               "validation": {"loss": 0.2, "mae": {"steer": 0.1}}})
     assert (run.step, run.val_loss, run.checkpoint_uri) == (100, 0.2, "s3://b/training/r/checkpoints/step-000000100.pt")
-    assert run.metrics["steer_mae"] == 0.1
-    apply_progress(run, {"step": "x", "losses": {"train": "nan?"}}, None)  # junk changes nothing
+    assert run.metrics["mae"]["steer"] == 0.1
+    apply_progress(run, {"step": "x", "loss": {"total": "nan?"}}, None)  # junk changes nothing
     assert (run.step, run.train_loss) == (100, 0.5)
 
 

@@ -87,7 +87,8 @@ async def test_a_run_goes_from_start_to_succeeded_with_its_progress_and_checkpoi
 
 
 @pytest.mark.parametrize("behaviour, want", [
-    ({"steps": 3, "exit": 2}, "bad configuration or dataset (exit code 2): dataset version has no training segments"),
+    ({"steps": 3, "exit": 2}, "bad configuration or dataset (exit code 2; not retried): dataset version has no "
+                              "training segments"),
     ({"steps": 9, "exit_at_step": 2, "exit": 7}, "ended with exit code 7: dying at step 2"),
     ({"steps": 2, "no_result": True}, "exited 0 without writing result.json"),
 ])

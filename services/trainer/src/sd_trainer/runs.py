@@ -279,26 +279,36 @@ def _number(value: Any) -> float | None:
 
 
 def apply_progress(run: Run, progress: dict[str, Any] | None, result: dict[str, Any] | None) -> None:
-    """Copies step, losses, checkpoint and metrics from progress.json / result.json into the run."""
+    """Copies step, losses, checkpoint and validation metrics from progress.json / result.json (as the
+    training process writes them: `loss.total` per logging interval, `validation.loss` per validation)
+    into the run."""
     for doc in (progress, result):
         if not doc:
             continue
-        if isinstance(doc.get("step"), int):
+        if isinstance(doc.get("step"), int) and not isinstance(doc.get("step"), bool):
             run.step = doc["step"]
         if isinstance(doc.get("max_steps"), int):
             run.max_steps = doc["max_steps"]
-        losses = doc.get("losses") if isinstance(doc.get("losses"), dict) else {}
-        metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
-        for name in ("train_loss", "val_loss"):
-            short = name.removesuffix("_loss")
-            for value in (doc.get(name), losses.get(short), losses.get(name), metrics.get(name), metrics.get(short)):
+        loss = doc.get("loss") if isinstance(doc.get("loss"), dict) else {}
+        validation = doc.get("validation") if isinstance(doc.get("validation"), dict) else {}
+        metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}  # a TrainingRun's status
+        for name, candidates in (("train_loss", (loss.get("total"), metrics.get("train_loss"))),
+                                 ("val_loss", (validation.get("loss"), metrics.get("val_loss"), metrics.get("loss")))):
+            for value in candidates:
                 if (number := _number(value)) is not None:
                     setattr(run, name, number)
                     break
         if isinstance(doc.get("checkpoint_uri"), str):
             run.checkpoint_uri = doc["checkpoint_uri"]
-        if metrics:
-            run.metrics = metrics
+        if validation or metrics:
+            run.metrics = validation or metrics
+
+
+def _failure(progress: dict[str, Any] | None, log_path: Path) -> str:
+    """Why the process failed: the reason it wrote into progress.json, else the last line of its log."""
+    if progress and progress.get("state") == "failed" and progress.get("message"):
+        return f"{progress.get('reason') or 'error'}: {str(progress['message'])[:500]}"
+    return _last_line(log_path) or f"see {log_path}"
 
 
 def _describe_exit(code: int) -> str:
@@ -478,8 +488,8 @@ class SubprocessLauncher:
             self._procs.pop(run.run_id, None)
             self._watchers.pop(run.run_id, None)
             out = self.out_dir(run.run_id)
-            result = _read_json(out / "result.json")
-            apply_progress(run, _read_json(out / "progress.json"), result)
+            result, progress = _read_json(out / "result.json"), _read_json(out / "progress.json")
+            apply_progress(run, progress, result)
             run.exit_code = code
             if run.cancel_requested:
                 self._final(run, RunState.CANCELLED, f"cancelled at step {run.step}")
@@ -494,11 +504,11 @@ class SubprocessLauncher:
             elif code == 0:
                 self._final(run, RunState.FAILED, "the training process exited 0 without writing result.json")
             elif code == 2:
-                self._final(run, RunState.FAILED, "bad configuration or dataset (exit code 2): "
-                            + (_last_line(out / "train.log") or "see train.log"))
+                self._final(run, RunState.FAILED, "bad configuration or dataset (exit code 2; not retried): "
+                            + _failure(progress, out / "train.log"))
             else:
                 self._final(run, RunState.FAILED, f"the training process ended with {_describe_exit(code)}: "
-                            + (_last_line(out / "train.log") or "see train.log"))
+                            + _failure(progress, out / "train.log"))
             await self._fill()
             RUNS_RUNNING.set(self._running())
 

@@ -225,3 +225,10 @@ async def test_a_run_left_by_a_killed_service_is_stopped_and_resumed_and_fails_a
             else:
                 assert run.state == pb.RUN_STATE_FAILED and "resumed 1 times already" in run.message, run
     assert len(launches(state, run_id)) == 2
+
+
+async def test_a_program_that_cannot_start_fails_the_run_with_the_reason(tmp_path, tiny_version):
+    async with trainer_service(tmp_path / "trainer", tiny_version.root,
+                               program=(str(tmp_path / "no-such-python"),)) as t:
+        run = (await t.stub.StartTrainingRun(pb.StartTrainingRunRequest(dataset_id=tiny_version.dataset_id))).run
+        assert run.state == pb.RUN_STATE_FAILED and "could not start" in run.message and "no-such-python" in run.message

@@ -103,3 +103,11 @@ async def test_an_unreachable_kubernetes_api_is_unavailable(tmp_path, tiny_versi
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await t.stub.ListTrainingRuns(pb.ListTrainingRunsRequest(), timeout=60)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Kubernetes API" in err.value.details()
+
+
+def test_without_any_kubernetes_credentials_the_service_says_what_to_set(tmp_path, monkeypatch):
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match="SD_TRAINER_KUBE_API_URL"):
+        kubernetes_api("")

@@ -459,7 +459,10 @@ class SubprocessLauncher:
             if self._running() >= self.max_concurrent:
                 break
             if run.state == RunState.PENDING and not run.cancel_requested:
-                await self._launch(run)
+                try:
+                    await self._launch(run)
+                except OSError as exc:  # the program is missing, the folder unwritable
+                    self._final(run, RunState.FAILED, f"the training process could not start: {exc}")
         RUNS_RUNNING.set(self._running())
 
     async def _launch(self, run: Run) -> None:
@@ -693,5 +696,10 @@ def kubernetes_api(api_url: str) -> Any:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise RuntimeError("SD_TRAINER_LAUNCHER=kubernetes needs the Kubernetes API: run in a pod with a "
+                               "service account, give ~/.kube/config, or set SD_TRAINER_KUBE_API_URL "
+                               f"({exc})") from None
     return client.CustomObjectsApi()

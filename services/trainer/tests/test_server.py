@@ -232,3 +232,14 @@ async def test_a_program_that_cannot_start_fails_the_run_with_the_reason(tmp_pat
                                program=(str(tmp_path / "no-such-python"),)) as t:
         run = (await t.stub.StartTrainingRun(pb.StartTrainingRunRequest(dataset_id=tiny_version.dataset_id))).run
         assert run.state == pb.RUN_STATE_FAILED and "could not start" in run.message and "no-such-python" in run.message
+
+
+def test_the_local_stack_keeps_the_trainers_runs_in_its_state_dir(tmp_path):
+    from sd_common.cli.services import services_at
+    from sd_common.cli.stack import stack_env
+
+    spec = next(s for s in services_at(0) if s.name == "trainer")
+    env = stack_env(tmp_path / ".run", 8080, spec, {}, diffusion_port=50054)
+    assert env["SD_TRAINER_STATE_DIR"] == str(tmp_path / ".run" / "trainer")
+    assert env["SD_STORE_ROOT"] == str(tmp_path / ".run" / "store")  # where ingest writes dataset versions
+    assert "SD_TRAINER_LAUNCHER" not in env  # the default: child processes

@@ -138,6 +138,7 @@ class TrainConfig:
     log_every_steps: int = 50
     seed: int = 0
     amp: bool = True  # mixed precision (bfloat16 autocast) on CUDA; ignored on CPU
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler (older GPUs)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @classmethod

@@ -4,7 +4,6 @@ stopped by SIGTERM whose run resumes to the same step count, and the foreground 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -142,17 +141,50 @@ def test_sigterm_of_the_service_stops_its_run_cleanly_and_the_next_service_resum
         proc.communicate(timeout=60)
 
 
-async def test_sdctl_train_trains_in_the_foreground_and_says_where_the_results_are(tmp_path, tiny_version):
+def run_in_terminal(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:
+    """Runs a command with a pseudo-terminal as its stdin, stdout and stderr, as a person's shell would."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows, 120 columns
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_sdctl_train_trains_in_the_foreground_with_a_bar_and_says_where_the_results_are(tmp_path, tiny_version):
     out_dir = tmp_path / "fg"
-    proc = await asyncio.create_subprocess_exec(
-        SDCTL, "train", "--dataset", tiny_version.dataset_id, "--dataset-root", str(tiny_version.root),
-        "--config-json", tiny(3), "--out", str(out_dir), "--run-id", "fg-run",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(tmp_path))
-    out, err = await asyncio.wait_for(proc.communicate(), 240)
-    out, err = out.decode(), err.decode()
-    assert proc.returncode == 0, err[-3000:]
-    assert "training run fg-run" in err
-    assert "run fg-run finished at step 3" in out and "step-000000003.pt" in out
-    assert f"curves       {out_dir / 'curves'}/*.png" in out
+    code, screen = run_in_terminal(
+        [SDCTL, "train", "--dataset", tiny_version.dataset_id, "--dataset-root", str(tiny_version.root),
+         "--config-json", tiny(3), "--out", str(out_dir), "--run-id", "fg-run"], child_env(tmp_path), 240)
+    assert code == 0, screen[-3000:]
+    assert "training run fg-run" in screen
+    assert "3/3" in screen and "%|" in screen, screen[-3000:]  # the training process's tqdm bar, in the terminal
+    assert "run fg-run finished at step 3" in screen and "step-000000003.pt" in screen
+    assert f"curves       {out_dir / 'curves'}/*.png" in screen
     assert list((out_dir / "curves").glob("*.png"))
     assert list((out_dir / "tensorboard").glob("events.out.tfevents.*"))

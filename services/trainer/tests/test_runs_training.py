@@ -136,6 +136,8 @@ def test_sigterm_of_the_service_stops_its_run_cleanly_and_the_next_service_resum
         assert run.state == pb.RUN_STATE_SUCCEEDED and run.step == 24 and run.checkpoint_uri, run
         record = json.loads((tmp_path / "trainer" / "runs" / f"{run_id}.json").read_text())
         assert record["launches"] == 2
+        progress = json.loads((tmp_path / "trainer" / "training" / run_id / "progress.json").read_text())
+        assert progress["resumed_from_step"] == stopped_at  # from the checkpoint SIGTERM saved, not from 0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)

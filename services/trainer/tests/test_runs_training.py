@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from scale_diffusion.trainer.v1 import trainer_pb2 as pb
 from scale_diffusion.trainer.v1 import trainer_pb2_grpc
 
@@ -20,6 +21,9 @@ from tests.ports import free_port
 from trainer_service import FINAL, trainer_service
 
 SDCTL = str(Path(sys.executable).parent / "sdctl")
+
+# Each test starts real training processes (torch imports, checkpoints): slow on a shared 2-core machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 def tiny(max_steps: int, **extra) -> str:

@@ -70,10 +70,11 @@ async def test_runs_are_training_run_resources_read_back_with_the_operators_stat
 
         await asyncio.to_thread(api.patch_namespaced_custom_object_status, GROUP, VERSION, "ml", PLURAL, run.run_id,
                                 {"status": {"phase": "Succeeded", "step": 7, "checkpointUri": "s3://b/ck.pt",
-                                            "metrics": {"train_loss": 0.4, "val_loss": 0.3, "steer_mae": 0.1}}})
+                                            "message": "finished at step 7",
+                                            "metrics": {"loss": 0.3, "mae": {"steer": 0.1}}}})
         done = (await t.stub.GetTrainingRun(pb.GetTrainingRunRequest(run_id=run.run_id))).run
         assert (done.state, done.step, done.checkpoint_uri) == (pb.RUN_STATE_SUCCEEDED, 7, "s3://b/ck.pt")
-        assert (done.train_loss, done.val_loss) == (0.4, 0.3)
+        assert done.val_loss == 0.3 and done.message == "finished at step 7"  # metrics: result.json's validation
         before = objects(emulator)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await t.stub.CancelTrainingRun(pb.CancelTrainingRunRequest(run_id=run.run_id))

@@ -617,7 +617,9 @@ def run_of(obj: dict[str, Any]) -> Run:
     run.checkpoint_uri = status.get("checkpointUri") or ""
     apply_progress(run, None, {"metrics": status.get("metrics") or {}})
     conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
-    if conditions:
+    if isinstance(status.get("message"), str) and status["message"]:
+        run.message = status["message"]
+    elif conditions:
         last = max(conditions, key=lambda c: c.get("lastTransitionTime") or "")
         run.message = ": ".join(x for x in (last.get("reason"), last.get("message")) if x)
     if run.cancel_requested and run.state not in FINAL:

@@ -44,3 +44,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path: Path):
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-000000004.pt",
                                                                          "step-000000006.pt"]
     assert (version.root / "training" / "ddp" / "result.json").is_file()
+    # val_every_steps 0: before the first step, at the end of the epoch (step 4) and at the end; the
+    # whole validation split each time, on rank 0
+    vals = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [0, 4, 6] and {v["frames"] for v in vals} == {24}

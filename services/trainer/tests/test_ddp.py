@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from version_factory import make_version
+
+# Real training processes: about a minute on an idle 2-core machine, several times that when it is shared.
+pytestmark = pytest.mark.timeout(900)
 
 CONFIG = {
     "model": {"backbone": "resnet18", "base_width": 8},

@@ -197,10 +197,14 @@ def image_size(cfg: TrainConfig, version: data.LocalVersion) -> tuple[int, int]:
     return (h, w) if h else (version.geometry.height, version.geometry.width)
 
 
-def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any) -> torch.Tensor:
-    """Augmented (training) and resized (only when the config asks for another size) on the device."""
+def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any, step: int = 0) -> torch.Tensor:
+    """Augmented (training) and resized (only when the config asks for another size) on the device.
+
+    The augmenter draws its randomness from (seed, step), so a resumed run augments step N as an
+    uninterrupted one does.
+    """
     if augmenter is not None:
-        image = augmenter(image)
+        image = augmenter(image, step)
     if tuple(image.shape[-2:]) != size:
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         image = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
@@ -440,7 +444,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
         for _ in range(position):  # batches this epoch already trained on before the restart
             next(batches, None)
         for batch in batches:
-            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter)
+            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter, step)
             speed = batch["speed_mps"].to(device, non_blocking=True)
             branch = batch["branch"].to(device, non_blocking=True)
             controls = batch["controls"].to(device, non_blocking=True)

@@ -42,14 +42,20 @@ def test_resnet_parameter_names_are_torchvision_names():
     assert len([n for n in names if n.endswith(".weight") and "conv" in n]) == 1 + 2 * (3 + 4 + 6 + 3)
 
 
+def linear(seq: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)]
+
+
+def dropouts(seq: nn.Module) -> list[float]:
+    return [m.p for m in seq if isinstance(m, nn.Dropout)]
+
+
 def test_published_cilrs_structure():
     cfg = TrainConfig().model
     assert cfg.backbone == "resnet34" and cfg.perception_features == 512 and cfg.speed_factor_mps == 12.0
     with torch.device("meta"):
         model = CILRS(cfg)
     assert model.perception.fc.out_features == 512
-    linear = lambda seq: [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)]  # noqa: E731
-    dropouts = lambda seq: [m.p for m in seq if isinstance(m, nn.Dropout)]  # noqa: E731
     assert linear(model.measurements) == [(1, 128), (128, 128)]
     assert linear(model.join) == [(512 + 128, 512)]
     assert len(model.branches) == len(BRANCH_NAMES) == 4

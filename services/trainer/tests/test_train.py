@@ -20,6 +20,9 @@ import torch
 
 from version_factory import make_version
 
+# Real training processes: about a minute on an idle 2-core machine, several times that when it is shared.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = {
     "model": {"backbone": "resnet18", "base_width": 8},
     "data": {"batch_size": 16, "num_workers": 0, "augment": {"enabled": False}},
@@ -45,8 +48,8 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     version = make_version(tmp / "store")
     out = tmp / "runs" / "ref"
-    proc = subprocess.run(_command("ref", version, out, TINY), env=_env(version.root, tmp), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(_command("ref", version, out, TINY), env=_env(version.root, tmp), check=False,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return version, out, version.root, proc, tmp
 
@@ -65,7 +68,7 @@ def test_training_lowers_validation_loss(reference):
 
 
 def test_run_writes_the_contract_files_and_mirrors_them(reference):
-    version, out, store, proc, tmp = reference
+    _, out, store, proc, tmp = reference
     result = json.loads((out / "result.json").read_text())
     assert result["state"] == "succeeded" and result["step"] == 40
     assert result["checkpoint_uri"] == "training/ref/checkpoints/step-000000040.pt"
@@ -129,7 +132,7 @@ def test_sigkill_mid_run_resumes_to_the_same_step_and_weights(reference):
     assert 10 <= killed_at < 40
     assert not (out / "result.json").exists()
 
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     progress = json.loads((out / "progress.json").read_text())
     assert progress["resumed_from_step"] == killed_at
@@ -167,8 +170,8 @@ def test_sigterm_checkpoints_and_a_new_folder_resumes_from_the_store(reference):
 
     # a new pod has an empty folder: it resumes from the store's checkpoint, not from step 0
     fresh = tmp / "runs" / "term-pod-2"
-    again = subprocess.run(_command("term", version, fresh, TINY), env=env, capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(_command("term", version, fresh, TINY), env=env, check=False, capture_output=True,
+                           text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((fresh / "progress.json").read_text())["resumed_from_step"] == at
     assert json.loads((fresh / "result.json").read_text())["step"] == 40

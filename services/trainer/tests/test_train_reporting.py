@@ -17,7 +17,8 @@ class _Terminal(io.StringIO):
 
 
 def _validation(step: int, loss: float) -> dict:
-    return {"step": step, "epoch": 0, "frames": 4, "loss": loss, "mae": {"steer": 0.1, "throttle": 0.2, "brake": 0.3},
+    return {"step": step, "epoch": 0, "frames": 4, "loss": loss,
+            "mae": {"steer": 0.1, "throttle": 0.2, "brake": 0.3},
             "mae_per_branch": {"left": {"steer": 0.1, "throttle": 0.2, "brake": 0.3}},
             "frames_per_branch": {"follow": 0, "left": 4, "right": 0, "straight": 0}, "speed_mae_mps": 1.5}
 

@@ -51,4 +51,5 @@ def branched_loss(out: CILRSOutput, branch: torch.Tensor, controls: torch.Tensor
     speed_loss = _error(out.speed_normalized.float(), speed_target, cfg.kind).mean()
     total = cfg.branch_weight * controls_loss + cfg.speed_weight * speed_loss
     per_control = {name: per_control_err[:, i].mean().detach() for i, name in enumerate(CONTROL_NAMES)}
-    return LossParts(total=total, controls=controls_loss.detach(), speed=speed_loss.detach(), per_control=per_control)
+    return LossParts(total=total, controls=controls_loss.detach(), speed=speed_loss.detach(),
+                     per_control=per_control)

@@ -62,7 +62,8 @@ class CILRS(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.perception = build_resnet(cfg.backbone, num_outputs=cfg.perception_features, base_width=cfg.base_width)
+        self.perception = build_resnet(cfg.backbone, num_outputs=cfg.perception_features,
+                                       base_width=cfg.base_width)
         # What loading the local pretrained file did (None: random initialisation).
         self.pretrained_report = (load_torchvision_state_dict(self.perception, cfg.pretrained_path)
                                   if cfg.pretrained_path else None)

@@ -74,7 +74,7 @@ class Bottleneck(nn.Module):
 
 
 # Blocks per stage of the published networks.
-ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
+ARCHITECTURES: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -84,7 +84,7 @@ ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, i
 class ResNet(nn.Module):
     """Stem (7x7/2 conv, 3x3/2 max-pool), four stages, global average pool, `fc` to `num_outputs`."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int],
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int],
                  num_outputs: int = 1000, base_width: int = 64):
         super().__init__()
         self.in_ch = base_width
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _stage(self, block: type[BasicBlock] | type[Bottleneck], width: int, blocks: int,
+    def _stage(self, block: type[BasicBlock | Bottleneck], width: int, blocks: int,
                stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.in_ch != width * block.expansion:

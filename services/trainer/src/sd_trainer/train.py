@@ -48,7 +48,6 @@ from sd_common.settings import StoreSettings
 from sd_trainer import data
 from sd_trainer.checkpoints import (
     LATEST,
-    CheckpointError,
     StoreMirror,
     load_latest,
     read_latest,
@@ -56,7 +55,7 @@ from sd_trainer.checkpoints import (
     write_atomically,
 )
 from sd_trainer.config import BRANCH_NAMES, CONTROL_NAMES, ConfigError, TrainConfig
-from sd_trainer.losses import branched_loss
+from sd_trainer.losses import LossParts, branched_loss
 from sd_trainer.model import CILRS
 from sd_trainer.reporting import Reporter
 from sd_trainer.resnet import PretrainedWeightsError
@@ -100,8 +99,8 @@ class Distributed:
     @classmethod
     def from_env(cls) -> Distributed:
         """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
-        return cls(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                   local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -198,14 +197,57 @@ def image_size(cfg: TrainConfig, version: data.LocalVersion) -> tuple[int, int]:
     return (h, w) if h else (version.geometry.height, version.geometry.width)
 
 
-def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any) -> torch.Tensor:
-    """Augmented (training) and resized (only when the config asks for another size) on the device."""
+def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any, step: int = 0) -> torch.Tensor:
+    """Augmented (training) and resized (only when the config asks for another size) on the device.
+
+    The augmenter draws its randomness from (seed, step), so a resumed run augments step N as an
+    uninterrupted one does.
+    """
     if augmenter is not None:
-        image = augmenter(image)
+        image = augmenter(image, step)
     if tuple(image.shape[-2:]) != size:
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         image = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
     return image
+
+
+def build_optimization(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[Any, ...]:
+    """Adam, its step decay, the GradScaler (active for float16 only) and the autocast context factory."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=cfg.optim.betas,
+                                 weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.lr_decay_every_steps,
+                                                gamma=cfg.optim.lr_decay_factor)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast() -> Any:
+        return torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else nullcontext()
+
+    return optimizer, scheduler, scaler, autocast
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                   cfg: TrainConfig, autocast: Any, image: torch.Tensor, speed: torch.Tensor, branch: torch.Tensor,
+                   controls: torch.Tensor) -> LossParts:
+    """One training step: loss under autocast, backward (scaled for float16), clipping, Adam, LR schedule.
+
+    A non-finite loss skips the update (the caller stops the run with the step named).
+    """
+    with autocast():
+        out = model(image, speed)
+        parts = branched_loss(out, branch, controls, speed, cfg.loss, cfg.model.speed_factor_mps)
+    if not torch.isfinite(parts.total):
+        return parts
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.total).backward()
+    if cfg.optim.grad_clip_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return parts
 
 
 @torch.no_grad()
@@ -314,16 +356,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     model = CILRS(cfg.model).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=cfg.optim.betas,
-                                 weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.lr_decay_every_steps,
-                                                gamma=cfg.optim.lr_decay_factor)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-
-    def autocast() -> Any:
-        return torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else nullcontext()
+    optimizer, scheduler, scaler, autocast = build_optimization(model, cfg, device)
 
     # Resume: the newer of the local folder's and the store's latest checkpoint.
     if mirror is not None:
@@ -360,17 +393,22 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
         if mirror is not None:
             mirror.upload("config.json", content_type="application/json")
 
+    paused_s = 0.0  # time spent validating and checkpointing, left out of images/s
+
     def run_validation() -> dict[str, Any] | None:
-        result = None
+        nonlocal paused_s
+        started, result = time.perf_counter(), None
         if ddp.is_main:
             reporter.update(state="validating")
             result = validate(raw_model, val_loader, cfg, device, size, autocast, step, epoch)
             reporter.validation(result)
         ddp.barrier()
+        paused_s += time.perf_counter() - started
         return result
 
     def checkpoint() -> str | None:
-        name = None
+        nonlocal paused_s
+        started, name = time.perf_counter(), None
         if ddp.is_main:
             name = save_checkpoint(run_dir, step, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -386,6 +424,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
                         mirror.upload(extra, content_type="application/json")
                 mirror.upload_tree("tensorboard")
         ddp.barrier()
+        paused_s += time.perf_counter() - started
         return name
 
     # Every rank keeps these, so all take the same decisions (and meet at the same barriers).
@@ -393,7 +432,8 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     if state is None:
         last_val, validated_step = run_validation(), 0  # the untrained network: the curve's first point
     sampler = train_loader.sampler
-    window_start, window_images, window_losses, window_steps = time.perf_counter(), 0, [], 0
+    window_start, window_images, window_losses = time.perf_counter(), 0, []
+    paused_s = 0.0
     while step < cfg.max_steps:
         # Each epoch's order is a function of (seed, epoch) only, so a resumed run sees the same batches.
         if hasattr(sampler, "set_epoch"):
@@ -404,36 +444,28 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
         for _ in range(position):  # batches this epoch already trained on before the restart
             next(batches, None)
         for batch in batches:
-            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter)
+            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter, step)
             speed = batch["speed_mps"].to(device, non_blocking=True)
             branch = batch["branch"].to(device, non_blocking=True)
             controls = batch["controls"].to(device, non_blocking=True)
-            with autocast():
-                out = model(image, speed)
-                parts = branched_loss(out, branch, controls, speed, cfg.loss, cfg.model.speed_factor_mps)
+            parts = optimizer_step(model, optimizer, scheduler, scaler, cfg, autocast, image, speed, branch,
+                                   controls)
             if not torch.isfinite(parts.total):
-                raise FloatingPointError(f"the training loss is not finite at step {step + 1}: {parts.as_floats()}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            if cfg.optim.grad_clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+                raise FloatingPointError(f"the training loss is not finite at step {step + 1}: "
+                                         f"{parts.as_floats()}")
             step += 1
             position += 1
             window_images += image.shape[0] * ddp.world_size
-            window_steps += 1
             if reporter is not None:
                 window_losses.append(parts.as_floats())
                 reporter.steps_done(1)
                 if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start - paused_s
                     mean = {k: sum(w[k] for w in window_losses) / len(window_losses) for k in window_losses[0]}
                     reporter.train_step(step, epoch, mean, scheduler.get_last_lr()[0],
                                         window_images / max(elapsed, 1e-9), window_images)
-                    window_start, window_images, window_losses, window_steps = time.perf_counter(), 0, [], 0
+                    window_start, window_images, window_losses = time.perf_counter(), 0, []
+                    paused_s = 0.0
             if cfg.val_every_steps and step % cfg.val_every_steps == 0:
                 last_val, validated_step = run_validation(), step
             if step % cfg.checkpoint_every_steps == 0 and step < cfg.max_steps:
@@ -498,7 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     ddp = Distributed.from_env()
     run_dir = args.out or Path(".run/training") / args.run_id
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        return _main(args, settings, ddp, run_dir, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace, settings: TrainingProcessSettings, ddp: Distributed, run_dir: Path,
+          stop: dict[str, bool]) -> int:
     try:
         if not RUN_ID_PATTERN.match(args.run_id):
             raise ConfigError(f"run id {args.run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
@@ -514,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         if ddp.is_main:
             _fail(run_dir, args.run_id, "Terminated", str(e), settings, state="stopped")
         return EXIT_TERMINATED
-    except (Exception, CheckpointError) as e:  # noqa: BLE001 - the exit status must say "may be retried"
+    except Exception as e:  # noqa: BLE001 - the exit status must say "may be retried"
         traceback.print_exc()
         if ddp.is_main:
             _fail(run_dir, args.run_id, type(e).__name__, f"{e}", settings)

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from version_factory import make_version
+
+# Real training processes: about a minute on an idle 2-core machine, several times that when it is shared.
+pytestmark = pytest.mark.timeout(900)
 
 CONFIG = {
     "model": {"backbone": "resnet18", "base_width": 8},
@@ -44,3 +48,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path: Path):
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-000000004.pt",
                                                                          "step-000000006.pt"]
     assert (version.root / "training" / "ddp" / "result.json").is_file()
+    # val_every_steps 0: before the first step, at the end of the epoch (step 4) and at the end; the
+    # whole validation split each time, on rank 0
+    vals = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [0, 4, 6] and {v["frames"] for v in vals} == {24}

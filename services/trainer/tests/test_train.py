@@ -20,6 +20,9 @@ import torch
 
 from version_factory import make_version
 
+# Real training processes: about a minute on an idle 2-core machine, several times that when it is shared.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = {
     "model": {"backbone": "resnet18", "base_width": 8},
     "data": {"batch_size": 16, "num_workers": 0, "augment": {"enabled": False}},

@@ -197,10 +197,14 @@ def image_size(cfg: TrainConfig, version: data.LocalVersion) -> tuple[int, int]:
     return (h, w) if h else (version.geometry.height, version.geometry.width)
 
 
-def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any) -> torch.Tensor:
-    """Augmented (training) and resized (only when the config asks for another size) on the device."""
+def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any, step: int = 0) -> torch.Tensor:
+    """Augmented (training) and resized (only when the config asks for another size) on the device.
+
+    The augmenter draws its randomness from (seed, step), so a resumed run augments step N as an
+    uninterrupted one does.
+    """
     if augmenter is not None:
-        image = augmenter(image)
+        image = augmenter(image, step)
     if tuple(image.shape[-2:]) != size:
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         image = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
@@ -389,17 +393,22 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
         if mirror is not None:
             mirror.upload("config.json", content_type="application/json")
 
+    paused_s = 0.0  # time spent validating and checkpointing, left out of images/s
+
     def run_validation() -> dict[str, Any] | None:
-        result = None
+        nonlocal paused_s
+        started, result = time.perf_counter(), None
         if ddp.is_main:
             reporter.update(state="validating")
             result = validate(raw_model, val_loader, cfg, device, size, autocast, step, epoch)
             reporter.validation(result)
         ddp.barrier()
+        paused_s += time.perf_counter() - started
         return result
 
     def checkpoint() -> str | None:
-        name = None
+        nonlocal paused_s
+        started, name = time.perf_counter(), None
         if ddp.is_main:
             name = save_checkpoint(run_dir, step, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -415,6 +424,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
                         mirror.upload(extra, content_type="application/json")
                 mirror.upload_tree("tensorboard")
         ddp.barrier()
+        paused_s += time.perf_counter() - started
         return name
 
     # Every rank keeps these, so all take the same decisions (and meet at the same barriers).
@@ -422,7 +432,8 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     if state is None:
         last_val, validated_step = run_validation(), 0  # the untrained network: the curve's first point
     sampler = train_loader.sampler
-    window_start, window_images, window_losses, window_steps = time.perf_counter(), 0, [], 0
+    window_start, window_images, window_losses = time.perf_counter(), 0, []
+    paused_s = 0.0
     while step < cfg.max_steps:
         # Each epoch's order is a function of (seed, epoch) only, so a resumed run sees the same batches.
         if hasattr(sampler, "set_epoch"):
@@ -433,7 +444,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
         for _ in range(position):  # batches this epoch already trained on before the restart
             next(batches, None)
         for batch in batches:
-            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter)
+            image = prepare_images(batch["image"].to(device, non_blocking=True), size, augmenter, step)
             speed = batch["speed_mps"].to(device, non_blocking=True)
             branch = batch["branch"].to(device, non_blocking=True)
             controls = batch["controls"].to(device, non_blocking=True)
@@ -445,16 +456,16 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
             step += 1
             position += 1
             window_images += image.shape[0] * ddp.world_size
-            window_steps += 1
             if reporter is not None:
                 window_losses.append(parts.as_floats())
                 reporter.steps_done(1)
                 if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start - paused_s
                     mean = {k: sum(w[k] for w in window_losses) / len(window_losses) for k in window_losses[0]}
                     reporter.train_step(step, epoch, mean, scheduler.get_last_lr()[0],
                                         window_images / max(elapsed, 1e-9), window_images)
-                    window_start, window_images, window_losses, window_steps = time.perf_counter(), 0, [], 0
+                    window_start, window_images, window_losses = time.perf_counter(), 0, []
+                    paused_s = 0.0
             if cfg.val_every_steps and step % cfg.val_every_steps == 0:
                 last_val, validated_step = run_validation(), step
             if step % cfg.checkpoint_every_steps == 0 and step < cfg.max_steps:

@@ -208,6 +208,17 @@ def test_bad_configuration_and_missing_dataset_exit_2_and_say_why(tmp_path):
         assert code == 2
         assert "fewer than one batch" in json.loads((tmp_path / "small" / "progress.json").read_text())["message"]
 
+        # a run id already used with another configuration: refused, and that run's files stay as they were
+        used = tmp_path / "used"
+        used.mkdir()
+        (used / "config.json").write_text(json.dumps({"max_steps": 1}))
+        (used / "progress.json").write_text('{"state": "succeeded"}')
+        code = main(["--run-id", "used", "--dataset", version.dataset_id, "--dataset-root", str(version.root),
+                     "--out", str(used), "--config-json", json.dumps(TINY)])
+        assert code == 2
+        assert (used / "progress.json").read_text() == '{"state": "succeeded"}'
+        assert json.loads((used / "config.json").read_text()) == {"max_steps": 1}
+
         assert main(["--run-id", "../escape", "--dataset", version.dataset_id]) == 2
         assert not (tmp_path / "escape").exists() and not Path(".run/training/../escape").exists()
         assert not (tmp_path / "store" / "training").exists()  # nothing was mirrored for failed starts

@@ -80,6 +80,10 @@ class TrainingProcessSettings(BaseSettings):
     termination_log: Path = Path("/dev/termination-log")
 
 
+class RunConfigMismatch(ConfigError):
+    """The run id was started with another configuration; that run's files are left as they are."""
+
+
 class TrainingStopped(Exception):
     """SIGTERM arrived; the loop saved a checkpoint at `step` and stopped."""
 
@@ -308,8 +312,8 @@ def check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
         before = json.loads(path.read_text())
         if before != cfg.to_dict():
             changed = sorted(k for k in set(before) | set(cfg.to_dict()) if before.get(k) != cfg.to_dict().get(k))
-            raise ConfigError(f"run folder {run_dir} was started with another configuration (differs in "
-                              f"{changed}); use a new run id")
+            raise RunConfigMismatch(f"run folder {run_dir} was started with another configuration (differs "
+                                    f"in {changed}); use a new run id")
 
 
 def store_uri(settings: StoreSettings, key: str) -> str:
@@ -367,7 +371,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     step, epoch, position = 0, 0, 0
     if state is not None:
         if state["config"] != cfg.to_dict():
-            raise ConfigError(f"the checkpoint in {run_dir / LATEST} was made with another configuration")
+            raise RunConfigMismatch(f"the checkpoint in {run_dir / LATEST} was made with another configuration")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -546,7 +550,7 @@ def _main(args: argparse.Namespace, settings: TrainingProcessSettings, ddp: Dist
         result = train(args, cfg, ddp, settings, stop)
     except (ConfigError, data.DatasetError, PretrainedWeightsError) as e:
         print(f"training run {args.run_id}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if ddp.is_main and RUN_ID_PATTERN.match(args.run_id):
+        if ddp.is_main and RUN_ID_PATTERN.match(args.run_id) and not isinstance(e, RunConfigMismatch):
             _fail(run_dir, args.run_id, type(e).__name__, str(e), settings)
         return EXIT_BAD_INPUT
     except TrainingStopped as e:

@@ -1,7 +1,8 @@
 """The evaluation report of one result file: JSON, Markdown and plots, always naming what was driven.
 
 `python -m sd_evaluator.report RESULTS.json --routes ROUTES.xml --out DIR` writes report.json,
-report.md, ds_per_route.png and infractions_per_km.png into DIR.
+report.md, ds_per_route.png and infractions_per_km.png into DIR; `--metric-dir` (Bench2Drive's
+`<save_name>/metric_info.json` folders) adds its comfort metric.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sd_evaluator.comfort import ComfortError, read_metric_info, route_comfort
 from sd_evaluator.results import Results, read_results, route_number
 from sd_evaluator.route_file import RouteFile, RouteFileError, read_route_file
 from sd_evaluator.scoring import (
@@ -26,7 +28,7 @@ from sd_evaluator.scoring import (
 # Metrics whose inputs a result file does not hold; the report says so instead of a number.
 NOT_FROM_RESULT_FILE = {
     "bench2drive_comfort": "needs each route's per-tick ego acceleration, angular velocity and heading "
-    "(Bench2Drive's metric_info.json, written by its CARLA agent wrapper); a result file has none",
+    "(Bench2Drive's <save_name>/metric_info.json, written by its CARLA agent wrapper; pass its folder)",
     "bench2drive_ability": "needs each route's scenario type (from the route file) and, for Traffic_Signs, "
     "where the route enters its first junction on the CARLA map (a CARLA map query)",
 }
@@ -39,6 +41,7 @@ def build_report(
     protocol: Protocol = Protocol.LEADERBOARD_2_0,
     expected_routes: int | None = None,
     results_name: str = "",
+    metric_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The report's content: what was driven (route file, towns, route count, km), the scores and each route."""
     total_routes = results.total_routes or len(route_file.routes)
@@ -68,6 +71,11 @@ def build_report(
     g = stats.global_record
     b2d = bench2drive_scores(results.records, expected_routes or total_routes)
     recorded = results.global_record
+    comfort = None
+    not_computed = dict(NOT_FROM_RESULT_FILE)
+    if metric_dir is not None:
+        comfort = _comfort(results, Path(metric_dir))
+        not_computed.pop("bench2drive_comfort")
     return {
         "results_file": results_name,
         "route_file": route_file.path,
@@ -94,18 +102,31 @@ def build_report(
         "bench2drive": {
             **{k: v for k, v in asdict(b2d).items() if k != "success_route_ids"},
             "success_route_ids": list(b2d.success_route_ids),
-            "comfort": None,
+            "comfort": comfort,
             "ability": None,
         },
-        "not_computed": NOT_FROM_RESULT_FILE,
+        "not_computed": not_computed,
         "routes": routes,
         "plots": list(PLOTS),
     }
 
 
+def _comfort(results: Results, metric_dir: Path) -> float:
+    """Mean comfort over the run's routes, from each record's `save_name` folder under metric_dir."""
+    per_route = []
+    for r in results.records:
+        if "save_name" not in r.extra:
+            raise ComfortError(f"{r.route_id}: no save_name in its record, so no metric_info.json to read")
+        per_route.append(route_comfort(read_metric_info(metric_dir / str(r.extra["save_name"]) / "metric_info.json")))
+    if not per_route:
+        raise ComfortError("no route records to compute comfort for")
+    return sum(per_route) / len(per_route)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown, its first lines naming the route file, towns, route count and km driven."""
     lb, b2d = report["leaderboard"], report["bench2drive"]
+    comfort = "not computed" if b2d["comfort"] is None else f"{b2d['comfort']:.3f}"
     eff = "n/a (no minimum-speed checkpoints recorded)" if b2d["efficiency_pct"] is None else f"{b2d['efficiency_pct']:.2f}%"
     lines = [
         "# Evaluation report",
@@ -135,9 +156,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| DS | success rate | efficiency | comfort |",
         "|---:|---:|---:|---|",
-        f"| {b2d['driving_score']:.3f} | {100 * b2d['success_rate']:.2f}% | {eff} | not computed |",
+        f"| {b2d['driving_score']:.3f} | {100 * b2d['success_rate']:.2f}% | {eff} | {comfort} |",
         "",
-        "Not computed from a result file:",
+        "Not computed:",
         "",
     ]
     lines += [f"- {name}: {why}" for name, why in report["not_computed"].items()]
@@ -205,11 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--routes", type=Path, required=True, help="the route file the run drove")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--protocol", choices=[p.value for p in Protocol], default=Protocol.LEADERBOARD_2_0.value)
+    parser.add_argument("--metric-dir", type=Path, default=None,
+                        help="Bench2Drive's folder of <save_name>/metric_info.json, for its comfort metric")
     parser.add_argument("--expected-routes", type=int, default=None,
                         help="routes a full benchmark has (Bench2Drive: 220); default: the run's route count")
     args = parser.parse_args(argv)
     report = build_report(read_results(args.results), read_route_file(args.routes), Protocol(args.protocol),
-                          args.expected_routes, str(args.results))
+                          args.expected_routes, str(args.results), args.metric_dir)
     for path in write_report(report, args.out):
         print(path)
 

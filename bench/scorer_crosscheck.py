@@ -36,8 +36,15 @@ from sd_evaluator.scoring import (
     score_route,
 )
 
-FIXED = ("collisions_pedestrian", "collisions_vehicle", "collisions_layout", "red_light", "stop_infraction",
-         "scenario_timeouts", "yield_emergency_vehicle_infractions")
+FIXED = (
+    "collisions_pedestrian",
+    "collisions_vehicle",
+    "collisions_layout",
+    "red_light",
+    "stop_infraction",
+    "scenario_timeouts",
+    "yield_emergency_vehicle_infractions",
+)
 
 
 def random_route(rng: random.Random, route: int):
@@ -55,13 +62,20 @@ def random_route(rng: random.Random, route: int):
         raw.append((e.kind, e.message, None if e.percentage is None else {"percentage": e.percentage}))
     rc = 100.0 if rng.random() < 0.4 else round(rng.uniform(0, 100), 2)
     if rc < 100 and rng.random() < 0.5:
-        stop = RouteEvent(rng.choice(("route_dev", "vehicle_blocked")), "Agent stopped at (x=1.0, y=2.0, z=0.0)")
+        stop = RouteEvent(
+            rng.choice(("route_dev", "vehicle_blocked")), "Agent stopped at (x=1.0, y=2.0, z=0.0)"
+        )
         events.append(stop)
         raw.append((stop.kind, stop.message, None))
     outcome = RouteOutcome(
-        f"RouteScenario_{route}_rep0", rc, round(rng.uniform(50, 9000), 3), events,
-        timed_out=rc < 100 and rng.random() < 0.2, failure_message=rng.choice(("", "", "Agent crashed")),
-        duration_game_s=rng.uniform(1, 900), duration_system_s=rng.uniform(1, 2000),
+        f"RouteScenario_{route}_rep0",
+        rc,
+        round(rng.uniform(50, 9000), 3),
+        events,
+        timed_out=rc < 100 and rng.random() < 0.2,
+        failure_message=rng.choice(("", "", "Agent crashed")),
+        duration_game_s=rng.uniform(1, 900),
+        duration_system_s=rng.uniform(1, 2000),
     )
     return outcome, raw
 
@@ -84,8 +98,14 @@ def check_leaderboard(lb_dir: Path, sr_dir: Path, runs: int, seed: int) -> str:
             for i in range(rng.randint(1, total)):
                 outcome, raw = random_route(rng, i)
                 events = [TrafficEvent(type_of[k], 0, m, d) for k, m, d in raw]
-                events.append(TrafficEvent(TrafficEventType.ROUTE_COMPLETION, 0, "",
-                                           {"route_completed": outcome.route_completion_pct}))
+                events.append(
+                    TrafficEvent(
+                        TrafficEventType.ROUTE_COMPLETION,
+                        0,
+                        "",
+                        {"route_completed": outcome.route_completion_pct},
+                    )
+                )
                 sm = StatisticsManager(endpoint, debug)
                 sm.create_route_data(outcome.route_id, 0)
                 sm._scenario = types.SimpleNamespace(
@@ -93,12 +113,15 @@ def check_leaderboard(lb_dir: Path, sr_dir: Path, runs: int, seed: int) -> str:
                     get_criteria=lambda ev=events: [types.SimpleNamespace(events=ev)],
                 )
                 sm._route_length = outcome.route_length_m
-                sm.compute_route_statistics(0, outcome.duration_system_s, outcome.duration_game_s,
-                                            outcome.failure_message)
+                sm.compute_route_statistics(
+                    0, outcome.duration_system_s, outcome.duration_game_s, outcome.failure_message
+                )
                 theirs = sm._results.checkpoint.records[0].to_json()
                 mine = score_route(outcome, 0)
                 if json.dumps(theirs) != json.dumps(mine.to_json()):
-                    raise AssertionError(f"route differs:\n leaderboard {theirs}\n ours        {mine.to_json()}")
+                    raise AssertionError(
+                        f"route differs:\n leaderboard {theirs}\n ours        {mine.to_json()}"
+                    )
                 mine.index = i
                 ours.append(mine)
                 routes += 1
@@ -109,7 +132,9 @@ def check_leaderboard(lb_dir: Path, sr_dir: Path, runs: int, seed: int) -> str:
             sm.save_progress(len(ours), total)
             sm.compute_global_statistics()
             theirs = sm._results
-            if json.dumps(theirs.checkpoint.global_record.to_json()) != json.dumps(results.global_record.to_json()):
+            if json.dumps(theirs.checkpoint.global_record.to_json()) != json.dumps(
+                results.global_record.to_json()
+            ):
                 raise AssertionError("global record differs")
             if theirs.values != results.values or theirs.labels != results.labels:
                 raise AssertionError(f"values differ: {theirs.values} vs {results.values}")
@@ -117,7 +142,9 @@ def check_leaderboard(lb_dir: Path, sr_dir: Path, runs: int, seed: int) -> str:
 
 
 def check_comfort(b2d_dir: Path, runs: int, seed: int) -> str:
-    spec = importlib.util.spec_from_file_location("b2d_smooth", b2d_dir / "tools" / "efficiency_smoothness_benchmark.py")
+    spec = importlib.util.spec_from_file_location(
+        "b2d_smooth", b2d_dir / "tools" / "efficiency_smoothness_benchmark.py"
+    )
     theirs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(theirs)  # needs scipy
     rng = np.random.default_rng(seed)
@@ -125,8 +152,14 @@ def check_comfort(b2d_dir: Path, runs: int, seed: int) -> str:
     for _ in range(runs):
         n = int(rng.integers(7, 130))
         t = np.arange(n) * 0.1
-        acc = np.stack([rng.uniform(0, 4) * np.sin(2 * np.pi * rng.uniform(0, 1) * t) + rng.normal(0, 0.3, n),
-                        rng.normal(0, rng.uniform(0, 3), n), np.zeros(n)], 1)
+        acc = np.stack(
+            [
+                rng.uniform(0, 4) * np.sin(2 * np.pi * rng.uniform(0, 1) * t) + rng.normal(0, 0.3, n),
+                rng.normal(0, rng.uniform(0, 3), n),
+                np.zeros(n),
+            ],
+            1,
+        )
         yaw_rate = np.cumsum(rng.normal(0, 0.2, n)) * rng.uniform(0, 1)
         ang = np.stack([np.zeros(n), np.zeros(n), yaw_rate], 1)
         heading = np.cumsum(yaw_rate) * 0.1

@@ -1,5 +1,6 @@
-"""Bench2Drive's comfort on ego motions whose answer follows from its bounds (lon. accel. in (-4.05, 2.40) m/s²,
-lat. |a| < 4.89 m/s², lon. jerk |j| < 4.13 m/s³, yaw rate |w| < 0.95, 20-tick segments of 0.1 s)."""
+"""Bench2Drive's comfort on ego motions whose answer follows from its bounds (lon. accel. in
+(-4.05, 2.40) m/s², lat. |a| < 4.89 m/s², lon. jerk |j| < 4.13 m/s³, yaw rate |w| < 0.95, 20-tick
+segments of 0.1 s)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import json
 
 import numpy as np
 import pytest
-from leaderboard_files import leaderboard_file
+from leaderboard_files import ROUTES_XML, leaderboard_file
 
-from sd_evaluator.comfort import ComfortError, EgoMotion, is_comfortable, read_metric_info, route_comfort, savgol
+from sd_evaluator.comfort import (
+    ComfortError,
+    EgoMotion,
+    is_comfortable,
+    read_metric_info,
+    route_comfort,
+    savgol,
+)
 from sd_evaluator.report import build_report
 from sd_evaluator.results import Results
 from sd_evaluator.route_file import read_route_file
-from test_report import ROUTES_XML
 
 
 def straight(n: int, lon_accel=0.0, lat_accel=0.0, yaw_rate=0.0) -> EgoMotion:
@@ -34,8 +41,8 @@ def test_savgol_keeps_a_quadratic_and_its_derivative_exactly():
 
 
 def test_savgol_uses_the_seven_point_quadratic_weights():
-    # The 7-point quadratic smoothing weights are (-2, 3, 6, 7, 6, 3, -2) / 21; on +-1 alternating samples each
-    # inside point becomes +-(2 + 3 - 6 + 7 - 6 + 3 + 2) / 21 = +-5/21.
+    # The 7-point quadratic smoothing weights are (-2, 3, 6, 7, 6, 3, -2) / 21; on +-1 alternating
+    # samples each inside point becomes +-(2 + 3 - 6 + 7 - 6 + 3 + 2) / 21 = +-5/21.
     y = np.where(np.arange(21) % 2 == 0, 1.0, -1.0)
     np.testing.assert_allclose(savgol(y, 7, 2)[3:-3], 5 / 21 * y[3:-3], atol=1e-12)
 
@@ -53,10 +60,14 @@ def test_one_hard_braking_segment_of_three():
 @pytest.mark.parametrize(
     ("kw", "comfortable"),
     [
-        ({"lon_accel": 2.3}, True), ({"lon_accel": 2.5}, False),
-        ({"lon_accel": -4.0}, True), ({"lon_accel": -4.1}, False),
-        ({"lat_accel": 4.8}, True), ({"lat_accel": -5.0}, False),
-        ({"yaw_rate": 0.9}, True), ({"yaw_rate": 1.0}, False),
+        ({"lon_accel": 2.3}, True),
+        ({"lon_accel": 2.5}, False),
+        ({"lon_accel": -4.0}, True),
+        ({"lon_accel": -4.1}, False),
+        ({"lat_accel": 4.8}, True),
+        ({"lat_accel": -5.0}, False),
+        ({"yaw_rate": 0.9}, True),
+        ({"yaw_rate": 1.0}, False),
     ],
 )
 def test_each_bound(kw, comfortable):
@@ -65,8 +76,9 @@ def test_each_bound(kw, comfortable):
 
 @pytest.mark.parametrize(("freq_hz", "comfortable"), [(0.2, True), (0.6, False)])
 def test_longitudinal_jerk(freq_hz, comfortable):
-    # lon. a = 2 sin(2 pi f t): jerk peaks at 2 * 2 pi f = 2.5 m/s³ at 0.2 Hz (inside 4.13), 7.5 at 0.6 Hz (outside);
-    # lat. a = 2 cos(2 pi f t) keeps |a| at 2, so the magnitude's jerk is 0 and only the longitudinal one counts
+    # lon. a = 2 sin(2 pi f t): jerk peaks at 2 * 2 pi f = 2.5 m/s³ at 0.2 Hz (inside 4.13), 7.5 at
+    # 0.6 Hz (outside); lat. a = 2 cos(2 pi f t) keeps |a| at 2, so the magnitude's jerk is 0 and only
+    # the longitudinal one counts
     phase = 2 * np.pi * freq_hz * np.arange(20) * 0.1
     motion = straight(20, lon_accel=2 * np.sin(phase), lat_accel=2 * np.cos(phase))
     assert is_comfortable(motion) is comfortable
@@ -78,25 +90,40 @@ def test_a_short_route_is_one_segment():
 
 
 def metric_info(motion: EgoMotion) -> dict:
-    return {str(i): {"acceleration": list(motion.acceleration[i]), "angular_velocity": list(motion.angular_velocity[i]),
-                     "forward_vector": list(motion.forward_vector[i]), "right_vector": list(motion.right_vector[i]),
-                     "location": [0.0, 0.0, 0.0], "rotation": [0.0, 0.0, 0.0]} for i in range(len(motion))}
+    return {
+        str(i): {
+            "acceleration": list(motion.acceleration[i]),
+            "angular_velocity": list(motion.angular_velocity[i]),
+            "forward_vector": list(motion.forward_vector[i]),
+            "right_vector": list(motion.right_vector[i]),
+            "location": [0.0, 0.0, 0.0],
+            "rotation": [0.0, 0.0, 0.0],
+        }
+        for i in range(len(motion))
+    }
 
 
 def test_report_takes_comfort_from_each_routes_metric_info(tmp_path):
     lon = np.zeros(40)
     lon[:20] = -6.0
-    for save_name, motion in (("ParkedObstacle_1711_3", straight(40)), ("HardBreakRoute_2084_9", straight(40, lon))):
+    for save_name, motion in (
+        ("ParkedObstacle_1711_3", straight(40)),
+        ("HardBreakRoute_2084_9", straight(40, lon)),
+    ):
         (tmp_path / "metrics" / save_name).mkdir(parents=True)
         (tmp_path / "metrics" / save_name / "metric_info.json").write_text(json.dumps(metric_info(motion)))
     routes = tmp_path / "routes.xml"
     routes.write_text(ROUTES_XML)
-    report = build_report(Results.from_json(leaderboard_file()), read_route_file(routes), metric_dir=tmp_path / "metrics")
+    report = build_report(
+        Results.from_json(leaderboard_file()), read_route_file(routes), metric_dir=tmp_path / "metrics"
+    )
     assert report["bench2drive"]["comfort"] == pytest.approx((1.0 + 0.5) / 2)
     assert "bench2drive_comfort" not in report["not_computed"]
     (tmp_path / "metrics" / "HardBreakRoute_2084_9" / "metric_info.json").unlink()
     with pytest.raises(FileNotFoundError, match="HardBreakRoute_2084_9"):
-        build_report(Results.from_json(leaderboard_file()), read_route_file(routes), metric_dir=tmp_path / "metrics")
+        build_report(
+            Results.from_json(leaderboard_file()), read_route_file(routes), metric_dir=tmp_path / "metrics"
+        )
 
 
 def test_bad_metric_info_is_named(tmp_path):

@@ -1,32 +1,16 @@
-"""The report of a result file names the route file, towns, route count and km driven, with scores and plots."""
+"""The report of a result file names route file, towns, route count and km driven."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from leaderboard_files import leaderboard_file
+from leaderboard_files import ROUTES_XML, leaderboard_file
 
 from sd_evaluator.report import build_report, main, render_markdown, write_report
 from sd_evaluator.results import Results
 from sd_evaluator.route_file import RouteFileError, read_route_file
-
-ROUTES_XML = """<?xml version='1.0' encoding='utf-8'?>
-<routes>
-  <route id="1711" town="Town12">
-    <waypoints><position x="-512.0" y="101.0" z="0.0"/><position x="-300.0" y="101.0" z="0.0"/></waypoints>
-    <scenarios><scenario name="ParkedObstacle_1" type="ParkedObstacle"/></scenarios>
-  </route>
-  <route id="2084" town="Town13">
-    <waypoints><position x="10.0" y="-3.0" z="0.0"/><position x="600.0" y="-3.0" z="0.0"/></waypoints>
-    <scenarios><scenario name="HardBreakRoute_1" type="HardBreakRoute"/></scenarios>
-  </route>
-  <route id="3100" town="Town12">
-    <waypoints><position x="0.0" y="0.0" z="0.0"/><position x="90.0" y="0.0" z="0.0"/></waypoints>
-    <scenarios/>
-  </route>
-</routes>
-"""
+from sd_evaluator.scoring import Protocol, ScoringError
 
 
 @pytest.fixture
@@ -37,8 +21,12 @@ def route_path(tmp_path):
 
 
 def test_report_names_what_was_driven_and_the_scores(route_path):
-    report = build_report(Results.from_json(leaderboard_file()), read_route_file(route_path), expected_routes=220,
-                          results_name="run/results.json")
+    report = build_report(
+        Results.from_json(leaderboard_file()),
+        read_route_file(route_path),
+        expected_routes=220,
+        results_name="run/results.json",
+    )
     assert report["route_file"] == str(route_path)
     assert len(report["route_file_sha256"]) == 64
     assert report["towns"] == ["Town12", "Town13"]
@@ -58,7 +46,9 @@ def test_report_names_what_was_driven_and_the_scores(route_path):
 
 
 def test_markdown_leads_with_route_file_towns_count_and_km(route_path):
-    report = build_report(Results.from_json(leaderboard_file()), read_route_file(route_path), expected_routes=220)
+    report = build_report(
+        Results.from_json(leaderboard_file()), read_route_file(route_path), expected_routes=220
+    )
     head = "\n".join(render_markdown(report).splitlines()[:8])
     assert f"Route file: `{route_path}`" in head and "3 routes" in head
     assert "Towns: Town12, Town13" in head
@@ -66,14 +56,19 @@ def test_markdown_leads_with_route_file_towns_count_and_km(route_path):
     assert "Km driven: 1.86" in head
     md = render_markdown(report)
     assert "| 49.900 | 71.250 | 0.7865 | Failed |" in md
-    assert "| RouteScenario_2084_rep0 | Town13 | Failed - Agent got blocked | 800.0 | 42.50 | 1.000 | 42.50 |" in md
+    assert (
+        "| RouteScenario_2084_rep0 | Town13 | Failed - Agent got blocked | 800.0 | 42.50 | 1.000 | 42.50 |"
+        in md
+    )
     assert "over 220 routes" in md
 
 
 def test_a_record_on_a_route_outside_the_route_file_is_refused(route_path):
     data = leaderboard_file()
     data["_checkpoint"]["records"][1]["route_id"] = "RouteScenario_9999_rep0"
-    with pytest.raises(RouteFileError, match="RouteScenario_9999_rep0 is not a route of .*no route with id '9999'"):
+    with pytest.raises(
+        RouteFileError, match="RouteScenario_9999_rep0 is not a route of .*no route with id '9999'"
+    ):
         build_report(Results.from_json(data), read_route_file(route_path))
 
 
@@ -92,8 +87,12 @@ def test_written_report_has_json_markdown_and_plots(route_path, tmp_path):
 def test_write_report_returns_every_file(route_path, tmp_path):
     report = build_report(Results.from_json(leaderboard_file()), read_route_file(route_path))
     written = write_report(report, tmp_path / "r")
-    assert sorted(p.name for p in written) == ["ds_per_route.png", "infractions_per_km.png", "report.json",
-                                              "report.md"]
+    assert sorted(p.name for p in written) == [
+        "ds_per_route.png",
+        "infractions_per_km.png",
+        "report.json",
+        "report.md",
+    ]
     assert all(p.stat().st_size > 0 for p in written)
 
 
@@ -117,3 +116,19 @@ def test_bad_route_files_are_named(tmp_path, body, match):
 def test_route_file_scenario_types(route_path):
     routes = read_route_file(route_path).routes
     assert [r.scenario_types for r in routes] == [("ParkedObstacle",), ("HardBreakRoute",), ()]
+
+
+def test_a_bench2drive_run_is_scored_with_its_protocol(route_path):
+    data = leaderboard_file()
+    record = data["_checkpoint"]["records"][1]
+    record["infractions"]["min_speed_infractions"] = [
+        "Average speed is 120.0% of the surrounding traffic's one"
+    ]
+    record["num_infractions"] = 2
+    with pytest.raises(ScoringError, match="score its runs with protocol 'bench2drive'"):
+        build_report(Results.from_json(data), read_route_file(route_path))
+    report = build_report(Results.from_json(data), read_route_file(route_path), Protocol.BENCH2DRIVE)
+    assert report["protocol"] == "bench2drive"
+    assert report["bench2drive"]["efficiency_pct"] == (85.0 + 120.0) / 2
+    # route 1711's file scores include the leaderboard's minimum-speed penalty; Bench2Drive has none
+    assert [r["scores_match_messages"] for r in report["routes"]] == [False, True]

@@ -56,8 +56,8 @@ def test_the_scorer_reproduces_the_files_scores_and_global_record(tmp_path):
 
 
 def test_what_bench2drives_tools_read_is_there(tmp_path):
-    # Its merge reads records' index, route_id, status, infractions (lists), scores.score_composed; its ability
-    # tool matches route_id.split('_')[1] with the route file's id; its efficiency reads save_name.
+    # Its merge reads records' index, route_id, status, infractions (lists), scores.score_composed; its
+    # ability tool matches route_id.split('_')[1] with the route file's id; its efficiency reads save_name.
     out = tmp_path / "again.json"
     write_results(Results.from_json(leaderboard_file()), out)
     records = json.loads(out.read_text())["_checkpoint"]["records"]
@@ -77,11 +77,22 @@ def test_records_in_progress_are_not_written(tmp_path):
 
 
 def test_sort_records_orders_by_route_then_repetition():
-    records = [RouteRecord(route_id=i) for i in
-               ("RouteScenario_20_rep1", "RouteScenario_3_rep0", "RouteScenario_20_rep0", "RouteScenario_100_rep0")]
+    records = [
+        RouteRecord(route_id=i)
+        for i in (
+            "RouteScenario_20_rep1",
+            "RouteScenario_3_rep0",
+            "RouteScenario_20_rep0",
+            "RouteScenario_100_rep0",
+        )
+    ]
     sort_records(records)
-    assert [r.route_id for r in records] == ["RouteScenario_3_rep0", "RouteScenario_20_rep0",
-                                             "RouteScenario_20_rep1", "RouteScenario_100_rep0"]
+    assert [r.route_id for r in records] == [
+        "RouteScenario_3_rep0",
+        "RouteScenario_20_rep0",
+        "RouteScenario_20_rep1",
+        "RouteScenario_100_rep0",
+    ]
     assert [r.index for r in records] == [0, 1, 2, 3]
     assert route_number("RouteScenario_20_rep1") == (20, 1)
     with pytest.raises(ResultsFormatError, match="RouteScenario_<route>_rep<repetition>"):
@@ -98,13 +109,22 @@ def broken(edit) -> dict:
     ("data", "match"),
     [
         (broken(lambda d: d.pop("_checkpoint")), "missing key '_checkpoint'"),
-        (broken(lambda d: d["_checkpoint"]["records"][1].pop("scores")), r"records\[1\]: missing key 'scores'"),
-        (broken(lambda d: d["_checkpoint"]["records"][0]["scores"].update(score_route="100")),
-         r"records\[0\]\.scores\.score_route: expected a number"),
-        (broken(lambda d: d["_checkpoint"]["records"][0]["infractions"].update(red_light="ran one")),
-         r"records\[0\]\.infractions\.red_light: expected a list of messages"),
-        (broken(lambda d: d["_checkpoint"]["records"][0]["meta"].pop("route_length")),
-         r"records\[0\]\.meta: missing key 'route_length'"),
+        (
+            broken(lambda d: d["_checkpoint"]["records"][1].pop("scores")),
+            r"records\[1\]: missing key 'scores'",
+        ),
+        (
+            broken(lambda d: d["_checkpoint"]["records"][0]["scores"].update(score_route="100")),
+            r"records\[0\]\.scores\.score_route: expected a number",
+        ),
+        (
+            broken(lambda d: d["_checkpoint"]["records"][0]["infractions"].update(red_light="ran one")),
+            r"records\[0\]\.infractions\.red_light: expected a list of messages",
+        ),
+        (
+            broken(lambda d: d["_checkpoint"]["records"][0]["meta"].pop("route_length")),
+            r"records\[0\]\.meta: missing key 'route_length'",
+        ),
         (broken(lambda d: d.update(entry_status="Done")), "'Done' is not a leaderboard entry status"),
         (broken(lambda d: d["_checkpoint"].update(progress=[2])), "expected \\[route index, total routes\\]"),
     ],

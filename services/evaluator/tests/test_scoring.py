@@ -1,7 +1,8 @@
 """The scorer against routes with known infractions; every expected number is worked out by hand here.
 
 Penalty factors (leaderboard 2.0): pedestrian 0.50, vehicle 0.60, static 0.65, red light 0.70, stop sign 0.80,
-scenario timeout 0.70, yield to emergency vehicle 0.70; a minimum-speed checkpoint at p% gives 0.7 + 0.3 p/100.
+scenario timeout 0.70, yield to emergency vehicle 0.70; a minimum-speed checkpoint at p% gives
+0.7 + 0.3 p/100.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def ev(kind: str) -> RouteEvent:
 )
 def test_each_fixed_penalty_on_a_completed_route(kind, expected_ip):
     record = score_route(outcome(0, 100.0, 500.0, ev(kind)), index=0)
-    assert record.scores == {"score_route": 100.0, "score_penalty": expected_ip, "score_composed": 100 * expected_ip}
+    assert record.scores == {
+        "score_route": 100.0,
+        "score_penalty": expected_ip,
+        "score_composed": 100 * expected_ip,
+    }
     assert record.status == "Completed"
     assert record.num_infractions == 1
     assert record.infractions[kind] == [f"Agent did {kind} at (x=1.0, y=2.0, z=0.0)"]
@@ -78,7 +83,9 @@ def test_a_route_without_infractions_is_perfect():
 
 def test_minimum_speed_penalty_depends_on_the_percentage():
     # 50% -> 1 - 0.3 * 0.5 = 0.85; 80% -> 1 - 0.3 * 0.2 = 0.94; IP = 0.85 * 0.94 = 0.799
-    record = score_route(outcome(2, 100.0, 800.0, *min_speed_events([50.0, 80.0, 120.0], Protocol.LEADERBOARD_2_0)), 0)
+    record = score_route(
+        outcome(2, 100.0, 800.0, *min_speed_events([50.0, 80.0, 120.0], Protocol.LEADERBOARD_2_0)), 0
+    )
     assert record.infractions["min_speed_infractions"] == [
         "Average speed is 50.0% of the surrounding traffic's one",
         "Average speed is 80.0% of the surrounding traffic's one",
@@ -147,7 +154,9 @@ def three_of_four_routes():
     return [
         score_route(outcome(0, 100.0, 1000.0), 0),  # DS 100, IP 1
         score_route(outcome(1, 50.0, 2000.0, ev("collisions_vehicle"), ev("route_dev")), 1),  # IP 0.6, DS 30
-        score_route(outcome(2, 100.0, 500.0, ev("collisions_pedestrian"), ev("red_light")), 2),  # IP 0.35, DS 35
+        score_route(
+            outcome(2, 100.0, 500.0, ev("collisions_pedestrian"), ev("red_light")), 2
+        ),  # IP 0.35, DS 35
     ]
 
 
@@ -174,8 +183,23 @@ def test_infractions_per_km_use_the_driven_km():
     assert per_km["red_light"] == 0.4
     assert per_km["route_dev"] == 0.4
     assert per_km["stop_infraction"] == 0.0
-    assert stats.values == ["41.25", "62.5", "0.4875", "0.4", "0.4", "0.0", "0.4", "0.0", "0.0", "0.4", "0.0",
-                            "0.0", "0.0", "0.0", "0.0"]
+    assert stats.values == [
+        "41.25",
+        "62.5",
+        "0.4875",
+        "0.4",
+        "0.4",
+        "0.0",
+        "0.4",
+        "0.0",
+        "0.0",
+        "0.4",
+        "0.0",
+        "0.0",
+        "0.0",
+        "0.0",
+        "0.0",
+    ]
     assert stats.labels[0] == "Avg. driving score" and stats.labels[-1] == "Min speed infractions"
 
 
@@ -225,17 +249,22 @@ def test_bench2drive_divides_by_220_whatever_was_evaluated():
 
 
 def test_bench2drive_efficiency_leaves_out_checkpoints_over_1000_percent():
-    a = score_route(outcome(0, 100.0, 10.0, *min_speed_events([40.0, 60.0, 1500.0], Protocol.BENCH2DRIVE)), 0,
-                    Protocol.BENCH2DRIVE)
-    b = score_route(outcome(1, 100.0, 10.0, *min_speed_events([110.0], Protocol.BENCH2DRIVE)), 1,
-                    Protocol.BENCH2DRIVE)
+    a = score_route(
+        outcome(0, 100.0, 10.0, *min_speed_events([40.0, 60.0, 1500.0], Protocol.BENCH2DRIVE)),
+        0,
+        Protocol.BENCH2DRIVE,
+    )
+    b = score_route(
+        outcome(1, 100.0, 10.0, *min_speed_events([110.0], Protocol.BENCH2DRIVE)), 1, Protocol.BENCH2DRIVE
+    )
     c = score_route(outcome(2, 100.0, 10.0), 2, Protocol.BENCH2DRIVE)  # no checkpoints: not in the mean
     assert driving_efficiency([a, b, c]) == pytest.approx((50.0 + 110.0) / 2)
 
 
 def test_rescoring_a_record_from_its_messages_gives_its_scores():
     record = score_route(
-        outcome(7, 64.0, 900.0, ev("stop_infraction"), min_speed_event(37.5), outside_lanes_event(12.0, 4.0)), 0
+        outcome(7, 64.0, 900.0, ev("stop_infraction"), min_speed_event(37.5), outside_lanes_event(12.0, 4.0)),
+        0,
     )
     # 0.8 * (1 - 0.3 * 0.625) * 0.96 = 0.8 * 0.8125 * 0.96 = 0.624; DS = 64 * 0.624 = 39.936
     assert record.scores["score_penalty"] == 0.624

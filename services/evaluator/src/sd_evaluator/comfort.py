@@ -51,12 +51,16 @@ class EgoMotion:
 
     def ticks(self, start: int, stop: int) -> EgoMotion:
         """The ticks [start, stop) of this motion."""
-        return EgoMotion(*(a[start:stop] for a in
-                           (self.acceleration, self.angular_velocity, self.forward_vector, self.right_vector)))
+        return EgoMotion(
+            *(
+                a[start:stop]
+                for a in (self.acceleration, self.angular_velocity, self.forward_vector, self.right_vector)
+            )
+        )
 
 
 def read_metric_info(path: str | Path) -> EgoMotion:
-    """The ego motion in a Bench2Drive metric_info.json (an object of ticks in order, each with the four vectors)."""
+    """The ego motion in a Bench2Drive metric_info.json (ticks in order, each with four vectors)."""
     path = Path(path)
     try:
         ticks = json.loads(path.read_text())
@@ -81,13 +85,18 @@ def savgol(y: np.ndarray, window: int, poly_order: int, deriv: int = 0, delta: f
     y = np.asarray(y, dtype=float)
     n = len(y)
     if not poly_order < window <= n:
-        raise ComfortError(f"the filter needs poly_order < window <= samples, got {poly_order}, {window}, {n}")
+        raise ComfortError(
+            f"the filter needs poly_order < window <= samples, got {poly_order}, {window}, {n}"
+        )
     t = np.arange(window, dtype=float)
     scale = math.factorial(deriv) / delta**deriv
 
     def fitted(values: np.ndarray, at: np.ndarray) -> np.ndarray:
         coeffs = np.polynomial.polynomial.polyfit(t, values, poly_order)
-        return np.polynomial.polynomial.polyval(at, np.polynomial.polynomial.polyder(coeffs, deriv)) * delta**-deriv
+        return (
+            np.polynomial.polynomial.polyval(at, np.polynomial.polynomial.polyder(coeffs, deriv))
+            * delta**-deriv
+        )
 
     if window == n:
         return fitted(y, t)
@@ -98,14 +107,14 @@ def savgol(y: np.ndarray, window: int, poly_order: int, deriv: int = 0, delta: f
     vander = np.vander(t - half, poly_order + 1, increasing=True)
     weights = np.linalg.pinv(vander)[deriv] * scale
     out = np.empty(n)
-    out[half:n - half] = np.lib.stride_tricks.sliding_window_view(y, window) @ weights
+    out[half : n - half] = np.lib.stride_tricks.sliding_window_view(y, window) @ weights
     out[:half] = fitted(y[:window], t[:half])
-    out[n - half:] = fitted(y[n - window:], t[window - half:])
+    out[n - half :] = fitted(y[n - window :], t[window - half :])
     return out
 
 
 def is_comfortable(motion: EgoMotion, tick_s: float = TICK_S) -> bool:
-    """Whether every smoothed acceleration, jerk and yaw quantity of these ticks is inside Bench2Drive's bounds."""
+    """Whether every smoothed acceleration, jerk and yaw value of these ticks is inside the bounds."""
     window = min(FILTER_WINDOW_TICKS, len(motion))
     acc = motion.acceleration[:, :2]
     lon = np.einsum("ij,ij->i", acc, motion.forward_vector[:, :2])
@@ -129,7 +138,7 @@ def is_comfortable(motion: EgoMotion, tick_s: float = TICK_S) -> bool:
 
 
 def route_comfort(motion: EgoMotion) -> float:
-    """The share of the route's full 20-tick segments that are comfortable (a route of <= 20 ticks: 1 or 0)."""
+    """The share of the route's full 20-tick segments that are comfortable (<= 20 ticks: 1 or 0)."""
     if len(motion) <= SEGMENT_TICKS:
         return 1.0 if is_comfortable(motion) else 0.0
     starts = range(0, len(motion) - SEGMENT_TICKS + 1, SEGMENT_TICKS)

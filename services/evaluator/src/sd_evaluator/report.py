@@ -43,7 +43,7 @@ def build_report(
     results_name: str = "",
     metric_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The report's content: what was driven (route file, towns, route count, km), the scores and each route."""
+    """The report's content: what was driven (route file, towns, count, km), scores, routes."""
     total_routes = results.total_routes or len(route_file.routes)
     stats = global_statistics(results.records, total_routes)
     routes = []
@@ -53,21 +53,25 @@ def build_report(
         try:
             town = route_file.town_of(route_key)
         except RouteFileError as exc:
-            raise RouteFileError(f"{results_name or 'results'}: record {r.route_id} is not a route of {exc}") from exc
+            raise RouteFileError(
+                f"{results_name or 'results'}: record {r.route_id} is not a route of {exc}"
+            ) from exc
         towns_driven.add(town)
         rescored = rescore_record(r, protocol)
-        routes.append({
-            "route_id": r.route_id,
-            "town": town,
-            "status": r.status,
-            "route_length_m": r.route_length_m,
-            "score_route": r.scores["score_route"],
-            "score_penalty": r.scores["score_penalty"],
-            "score_composed": r.scores["score_composed"],
-            "scores_match_messages": rescored["score_penalty"] == r.scores["score_penalty"]
-            and rescored["score_composed"] == r.scores["score_composed"],
-            "infractions": {k: len(v) for k, v in r.infractions.items() if v},
-        })
+        routes.append(
+            {
+                "route_id": r.route_id,
+                "town": town,
+                "status": r.status,
+                "route_length_m": r.route_length_m,
+                "score_route": r.scores["score_route"],
+                "score_penalty": r.scores["score_penalty"],
+                "score_composed": r.scores["score_composed"],
+                "scores_match_messages": rescored["score_penalty"] == r.scores["score_penalty"]
+                and rescored["score_composed"] == r.scores["score_composed"],
+                "infractions": {k: len(v) for k, v in r.infractions.items() if v},
+            }
+        )
     g = stats.global_record
     b2d = bench2drive_scores(results.records, expected_routes or total_routes)
     recorded = results.global_record
@@ -117,7 +121,9 @@ def _comfort(results: Results, metric_dir: Path) -> float:
     for r in results.records:
         if "save_name" not in r.extra:
             raise ComfortError(f"{r.route_id}: no save_name in its record, so no metric_info.json to read")
-        per_route.append(route_comfort(read_metric_info(metric_dir / str(r.extra["save_name"]) / "metric_info.json")))
+        per_route.append(
+            route_comfort(read_metric_info(metric_dir / str(r.extra["save_name"]) / "metric_info.json"))
+        )
     if not per_route:
         raise ComfortError("no route records to compute comfort for")
     return sum(per_route) / len(per_route)
@@ -127,21 +133,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown, its first lines naming the route file, towns, route count and km driven."""
     lb, b2d = report["leaderboard"], report["bench2drive"]
     comfort = "not computed" if b2d["comfort"] is None else f"{b2d['comfort']:.3f}"
-    eff = "n/a (no minimum-speed checkpoints recorded)" if b2d["efficiency_pct"] is None else f"{b2d['efficiency_pct']:.2f}%"
+    eff = (
+        "n/a (no minimum-speed checkpoints recorded)"
+        if b2d["efficiency_pct"] is None
+        else f"{b2d['efficiency_pct']:.2f}%"
+    )
     lines = [
         "# Evaluation report",
         "",
-        f"- Route file: `{report['route_file']}` (sha256 {report['route_file_sha256'][:12]}), {report['route_count']} routes",
+        f"- Route file: `{report['route_file']}` (sha256 {report['route_file_sha256'][:12]}), "
+        f"{report['route_count']} routes",
         f"- Towns: {', '.join(report['towns'])} (driven: {', '.join(report['towns_driven']) or 'none'})",
         f"- Routes: {report['routes_evaluated']} evaluated of {report['routes_in_run']} in the run",
-        f"- Km driven: {report['km_driven']:.3f} (of {report['km_planned_evaluated']:.3f} km planned on the evaluated routes)",
-        f"- Results: `{report['results_file']}`, entry status {report['entry_status']}, scored as {report['protocol']}",
+        f"- Km driven: {report['km_driven']:.3f} "
+        f"(of {report['km_planned_evaluated']:.3f} km planned on the evaluated routes)",
+        f"- Results: `{report['results_file']}`, entry status {report['entry_status']}, "
+        f"scored as {report['protocol']}",
         "",
         "## Leaderboard 2.0 (means over the run's routes; a missing route counts 0)",
         "",
         "| DS | RC | IP | status |",
         "|---:|---:|---:|---|",
-        f"| {lb['driving_score']:.3f} | {lb['route_completion']:.3f} | {lb['infraction_penalty']:.4f} | {lb['status']} |",
+        f"| {lb['driving_score']:.3f} | {lb['route_completion']:.3f} | {lb['infraction_penalty']:.4f} "
+        f"| {lb['status']} |",
         "",
         "| infraction | per km |",
         "|---|---:|",
@@ -172,7 +186,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["routes"]:
         infractions = ", ".join(f"{k} {n}" for k, n in r["infractions"].items()) or "none"
         lines.append(
-            f"| {r['route_id']} | {r['town']} | {r['status']} | {r['route_length_m']:.1f} | {r['score_route']:.2f} "
+            f"| {r['route_id']} | {r['town']} | {r['status']} | {r['route_length_m']:.1f} "
+            f"| {r['score_route']:.2f} "
             f"| {r['score_penalty']:.3f} | {r['score_composed']:.2f} | {infractions} |"
         )
     lines += ["", *[f"![{p}]({p})" for p in report["plots"]], ""]
@@ -191,8 +206,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     written = [out / "report.json", out / "report.md"]
     written[0].write_text(json.dumps(report, indent=2))
     written[1].write_text(render_markdown(report))
-    subtitle = f"{Path(report['route_file']).name}: {report['routes_evaluated']}/{report['routes_in_run']} routes, " \
-               f"{', '.join(report['towns_driven'])}, {report['km_driven']:.2f} km driven"
+    subtitle = (
+        f"{Path(report['route_file']).name}: {report['routes_evaluated']}/{report['routes_in_run']} routes, "
+        f"{', '.join(report['towns_driven'])}, {report['km_driven']:.2f} km driven"
+    )
 
     fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(report["routes"])), 4))
     ids = [r["route_id"].replace("RouteScenario_", "") for r in report["routes"]]
@@ -225,14 +242,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--routes", type=Path, required=True, help="the route file the run drove")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--protocol", choices=[p.value for p in Protocol], default=Protocol.LEADERBOARD_2_0.value)
-    parser.add_argument("--metric-dir", type=Path, default=None,
-                        help="Bench2Drive's folder of <save_name>/metric_info.json, for its comfort metric")
-    parser.add_argument("--expected-routes", type=int, default=None,
-                        help="routes a full benchmark has (Bench2Drive: 220); default: the run's route count")
+    parser.add_argument(
+        "--protocol", choices=[p.value for p in Protocol], default=Protocol.LEADERBOARD_2_0.value
+    )
+    parser.add_argument(
+        "--metric-dir",
+        type=Path,
+        default=None,
+        help="Bench2Drive's folder of <save_name>/metric_info.json, for its comfort metric",
+    )
+    parser.add_argument(
+        "--expected-routes",
+        type=int,
+        default=None,
+        help="routes a full benchmark has (Bench2Drive: 220); default: the run's route count",
+    )
     args = parser.parse_args(argv)
-    report = build_report(read_results(args.results), read_route_file(args.routes), Protocol(args.protocol),
-                          args.expected_routes, str(args.results), args.metric_dir)
+    report = build_report(
+        read_results(args.results),
+        read_route_file(args.routes),
+        Protocol(args.protocol),
+        args.expected_routes,
+        str(args.results),
+        args.metric_dir,
+    )
     for path in write_report(report, args.out):
         print(path)
 

@@ -35,7 +35,11 @@ ROUTE_META_KEYS: tuple[str, ...] = ("route_length", "duration_game", "duration_s
 
 ENTRY_STATUS_VALUES: tuple[str, ...] = ("Started", "Finished", "Rejected", "Crashed", "Invalid")
 ELIGIBLE_BY_ENTRY_STATUS: dict[str, bool] = {
-    "Started": False, "Finished": True, "Rejected": False, "Crashed": False, "Invalid": False,
+    "Started": False,
+    "Finished": True,
+    "Rejected": False,
+    "Crashed": False,
+    "Invalid": False,
 }
 
 # The (entry status, route failure message) the leaderboard records when something outside the
@@ -117,11 +121,16 @@ class GlobalRecord:
 
     status: str = "Perfect"
     infractions: dict[str, float] = field(default_factory=lambda: {k: 0 for k in INFRACTION_KEYS})
-    # The leaderboard orders the global means composed, route, penalty (a record's scores: route, penalty, composed).
+    # The leaderboard orders the global means composed, route, penalty (a record's: route, penalty, composed).
     scores_mean: dict[str, float] = field(default_factory=lambda: {k: 0 for k in GLOBAL_SCORE_KEYS})
     scores_std_dev: dict[str, float] = field(default_factory=lambda: {k: 0 for k in GLOBAL_SCORE_KEYS})
     meta: dict[str, Any] = field(
-        default_factory=lambda: {"total_length": 0, "duration_game": 0, "duration_system": 0, "exceptions": []}
+        default_factory=lambda: {
+            "total_length": 0,
+            "duration_game": 0,
+            "duration_system": 0,
+            "exceptions": [],
+        }
     )
     index: int = -1
     route_id: Any = -1
@@ -191,7 +200,7 @@ class Results:
         self.eligible = ELIGIBLE_BY_ENTRY_STATUS[entry_status]
 
     def to_json(self) -> dict[str, Any]:
-        """The file's JSON object; records still in progress (index -1) are left out, as the leaderboard does."""
+        """The file's JSON object; records in progress (index -1) left out, as the leaderboard does."""
         out = {
             "_checkpoint": {
                 "global_record": self.global_record.to_json() if self.global_record else {},
@@ -217,16 +226,22 @@ class Results:
         raw_records = checkpoint.get("records", [])
         if not isinstance(raw_records, list):
             raise ResultsFormatError(f"{where}._checkpoint.records: expected a list")
-        records = [RouteRecord.from_json(r, f"{where}._checkpoint.records[{i}]") for i, r in enumerate(raw_records)]
+        records = [
+            RouteRecord.from_json(r, f"{where}._checkpoint.records[{i}]") for i, r in enumerate(raw_records)
+        ]
         raw_global = checkpoint.get("global_record") or None
         progress = checkpoint.get("progress", [])
-        if not isinstance(progress, list) or len(progress) not in (0, 2) or not all(
-            isinstance(p, int) for p in progress
+        if (
+            not isinstance(progress, list)
+            or len(progress) not in (0, 2)
+            or not all(isinstance(p, int) for p in progress)
         ):
             raise ResultsFormatError(f"{where}._checkpoint.progress: expected [route index, total routes]")
         entry_status = obj.get("entry_status", "Started")
         if entry_status not in ENTRY_STATUS_VALUES:
-            raise ResultsFormatError(f"{where}.entry_status: {entry_status!r} is not a leaderboard entry status")
+            raise ResultsFormatError(
+                f"{where}.entry_status: {entry_status!r} is not a leaderboard entry status"
+            )
         known = {"_checkpoint", "entry_status", "eligible", "sensors", "values", "labels"}
         return cls(
             records=records,
@@ -244,7 +259,7 @@ class Results:
 
 
 def read_results(path: str | Path) -> Results:
-    """Reads a leaderboard result file; a file that is not JSON or not in the schema raises ResultsFormatError."""
+    """Reads a leaderboard result file; not JSON or not in the schema: ResultsFormatError."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())

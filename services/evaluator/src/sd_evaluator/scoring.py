@@ -103,7 +103,7 @@ class Protocol(str, Enum):
 
 @dataclass(frozen=True)
 class RouteEvent:
-    """One infraction of a route: its record key (INFRACTION_KEYS), message, and percentage where it has one."""
+    """One infraction of a route: its record key (INFRACTION_KEYS), message, percentage if any."""
 
     kind: str
     message: str
@@ -111,13 +111,15 @@ class RouteEvent:
 
 
 def min_speed_event(percentage: float) -> RouteEvent:
-    """A minimum-speed checkpoint at `percentage` of the surrounding traffic's mean speed (rounded to 0.01)."""
+    """A minimum-speed checkpoint at `percentage` of the surrounding traffic's mean speed (to 0.01)."""
     pct = round(percentage, 2)
-    return RouteEvent("min_speed_infractions", f"Average speed is {pct}% of the surrounding traffic's one", pct)
+    return RouteEvent(
+        "min_speed_infractions", f"Average speed is {pct}% of the surrounding traffic's one", pct
+    )
 
 
 def min_speed_events(checkpoint_percentages: Iterable[float], protocol: Protocol) -> list[RouteEvent]:
-    """The events a run's minimum-speed checkpoints produce: only those below 100% on the leaderboard, all on Bench2Drive."""
+    """A run's minimum-speed checkpoints as events: below 100% on the leaderboard, all on Bench2Drive."""
     events = [min_speed_event(p) for p in checkpoint_percentages]
     if protocol is Protocol.LEADERBOARD_2_0:
         events = [e for e in events if e.percentage < 100]
@@ -125,7 +127,7 @@ def min_speed_events(checkpoint_percentages: Iterable[float], protocol: Protocol
 
 
 def outside_lanes_event(distance_m: float, percentage: float) -> RouteEvent:
-    """The route's one outside-lanes event: `distance_m` driven outside its lanes, `percentage` of the driven route."""
+    """The route's one outside-lanes event: `distance_m` outside its lanes, `percentage` of the route."""
     return RouteEvent(
         "outside_route_lanes",
         f"Agent went outside its route lanes for about {round(distance_m, 3)} meters "
@@ -160,20 +162,28 @@ def event_factor(event: RouteEvent, protocol: Protocol) -> float:
             return 1.0
         if pct >= 100:
             raise ScoringError(
-                f"minimum speed at {pct}%: the leaderboard records a minimum-speed infraction only below 100%"
+                f"minimum speed at {pct}%: the leaderboard records a minimum-speed infraction only below "
+                f"100% (Bench2Drive records every checkpoint: score its runs with protocol "
+                f"{Protocol.BENCH2DRIVE.value!r})"
             )
         return 1 - (1 - MIN_SPEED_PENALTY_BASE) * (1 - pct / 100)
     if event.kind == "outside_route_lanes":
         return 1 - (1 - OUTSIDE_LANES_PENALTY_BASE) * _required_percentage(event) / 100
     if event.kind in STOPPING_FAILURE_MESSAGES:
         return 1.0
-    raise ScoringError(f"unknown infraction kind {event.kind!r}; expected one of {', '.join(INFRACTION_KEYS[:-1])}")
+    raise ScoringError(
+        f"unknown infraction kind {event.kind!r}; expected one of {', '.join(INFRACTION_KEYS[:-1])}"
+    )
 
 
-def score_route(outcome: RouteOutcome, index: int, protocol: Protocol = Protocol.LEADERBOARD_2_0) -> RouteRecord:
-    """The route's record: infraction messages, RC, IP, DS, status and meta, as the leaderboard writes them."""
+def score_route(
+    outcome: RouteOutcome, index: int, protocol: Protocol = Protocol.LEADERBOARD_2_0
+) -> RouteRecord:
+    """The route's record: messages, RC, IP, DS, status and meta, as the leaderboard writes them."""
     if not 0 <= outcome.route_completion_pct <= 100:
-        raise ScoringError(f"{outcome.route_id}: route completion {outcome.route_completion_pct}% is not in [0, 100]")
+        raise ScoringError(
+            f"{outcome.route_id}: route completion {outcome.route_completion_pct}% is not in [0, 100]"
+        )
     record = RouteRecord(route_id=outcome.route_id, index=index, extra=dict(outcome.extra))
     failure_message = outcome.failure_message
     if outcome.timed_out:
@@ -253,7 +263,7 @@ class GlobalStatistics:
 
 
 def global_statistics(records: list[RouteRecord], total_routes: int) -> GlobalStatistics:
-    """The global record over `total_routes` routes (a route with no record counts 0), as the leaderboard computes it."""
+    """The global record over `total_routes` routes (a route with no record counts 0), as the leaderboard."""
     if total_routes < 1:
         raise ScoringError(f"total_routes must be at least 1, got {total_routes}")
     if len(records) > total_routes:
@@ -290,8 +300,11 @@ def global_statistics(records: list[RouteRecord], total_routes: int) -> GlobalSt
         if key != "outside_route_lanes":
             total /= per_km_denominator
         g.infractions[key] = round(total, ROUND_DIGITS)
-    values = [str(g.scores_mean["score_composed"]), str(g.scores_mean["score_route"]),
-              str(g.scores_mean["score_penalty"])]
+    values = [
+        str(g.scores_mean["score_composed"]),
+        str(g.scores_mean["score_route"]),
+        str(g.scores_mean["score_penalty"]),
+    ]
     values += [str(g.infractions[k]) for k in VALUE_INFRACTION_KEYS]
     entry_status = "Finished"
     for r in records:
@@ -328,14 +341,16 @@ def finalize_results(results: Results, sensors_initialized: bool = True, crashed
 
 
 def is_bench2drive_success(record: RouteRecord) -> bool:
-    """Bench2Drive's success: route completed (Completed or Perfect) with no infraction but minimum-speed ones."""
+    """Bench2Drive's success: Completed or Perfect, with no infraction but minimum-speed ones."""
     if record.status not in ("Completed", "Perfect"):
         return False
-    return all(not messages for key, messages in record.infractions.items() if key not in BENCH2DRIVE_SUCCESS_IGNORED)
+    return all(
+        not messages for key, messages in record.infractions.items() if key not in BENCH2DRIVE_SUCCESS_IGNORED
+    )
 
 
 def driving_efficiency(records: Iterable[RouteRecord]) -> float | None:
-    """Bench2Drive's efficiency: per route the mean minimum-speed checkpoint percentage (those <= 1000%), averaged
+    """Bench2Drive's efficiency: per route the mean minimum-speed checkpoint percentage (those <= 1000%),
     over the routes that have any; None when no route has one."""
     per_route = []
     for r in records:
@@ -358,8 +373,10 @@ class Bench2DriveScores:
     efficiency_pct: float | None
 
 
-def bench2drive_scores(records: list[RouteRecord], expected_routes: int = BENCH2DRIVE_ROUTE_COUNT) -> Bench2DriveScores:
-    """DS = sum of score_composed / expected_routes and success = successes / expected_routes (missing routes count 0)."""
+def bench2drive_scores(
+    records: list[RouteRecord], expected_routes: int = BENCH2DRIVE_ROUTE_COUNT
+) -> Bench2DriveScores:
+    """DS = sum of score_composed / expected_routes, success = successes / expected_routes (missing: 0)."""
     if expected_routes < 1:
         raise ScoringError(f"expected_routes must be at least 1, got {expected_routes}")
     successes = tuple(r.route_id for r in records if is_bench2drive_success(r))
@@ -397,5 +414,7 @@ def _message_percentage(message: str, route_id: str) -> float:
 def _outside_lanes_match(message: str, route_id: str) -> re.Match[str]:
     match = _OUTSIDE_LANES.search(message)
     if match is None:
-        raise ScoringError(f"{route_id}: the outside-lanes message {message!r} has no distance and percentage")
+        raise ScoringError(
+            f"{route_id}: the outside-lanes message {message!r} has no distance and percentage"
+        )
     return match

@@ -228,3 +228,28 @@ def test_bad_configuration_and_missing_dataset_exit_2_and_say_why(tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_a_run_reads_its_version_from_the_store_augments_and_resizes_in_the_loader(tmp_path):
+    """No --dataset-root: the version is fetched from the embedded store into the run's cache, the
+    default augmentation is on, and the network asks for 48x48 pictures of the 64x64 version."""
+    version = make_version(tmp_path / "store")
+    out = tmp_path / "run"
+    config = {**TINY, "max_steps": 4, "val_every_steps": 4, "checkpoint_every_steps": 4,
+              "model": {**TINY["model"], "image_height": 48, "image_width": 48},
+              "data": {"batch_size": 16, "num_workers": 1}}
+    command = list(_command("fromstore", version, out, config))
+    at = command.index("--dataset-root")
+    del command[at:at + 2]
+    proc = subprocess.run(command, env=_env(version.root, tmp_path), check=False, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cached = out / "data" / version.dataset_id
+    assert (cached / "datasets" / version.dataset_id / "manifest.json").read_bytes() == \
+        (version.root / "datasets" / version.dataset_id / "manifest.json").read_bytes()
+    assert len(list(cached.rglob("*.jpg"))) == sum(s["frames"] for s in version.manifest["segments"])
+    config_used = json.loads((out / "config.json").read_text())
+    assert config_used["data"]["augment"]["enabled"] is True
+    assert json.loads((out / "result.json").read_text())["step"] == 4
+    state = torch.load(out / "checkpoints" / "step-000000004.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["model"]["image_height"] == 48

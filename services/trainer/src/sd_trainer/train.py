@@ -19,8 +19,6 @@ by SIGTERM after a checkpoint, anything else may be retried.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
 import json
 import os
 import random
@@ -167,20 +165,8 @@ def open_version(args: argparse.Namespace, cfg: TrainConfig, out_dir: Path) -> d
     """The dataset version from --dataset-root, or fetched from the object store into the cache."""
     if args.dataset_root is not None:
         return data.open_local_version(args.dataset_root, args.dataset)
-    fetch = getattr(data, "fetch_version", None)
-    if fetch is None:
-        raise ConfigError("reading a version from the object store needs sd_trainer.data.fetch_version; "
-                          "give --dataset-root")
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "data"
-    store = make_store(StoreSettings())
-    root = fetch(store, args.dataset, cache)
-    if inspect.isawaitable(root):
-        async def finish() -> Path:
-            try:
-                return await root
-            finally:
-                await store.close()
-        root = asyncio.run(finish())
+    root = data.fetch_version_sync(StoreSettings(), args.dataset, cache)
     return data.open_local_version(Path(root), args.dataset)
 
 
@@ -202,7 +188,10 @@ def image_size(cfg: TrainConfig, version: data.LocalVersion) -> tuple[int, int]:
 
 
 def prepare_images(image: torch.Tensor, size: tuple[int, int], augmenter: Any, step: int = 0) -> torch.Tensor:
-    """Augmented (training) and resized (only when the config asks for another size) on the device.
+    """Augmented (training) on the device; resized there only if a batch is not already `size`.
+
+    The loader's workers resize (sd_trainer.data), so the resize here is for batches made elsewhere
+    (the benchmark's synthetic ones).
 
     The augmenter draws its randomness from (seed, step), so a resumed run augments step N as an
     uninterrupted one does.
@@ -349,13 +338,14 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
     version = open_version(args, cfg, run_dir)
     size = image_size(cfg, version)
     seed_everything(cfg.seed)
-    train_set = data.split_dataset(version, "train")
+    # The loader workers resize (only when the config asks for another size than the version's).
+    train_set = data.split_dataset(version, "train", height=size[0], width=size[1])
     if len(train_set) < cfg.data.batch_size * ddp.world_size:
         raise data.DatasetError(f"the training split has {len(train_set)} frames, fewer than one batch of "
                                 f"{cfg.data.batch_size} per rank on {ddp.world_size} rank(s)")
     train_loader = data.make_loader(train_set, cfg.data, train=True, seed=cfg.seed, rank=ddp.rank,
                                     world_size=ddp.world_size, device_type=device.type)
-    val_loader = (data.make_loader(data.split_dataset(version, "val"), cfg.data, train=False, seed=cfg.seed,
+    val_loader = (data.make_loader(data.split_dataset(version, "val", height=size[0], width=size[1]), cfg.data, train=False, seed=cfg.seed,
                                    device_type=device.type) if ddp.is_main else None)
     model = CILRS(cfg.model).to(device)
     if device.type == "cuda":

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Callable
 
-import grpc
-from google.protobuf.json_format import MessageToDict
-from sd_common.cli.services import services_at
+from sd_common.cli.grpc_client import call_service, message_dict, target_of
 from scale_diffusion.ingest.v1 import ingest_pb2 as pb
 from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 
@@ -18,25 +14,11 @@ STATES = ["RECEIVING", "COMPLETE", "VALIDATED", "REJECTED", "PROCESSING", "PROCE
 
 
 def _target(a: argparse.Namespace) -> str:
-    if a.ingest:
-        return a.ingest
-    if os.environ.get("SD_INGEST_TARGET"):
-        host, _, port = os.environ["SD_INGEST_TARGET"].rpartition(":")
-        return f"{host}:{int(port) + a.port_offset}"
-    return f"127.0.0.1:{next(s.grpc_port for s in services_at(a.port_offset) if s.name == 'ingest')}"
-
-
-def _as_dict(message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return target_of(a, "ingest")
 
 
 def _call(a: argparse.Namespace, fn: Callable[[ingest_pb2_grpc.IngestServiceStub], object]) -> object | None:
-    with grpc.insecure_channel(_target(a)) as channel:
-        try:
-            return fn(ingest_pb2_grpc.IngestServiceStub(channel))
-        except grpc.RpcError as exc:
-            print(f"sdctl: ingest at {_target(a)} answered {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return None
+    return call_service("ingest", _target(a), ingest_pb2_grpc.IngestServiceStub, fn)
 
 
 def _print_dataset(d: dict) -> None:
@@ -52,7 +34,7 @@ def _dataset_create(a: argparse.Namespace) -> int:
         name=a.name, val_fraction=a.val_fraction, split_seed=a.seed), timeout=a.timeout))
     if r is None:
         return 1
-    d = _as_dict(r.dataset)
+    d = message_dict(r.dataset)
     if a.json:
         print(json.dumps({"created": r.created, "dataset": d}, indent=1))
     else:
@@ -68,7 +50,7 @@ def _dataset_list(a: argparse.Namespace) -> int:
                                                          timeout=30))
         if r is None:
             return 1
-        datasets += [_as_dict(d) for d in r.datasets]
+        datasets += [message_dict(d) for d in r.datasets]
         token = r.next_page_token
         if not token:
             break
@@ -86,7 +68,7 @@ def _dataset_show(a: argparse.Namespace) -> int:
     r = _call(a, lambda s: s.GetDataset(pb.GetDatasetRequest(dataset_id=a.dataset_id), timeout=30))
     if r is None:
         return 1
-    print(json.dumps(_as_dict(r.dataset), indent=1)) if a.json else _print_dataset(_as_dict(r.dataset))
+    print(json.dumps(message_dict(r.dataset), indent=1)) if a.json else _print_dataset(message_dict(r.dataset))
     return 0
 
 
@@ -98,7 +80,7 @@ def _catalog_list(a: argparse.Namespace) -> int:
             page_size=500, page_token=t, catalog_state=state), timeout=30))
         if r is None:
             return 1
-        sessions += [_as_dict(x) for x in r.sessions]
+        sessions += [message_dict(x) for x in r.sessions]
         token = r.next_page_token
         if not token:
             break
@@ -117,7 +99,7 @@ def _catalog_show(a: argparse.Namespace) -> int:
     r = _call(a, lambda s: s.GetSessionStatus(pb.GetSessionStatusRequest(session_id=a.session_id), timeout=30))
     if r is None:
         return 1
-    print(json.dumps(_as_dict(r.session), indent=1))
+    print(json.dumps(message_dict(r.session), indent=1))
     return 0
 
 
@@ -125,7 +107,7 @@ def _catalog_reprocess(a: argparse.Namespace) -> int:
     r = _call(a, lambda s: s.ReprocessSession(pb.ReprocessSessionRequest(session_id=a.session_id), timeout=30))
     if r is None:
         return 1
-    print(json.dumps(_as_dict(r.session), indent=1))
+    print(json.dumps(message_dict(r.session), indent=1))
     return 0
 
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from google.protobuf.json_format import MessageToDict
 from scale_diffusion.trainer.v1 import trainer_pb2 as pb
 from scale_diffusion.trainer.v1 import trainer_pb2_grpc
-from sd_common.cli.services import services_at
+from sd_common.cli.grpc_client import call_service, message_dict, target_of
 
 from sd_trainer.runs import RunRequestInvalid, check_dataset_id, new_run_id, parse_overrides
 
@@ -24,25 +21,11 @@ FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 
 
 def _target(a: argparse.Namespace) -> str:
-    if a.trainer:
-        return a.trainer
-    if os.environ.get("SD_TRAINER_TARGET"):
-        host, _, port = os.environ["SD_TRAINER_TARGET"].rpartition(":")
-        return f"{host}:{int(port) + a.port_offset}"
-    return f"127.0.0.1:{next(s.grpc_port for s in services_at(a.port_offset) if s.name == 'trainer')}"
-
-
-def _as_dict(message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return target_of(a, "trainer")
 
 
 def _call(a: argparse.Namespace, fn: Callable[[trainer_pb2_grpc.TrainerServiceStub], object]) -> object | None:
-    with grpc.insecure_channel(_target(a)) as channel:
-        try:
-            return fn(trainer_pb2_grpc.TrainerServiceStub(channel))
-        except grpc.RpcError as exc:
-            print(f"sdctl: trainer at {_target(a)} answered {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return None
+    return call_service("trainer", _target(a), trainer_pb2_grpc.TrainerServiceStub, fn)
 
 
 def _line(r: dict) -> str:
@@ -58,7 +41,7 @@ def _line(r: dict) -> str:
 
 
 def _print_run(a: argparse.Namespace, run) -> None:
-    print(json.dumps(_as_dict(run), indent=1) if a.json else _line(_as_dict(run)))
+    print(json.dumps(message_dict(run), indent=1) if a.json else _line(message_dict(run)))
 
 
 def _validated(a: argparse.Namespace):
@@ -174,10 +157,10 @@ def _list(a: argparse.Namespace) -> int:
         if not token:
             break
     if a.json:
-        print(json.dumps([_as_dict(x) for x in runs], indent=1))
+        print(json.dumps([message_dict(x) for x in runs], indent=1))
     else:
         for x in runs:
-            print(_line(_as_dict(x)))
+            print(_line(message_dict(x)))
         if not runs:
             print("no training runs yet (sdctl train start --dataset <version>)")
     return 0

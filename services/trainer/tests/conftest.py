@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # version_factory beside this file
+# Appended, not put first: other test folders import their own `conftest` by name from sys.path.
+sys.path.append(str(Path(__file__).parent))  # version_factory beside this file
 
 from version_factory import Version, make_version  # noqa: E402
 

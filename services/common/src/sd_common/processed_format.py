@@ -7,6 +7,8 @@ readers ignore fields they do not know.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -76,3 +78,12 @@ def parse(model: type[_Doc], data: bytes | str | dict, where: str) -> Any:
         fields = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(document)'}: {err['msg']}"
                            for err in e.errors()[:10])
         raise ProcessedFormatError(f"{where}: {fields}") from None
+
+
+def listing_digest(prefix: str, objects: Iterable[Any]) -> str:
+    """A segment's `files_sha256` (docs/datasets.md): SHA-256 over one `<key relative to prefix>\\t<size>\\t<ETag>\\n`
+    line per object (ObjectInfo-like: key, size_bytes, etag), in key order."""
+    digest = hashlib.sha256()
+    for info in sorted(objects, key=lambda o: o.key):
+        digest.update(f"{info.key[len(prefix):]}\t{info.size_bytes}\t{info.etag}\n".encode())
+    return digest.hexdigest()

@@ -24,7 +24,7 @@ import structlog
 from sd_common.objectstore import ObjectStore
 
 from sd_ingest.catalog import Catalog, DatasetRecord, SegmentRecord
-from sd_common.processed_format import RGB_DIR, SEGMENTS_NAME
+from sd_common.processed_format import RGB_DIR, SEGMENTS_NAME, listing_digest
 from sd_ingest.outputs import read_json, read_measurements
 
 log = structlog.get_logger()
@@ -92,13 +92,9 @@ class _SegmentData:
 
 async def _gather(store: ObjectStore, seg: SegmentRecord) -> _SegmentData:
     measurements = await read_measurements(store, seg.uri)
-    digest = hashlib.sha256()
-    frames = []
-    async for info in store.list(seg.uri):
-        digest.update(f"{info.key[len(seg.uri):]}\t{info.size_bytes}\t{info.etag}\n".encode())
-        if info.key.startswith(f"{seg.uri}{RGB_DIR}/") and info.key.endswith(".jpg"):
-            frames.append(info.key)
-    return _SegmentData(seg, measurements, sorted(frames), digest.hexdigest())
+    objects = [info async for info in store.list(seg.uri)]
+    frames = [o.key for o in objects if o.key.startswith(f"{seg.uri}{RGB_DIR}/") and o.key.endswith(".jpg")]
+    return _SegmentData(seg, measurements, sorted(frames), listing_digest(seg.uri, objects))
 
 
 def _stats(segs: list[_SegmentData], split_of: dict[str, str]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import simplejpeg
 import torch
 import torch.nn.functional as F
 from sd_common.objectstore import ObjectInfo, ObjectStore, make_store, validate_key, validate_prefix
+from sd_common.processed_format import listing_digest
 from sd_common.settings import StoreSettings
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -288,14 +289,6 @@ _PARTIAL_DIR = ".partial"  # bodies being downloaded; renamed into place only on
 _FETCH_CONCURRENCY = 16
 _MANIFEST_MAX_BYTES = 256 * 1024 * 1024
 _SEGMENTS_JSON_MAX_BYTES = 64 * 1024 * 1024
-
-
-def listing_digest(prefix: str, objects: list[ObjectInfo]) -> str:
-    """The ingest's `files_sha256` of a segment: SHA-256 over `<relative key>\\t<size>\\t<ETag>\\n` lines in key order."""
-    digest = hashlib.sha256()
-    for info in sorted(objects, key=lambda o: o.key):
-        digest.update(f"{info.key[len(prefix):]}\t{info.size_bytes}\t{info.etag}\n".encode())
-    return digest.hexdigest()
 
 
 def _plain_md5(etag: str) -> str | None:

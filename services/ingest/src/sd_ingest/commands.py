@@ -6,7 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from sd_common.cli.grpc_client import call_service, message_dict, target_of
+from sd_common.cli.grpc_client import add_target_arguments, call_service, message_dict, target_of
 from scale_diffusion.ingest.v1 import ingest_pb2 as pb
 from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 
@@ -112,9 +112,7 @@ def _catalog_reprocess(a: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ingest", help="ingest gRPC target (default $SD_INGEST_TARGET, else the local stack's ingest)")
-    p.add_argument("--port-offset", type=int, default=0, help="as for `sdctl stack up --port-offset`")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_target_arguments(p, "ingest")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

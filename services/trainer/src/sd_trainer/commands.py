@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scale_diffusion.trainer.v1 import trainer_pb2 as pb
 from scale_diffusion.trainer.v1 import trainer_pb2_grpc
-from sd_common.cli.grpc_client import call_service, message_dict, target_of
+from sd_common.cli.grpc_client import add_target_arguments, call_service, message_dict, target_of
 
 from sd_trainer.runs import RunRequestInvalid, check_dataset_id, new_run_id, parse_overrides
 
@@ -175,9 +175,7 @@ def _cancel(a: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trainer", help="trainer gRPC target (default $SD_TRAINER_TARGET, else the local stack's)")
-    p.add_argument("--port-offset", type=int, default=0, help="as for `sdctl stack up --port-offset`")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_target_arguments(p, "trainer")
 
 
 def _config_json(p: argparse.ArgumentParser) -> None:

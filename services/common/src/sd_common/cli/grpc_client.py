@@ -47,3 +47,11 @@ def message_dict(message) -> dict:
 def target_of(a: argparse.Namespace, service: str) -> str:
     """service_target from a command's `--<service>` and `--port-offset` arguments."""
     return service_target(service, getattr(a, service, None), getattr(a, "port_offset", 0))
+
+
+def add_target_arguments(p: argparse.ArgumentParser, service: str) -> None:
+    """The options every command of `service` takes: `--<service>` (its target), `--port-offset`, `--json`."""
+    p.add_argument(f"--{service}", help=f"{service} gRPC target (default $SD_{service.upper()}_TARGET, "
+                                        f"else the local stack's {service})")
+    p.add_argument("--port-offset", type=int, default=0, help="as for `sdctl stack up --port-offset`")
+    p.add_argument("--json", action="store_true", help="print JSON")

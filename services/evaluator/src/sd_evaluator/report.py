@@ -3,6 +3,9 @@
 `python -m sd_evaluator.report RESULTS.json --routes ROUTES.xml --out DIR` writes report.json,
 report.md, ds_per_route.png and infractions_per_km.png into DIR; `--metric-dir` (Bench2Drive's
 `<save_name>/metric_info.json` folders) adds its comfort metric.
+
+`build_comparison` / `write_comparison` put several agents' results on one route file side by side (the
+evaluation process's report): the trained model never appears without its baselines.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sd_evaluator.agents import AGENT_NAMES, CONSTANT, MODEL
 from sd_evaluator.comfort import ComfortError, read_metric_info, route_comfort
 from sd_evaluator.results import Results, read_results, route_number
 from sd_evaluator.route_file import RouteFile, RouteFileError, read_route_file
@@ -234,6 +238,174 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.savefig(out / PLOTS[1], dpi=100)
     plt.close(fig)
     return written + [out / p for p in PLOTS]
+
+
+COMPARISON_PLOTS = ("ds_per_route_per_agent.png",)
+
+
+class ComparisonError(ValueError):
+    """Agents' results that cannot be compared: no agents, the model without its baselines, or runs of
+    different lengths."""
+
+
+def _agent_order(names) -> list[str]:
+    return sorted(names, key=lambda n: (AGENT_NAMES.index(n) if n in AGENT_NAMES else len(AGENT_NAMES), n))
+
+
+def build_comparison(
+    agent_results: dict[str, Results],
+    route_file: RouteFile,
+    protocol: Protocol = Protocol.LEADERBOARD_2_0,
+    expected_routes: int | None = None,
+    baselines_required: tuple[str, ...] = (CONSTANT,),
+) -> dict[str, Any]:
+    """Several agents' scores on the same route file, side by side: what was driven, each agent's DS, RC,
+    IP, infractions per km, km driven and Bench2Drive DS / success / efficiency, and DS per route."""
+    if not agent_results:
+        raise ComparisonError("no agent results to compare")
+    missing = [b for b in baselines_required if b not in agent_results]
+    if MODEL in agent_results and missing:
+        raise ComparisonError(f"the model's results need its baselines beside them; missing: {', '.join(missing)}")
+    agents = _agent_order(agent_results)
+    reports = {
+        a: build_report(agent_results[a], route_file, protocol, expected_routes, f"{a}/results.json")
+        for a in agents
+    }
+    in_run = {a: r["routes_in_run"] for a, r in reports.items()}
+    if len(set(in_run.values())) != 1:
+        raise ComparisonError(f"the agents' runs have different route counts: {in_run}")
+    scores = {}
+    for a, r in reports.items():
+        lb, b2d = r["leaderboard"], r["bench2drive"]
+        per_km = lb["infractions_per_km"]
+        scores[a] = {
+            "driving_score": lb["driving_score"],
+            "route_completion": lb["route_completion"],
+            "infraction_penalty": lb["infraction_penalty"],
+            "status": lb["status"],
+            "entry_status": r["entry_status"],
+            "routes_evaluated": r["routes_evaluated"],
+            "km_driven": r["km_driven"],
+            # every infraction that is a count (outside-lanes is a distance, reported on its own)
+            "infractions_per_km_total": round(sum(v for k, v in per_km.items() if k != "outside_route_lanes"), 3),
+            "infractions_per_km": per_km,
+            "outside_route_lanes_km": lb["outside_route_lanes_km"],
+            "bench2drive_driving_score": b2d["driving_score"],
+            "bench2drive_success_rate": b2d["success_rate"],
+            "bench2drive_efficiency_pct": b2d["efficiency_pct"],
+        }
+    per_route: dict[str, dict[str, Any]] = {}
+    for a, r in reports.items():
+        for route in r["routes"]:
+            row = per_route.setdefault(
+                route["route_id"],
+                {"route_id": route["route_id"], "town": route["town"], "route_length_m": route["route_length_m"],
+                 "driving_score": {}, "route_completion": {}, "status": {}},
+            )
+            row["driving_score"][a] = route["score_composed"]
+            row["route_completion"][a] = route["score_route"]
+            row["status"][a] = route["status"]
+    routes = [per_route[k] for k in sorted(per_route, key=lambda rid: route_number(rid))]
+    for row in routes:  # an agent with no record of a route: it counts 0 in the means, shown as None here
+        for key in ("driving_score", "route_completion", "status"):
+            row[key] = {a: row[key].get(a) for a in agents}
+    first = reports[agents[0]]
+    return {
+        "route_file": route_file.path,
+        "route_file_sha256": route_file.sha256,
+        "protocol": protocol.value,
+        "towns": list(route_file.towns),
+        "towns_driven": sorted({t for r in reports.values() for t in r["towns_driven"]}),
+        "route_count": len(route_file.routes),
+        "routes_in_run": first["routes_in_run"],
+        "expected_routes": first["bench2drive"]["expected_routes"],
+        "agents": agents,
+        "km_driven": {a: scores[a]["km_driven"] for a in agents},
+        "scores": scores,
+        "routes": routes,
+        "agent_reports": {a: f"{a}/report.json" for a in agents},
+        "plots": list(COMPARISON_PLOTS),
+    }
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def render_comparison_markdown(comparison: dict[str, Any]) -> str:
+    """The side-by-side report as Markdown, its first lines naming route file, towns, route count and km."""
+    c, agents = comparison, comparison["agents"]
+    km = ", ".join(f"{a} {c['km_driven'][a]:.3f}" for a in agents)
+    lines = [
+        "# Evaluation report: " + ", ".join(agents),
+        "",
+        f"- Route file: `{c['route_file']}` (sha256 {c['route_file_sha256'][:12]}), {c['route_count']} routes",
+        f"- Towns: {', '.join(c['towns'])} (driven: {', '.join(c['towns_driven']) or 'none'})",
+        f"- Routes in the run: {c['routes_in_run']}, every agent on the same routes",
+        f"- Km driven: {km}",
+        f"- Scored as {c['protocol']}; Bench2Drive over {c['expected_routes']} routes",
+        "",
+        "## Agents side by side (means over the run's routes; a missing route counts 0)",
+        "",
+        "| agent | DS | RC | IP | infractions/km | km driven | routes | B2D DS | B2D success | B2D efficiency |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a in agents:
+        s = c["scores"][a]
+        eff = "n/a" if s["bench2drive_efficiency_pct"] is None else f"{s['bench2drive_efficiency_pct']:.2f}%"
+        lines.append(
+            f"| {a} | {s['driving_score']:.3f} | {s['route_completion']:.3f} | {s['infraction_penalty']:.4f} "
+            f"| {s['infractions_per_km_total']:.3f} | {s['km_driven']:.3f} | {s['routes_evaluated']} "
+            f"| {s['bench2drive_driving_score']:.3f} | {100 * s['bench2drive_success_rate']:.2f}% | {eff} |"
+        )
+    labels = dict(zip(VALUE_INFRACTION_KEYS, LABELS[3:]))
+    lines += ["", "## Infractions per km driven", "", "| infraction | " + " | ".join(agents) + " |",
+              "|---|" + "---:|" * len(agents)]
+    for key in VALUE_INFRACTION_KEYS:
+        suffix = " (km outside, not per km)" if key == "outside_route_lanes" else ""
+        lines.append(f"| {labels[key]}{suffix} | "
+                     + " | ".join(f"{c['scores'][a]['infractions_per_km'][key]:.3f}" for a in agents) + " |")
+    lines += ["", "## Driving score per route", "", "| route | town | length m | " + " | ".join(agents) + " |",
+              "|---|---|---:|" + "---:|" * len(agents)]
+    for r in c["routes"]:
+        lines.append(f"| {r['route_id']} | {r['town']} | {r['route_length_m']:.1f} | "
+                     + " | ".join(_cell(r["driving_score"][a], ".2f") for a in agents) + " |")
+    lines += ["", "Each agent's own report: " + ", ".join(f"[{a}]({p})" for a, p in c["agent_reports"].items()),
+              "", *[f"![{p}]({p})" for p in c["plots"]], ""]
+    return "\n".join(lines)
+
+
+def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Writes report.json, report.md and the DS-per-route-per-agent plot into out_dir; the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md", out / COMPARISON_PLOTS[0]]
+    written[0].write_text(json.dumps(comparison, indent=2))
+    written[1].write_text(render_comparison_markdown(comparison))
+    agents, routes = comparison["agents"], comparison["routes"]
+    km = ", ".join(f"{a} {comparison['km_driven'][a]:.2f} km" for a in agents)
+    width = 0.8 / max(1, len(agents))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(routes) * len(agents)), 4))
+    xs = range(len(routes))
+    for i, a in enumerate(agents):
+        ax.bar([x + (i - (len(agents) - 1) / 2) * width for x in xs],
+               [r["driving_score"][a] or 0.0 for r in routes], width, label=a)
+    ax.set_xticks(list(xs), [r["route_id"].replace("RouteScenario_", "") for r in routes])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("driving score (%)")
+    ax.set_title(f"Driving score per route and agent\n{Path(comparison['route_file']).name}: "
+                 f"{comparison['routes_in_run']} routes, {', '.join(comparison['towns_driven'])}; {km}", fontsize=9)
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(written[2], dpi=100)
+    plt.close(fig)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,6 +109,11 @@ def test_an_evaluation_runs_carla_as_a_sidecar_beside_the_evaluator():
     (ev,) = pod["containers"]
     assert ev["command"][:3] == ["python", "-m", "sd_evaluator.evaluate"]
     assert ev["command"][ev["command"].index("--checkpoint") + 1] == "s3://b/ckpt.pt"
+    assert ev["command"][ev["command"].index("--evaluation-id") + 1] == "r1-eval"  # its store prefix
+    assert "--agents" not in ev["command"]  # the evaluator's default: the model and every baseline
+    job = evaluation_job("r1-eval", {**spec, "agents": ["model", "constant-throttle"]}, "s3://b/ckpt.pt", 0, SETTINGS)
+    (ev,) = pod_of(job)["containers"]
+    assert ev["command"][ev["command"].index("--agents") + 1] == "model,constant-throttle"
 
 
 def test_the_strict_check_rejects_a_misspelt_field():

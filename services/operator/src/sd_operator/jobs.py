@@ -184,11 +184,16 @@ def rendezvous_service(run: str, attempt: int, settings: OperatorSettings) -> di
     }
 
 
-def evaluation_command(spec: dict[str, Any], checkpoint_uri: str) -> list[str]:
-    """The evaluator's command (its module comes with the evaluator's issue)."""
-    return ["python", "-m", "sd_evaluator.evaluate", "--checkpoint", checkpoint_uri,
-            "--benchmark", spec["benchmark"], "--carla-host", "127.0.0.1", "--carla-port", str(CARLA_PORT),
-            "--out", RUN_DIR]
+def evaluation_command(spec: dict[str, Any], checkpoint_uri: str, name: str = "") -> list[str]:
+    """The evaluator's command (docs/evaluation.md); the Evaluation's name is its id and store prefix."""
+    command = ["python", "-m", "sd_evaluator.evaluate", "--checkpoint", checkpoint_uri,
+               "--benchmark", spec["benchmark"], "--carla-host", "127.0.0.1", "--carla-port", str(CARLA_PORT),
+               "--out", RUN_DIR]
+    if name:
+        command += ["--evaluation-id", name]
+    if spec.get("agents"):
+        command += ["--agents", ",".join(spec["agents"])]
+    return command
 
 
 def evaluation_job(name: str, spec: dict[str, Any], checkpoint_uri: str, attempt: int,
@@ -217,7 +222,7 @@ def evaluation_job(name: str, spec: dict[str, Any], checkpoint_uri: str, attempt
         "name": EVALUATOR_CONTAINER,
         "image": spec.get("evaluatorImage") or settings.evaluator_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": evaluation_command(spec, checkpoint_uri),
+        "command": evaluation_command(spec, checkpoint_uri, name),
         "env": [{"name": "SD_EVALUATOR_TERMINATION_LOG", "value": TERMINATION_LOG},
                 {"name": "HOME", "value": "/tmp"}, *_store_env(settings)],
         "securityContext": _container_security(),

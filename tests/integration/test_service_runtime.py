@@ -24,8 +24,6 @@ from tests.ports import free_port
 # UNIMPLEMENTED, not hang or crash.
 UNIMPLEMENTED_CALLS = {
     "diffusion": lambda ch: diffusion_pb2_grpc.DiffusionServiceStub(ch).GetCapacity(diffusion_pb2.GetCapacityRequest()),
-    "evaluator": lambda ch: evaluator_pb2_grpc.EvaluatorServiceStub(ch).ListEvaluations(
-        evaluator_pb2.ListEvaluationsRequest()),
 }
 
 
@@ -37,7 +35,7 @@ def start_service(name: str, tmp_path, extra_env=None):
            prefix + "LOG_FORMAT": "json", prefix + "SHUTDOWN_GRACE_S": "2",
            "SD_STORE_ROOT": str(tmp_path / "store"), "SD_INGEST_STATE_DIR": str(tmp_path / "ingest"),
            "SD_PROCESSOR_WORK_DIR": str(tmp_path / "work"), "SD_TRAINER_STATE_DIR": str(tmp_path / "trainer"),
-           **(extra_env or {})}
+           "SD_EVALUATOR_STATE_DIR": str(tmp_path / "evaluator"), **(extra_env or {})}
     if name == "gateway":
         env |= {prefix + "HTTP_PORT": str(http_port), prefix + "STATE_DIR": str(tmp_path / "gw")}
     proc = subprocess.Popen([sys.executable, "-m", f"sd_{name}"], env=env, stdout=subprocess.PIPE,
@@ -83,6 +81,9 @@ def test_service_health_reflection_metrics_and_graceful_stop(name, tmp_path):
             if name == "trainer":  # implemented: no runs yet
                 assert list(trainer_pb2_grpc.TrainerServiceStub(ch).ListTrainingRuns(
                     trainer_pb2.ListTrainingRunsRequest(), timeout=10).runs) == []
+            if name == "evaluator":  # implemented: no evaluations yet
+                assert list(evaluator_pb2_grpc.EvaluatorServiceStub(ch).ListEvaluations(
+                    evaluator_pb2.ListEvaluationsRequest(), timeout=10).evaluations) == []
         if name == "gateway":
             req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/players", data=b"{}", method="POST",
                                          headers={"Content-Type": "application/json"})

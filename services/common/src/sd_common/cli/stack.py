@@ -32,8 +32,8 @@ def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str
         web = Path(__file__).resolve().parents[5] / "web" / "dist"
         if web.is_dir():
             env.setdefault(p + "WEB_DIR", str(web))
-    if spec.name == "trainer":
-        env.setdefault(p + "STATE_DIR", str(state_dir / "trainer"))
+    if spec.name in ("trainer", "evaluator"):
+        env.setdefault(p + "STATE_DIR", str(state_dir / spec.name))
     if spec.name == "ingest":
         env.setdefault(p + "STATE_DIR", str(state_dir / "ingest"))
         if processor_port is not None:

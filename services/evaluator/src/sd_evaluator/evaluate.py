@@ -258,6 +258,16 @@ class ProgressFile:
         last = {"agent": p.agent, "route_index": p.route_index, "route_id": p.route_id,
                 "driving_score": p.record.scores["score_composed"] if isinstance(p.record, RouteRecord) else None}
         self.write(state="running", agent=p.agent, last_route=last)
+        # One line per route on stderr: what `sdctl evaluate` shows as it runs.
+        if isinstance(p.record, RouteRecord):
+            sc = p.record.scores
+            route = (f"DS {sc['score_composed']:.2f} RC {sc['score_route']:.2f} IP {sc['score_penalty']:.3f} "
+                     f"{p.record.status}")
+        else:
+            route = "no record (the route crashed)"
+        print(f"{p.agent:<17} route {p.route_index + 1}/{p.routes_total} {p.route_id}: {route} | so far DS "
+              f"{entry['driving_score']:.2f} over {p.routes_total} routes, {entry['km_driven']:.3f} km",
+              file=sys.stderr, flush=True)
 
 
 class RunnerOutputMissing(RuntimeError):
@@ -307,6 +317,7 @@ def evaluate(args: argparse.Namespace, evaluation_id: str, out: Path, stop: thre
         agent_dir.mkdir(parents=True, exist_ok=True)
         progress.doc["per_agent"][name]["state"] = "running"
         progress.write(state="running", agent=name)
+        print(f"evaluation {evaluation_id}: {name} drives {bench.name}", file=sys.stderr, flush=True)
         run = AgentRun(made[name], agent_dir, camera, args.checkpoint, args.carla_host, args.carla_port,
                        progress.route_done, stop)
         RUNNERS[bench.kind](bench.spec, run)

@@ -1050,6 +1050,30 @@ def test_rbac_gives_the_operator_and_the_trainer_exactly_what_they_call():
     assert env["SD_STORE_BUCKET"], "training Jobs read dataset versions from the store"
 
 
+def test_with_the_operator_the_evaluator_creates_evaluations_and_nothing_else():
+    from sd_evaluator.settings import EvaluatorSettings
+
+    docs, _, namespace = scenario("operator")
+    roles = {r["metadata"]["name"]: r for r in objects(docs, "Role")}
+    bindings = {b["roleRef"]["name"]: b for b in objects(docs, "RoleBinding")}
+    ev = roles["sd-scale-diffusion-evaluator"]
+    assert all(_allowed(ev, "scalediffusion.io", "evaluations", v) for v in ("create", "get", "list", "patch"))
+    assert not _allowed(ev, "scalediffusion.io", "trainingruns", "create")
+    assert not _allowed(ev, "scalediffusion.io", "evaluations/status", "patch"), "the operator writes the status"
+    assert not _allowed(ev, "batch", "jobs", "create") and not any("*" in r["verbs"] for r in ev["rules"])
+    (subject,) = bindings["sd-scale-diffusion-evaluator"]["subjects"]
+    assert subject["name"] == "sd-scale-diffusion-evaluator" and subject["namespace"] == namespace
+    dep = by_component(docs, "Deployment")["evaluator"]
+    assert pod_spec(dep)["serviceAccountName"] == "sd-scale-diffusion-evaluator"
+    env = env_of(docs, dep)
+    settings = EvaluatorSettings.model_validate(
+        {k.removeprefix("SD_EVALUATOR_").lower(): v for k, v in env.items() if k.startswith("SD_EVALUATOR_")})
+    assert (settings.launcher, settings.namespace) == ("kubernetes", namespace)
+    assert env["SD_STORE_BUCKET"], "the API reads a running evaluation's progress.json from the store"
+    defaults, _, _ = scenario("defaults")
+    assert "SD_EVALUATOR_LAUNCHER" not in env_of(defaults, by_component(defaults, "Deployment")["evaluator"])
+
+
 def test_the_crds_shipped_with_the_chart_are_valid_kubernetes():
     crds = sorted((CHART / "crds").glob("*.yaml"))
     assert [p.stem for p in crds] == ["datasetversions", "evaluations", "trainingruns"]

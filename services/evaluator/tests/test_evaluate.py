@@ -206,3 +206,21 @@ def test_a_kind_whose_modules_are_missing_is_named_not_fatal(monkeypatch):
     with pytest.raises(benchmarks.UnknownBenchmark) as err:
         benchmarks.resolve("nope")
     assert "not installed: " in str(err.value) and "ghost (No module named 'sd_evaluator.no_such_module')" in str(err.value)
+
+
+def test_ctrl_c_stops_it_as_sigterm_does(env):
+    out = env["out"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--benchmark", "corridor-2", "--agents",
+                             "autopilot,constant-throttle", "--out", str(out), "--evaluation-id", "ev-int"],
+                            env={**os.environ, "CORRIDOR_STEP_S": "0.05"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "autopilot" / "progress_seen.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((out / "progress.json").read_text())["state"] == "stopped"

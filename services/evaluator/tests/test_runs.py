@@ -1,5 +1,5 @@
 """Evaluation records, ids, paging and how progress.json / result.json fill a record (no processes here;
-test_server.py runs real evaluation processes under the launcher)."""
+test_evaluator_server.py runs real evaluation processes under the launcher)."""
 
 from __future__ import annotations
 

@@ -71,8 +71,7 @@ def _foreground(a: argparse.Namespace) -> int:
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()  # it stops between two steps and exits 143
-        code = proc.wait()
+        code = proc.wait()  # the same Ctrl-C reached it: it stops between two steps and exits 143
     result_path = Path(out) / "result.json"
     if code != 0 or not result_path.is_file():
         why = {2: "bad input", 143: "stopped"}.get(code, "failed")

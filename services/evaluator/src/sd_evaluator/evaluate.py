@@ -10,7 +10,7 @@ the runner of the benchmark's kind (RUNNERS). The folder gets `<agent>/results.j
 schema) and `<agent>/report.*` per agent, `progress.json` after every route, the side-by-side
 `report.json` / `report.md` / plot, and `result.json`; every file is mirrored to the object store under
 `evaluations/<ID>/`. Exit status: 0 done, 2 bad input (named in progress.json and the termination log;
-not worth retrying), 143 stopped by SIGTERM between two steps, anything else may be retried.
+not worth retrying), 143 stopped by SIGTERM (or Ctrl-C) between two steps, anything else may be retried.
 """
 
 from __future__ import annotations
@@ -408,7 +408,9 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str], Agent] = 
     args = parse_args(argv)
     settings = EvaluationProcessSettings()
     stop = threading.Event()
+    # SIGTERM (a cancel, a Job's end) and Ctrl-C both stop between two steps, keeping what was driven.
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_int = signal.signal(signal.SIGINT, lambda *_: stop.set())
     evaluation_id = args.evaluation_id or new_evaluation_id()
     try:
         check_evaluation_id(evaluation_id)
@@ -418,6 +420,7 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str], Agent] = 
             write_termination_log(settings.termination_log, {"state": "failed", "reason": type(exc).__name__,
                                                              "message": str(exc)})
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         return EXIT_BAD_INPUT
     out = args.out or Path(".run/evaluations") / evaluation_id
     mirror = None
@@ -452,6 +455,7 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str], Agent] = 
         if mirror is not None:
             mirror.close()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

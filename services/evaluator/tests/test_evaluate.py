@@ -224,3 +224,27 @@ def test_ctrl_c_stops_it_as_sigterm_does(env):
         if proc.poll() is None:
             proc.kill()
     assert json.loads((out / "progress.json").read_text())["state"] == "stopped"
+
+
+def test_agents_that_drove_different_route_files_are_not_compared(env, monkeypatch):
+    def shifted(bench, run):  # the constant-throttle agent gets other routes than the others
+        if run.agent.name == "constant-throttle":
+            bench = corridor.CorridorBenchmark(bench.name, routes=(("1", 61.0), ("2", 40.0)))
+        return corridor.run_corridor(bench, run)
+    monkeypatch.setitem(evaluate.RUNNERS, corridor.KIND, shifted)
+    out = env["out"]
+    assert evaluate.main(["--checkpoint", str(env["checkpoint"]), "--benchmark", "corridor-2", "--out", str(out),
+                          "--evaluation-id", "ev-shift"], load_model=corridor.load_model) == 1
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["reason"] == "ComparisonError" and "different route files" in progress["message"]
+    assert not (out / "report.json").exists() and not (out / "result.json").exists()
+
+
+def test_a_termination_log_keeps_the_headline_within_4_kib(tmp_path):
+    path = tmp_path / "log"
+    big = {"evaluation_id": "ev-1", "state": "succeeded", "benchmark": "city-20", "report_uri": "evaluations/x",
+           "route_file": "r" * 5000, "scores": {"driving_score": 12.5, "agents": {"model": {"driving_score": 12.5}}}}
+    evaluate.write_termination_log(path, big)
+    doc = json.loads(path.read_text())
+    assert len(path.read_bytes()) <= 4096 and doc["scores"] == {"driving_score": 12.5}
+    assert doc["evaluation_id"] == "ev-1" and "route_file" not in doc

@@ -161,3 +161,49 @@ def _drive_route(
         extra={"town_name": benchmark.city, "game_route_id": info["id"], "seed": info["seed"]},
     )
     return score_route(outcome, index, protocol), info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: a city benchmark with the baseline agents that need no checkpoint, and their reports."""
+    import argparse
+
+    from sd_evaluator.agents import AUTOPILOT, CONSTANT, ConstantThrottleAgent, GameAutopilot
+    from sd_evaluator.city.benchmarks import BENCHMARKS, BenchmarkError, city_benchmark
+    from sd_evaluator.report import build_report, write_report
+    from sd_evaluator.route_file import read_route_file
+
+    ap = argparse.ArgumentParser(prog="python -m sd_evaluator.city.runner", description=main.__doc__)
+    ap.add_argument("--benchmark", default="city-smoke", help=f"one of {', '.join(sorted(BENCHMARKS))}")
+    ap.add_argument("--agents", default=f"{AUTOPILOT},{CONSTANT}",
+                    help="comma-separated; the trained model runs through python -m sd_evaluator.evaluate")
+    ap.add_argument("--out", required=True, help="writes <out>/<agent>/results.json, routes.xml, game_log.jsonl, report.*")
+    args = ap.parse_args(argv)
+    makers = {AUTOPILOT: GameAutopilot, CONSTANT: ConstantThrottleAgent}
+    try:
+        benchmark = city_benchmark(args.benchmark)
+        names = [n for n in args.agents.split(",") if n]
+        unknown = [n for n in names if n not in makers]
+        if unknown:
+            raise BenchmarkError(f"unknown agent(s) {', '.join(unknown)}; here: {', '.join(makers)}")
+    except BenchmarkError as exc:
+        ap.error(str(exc))
+    for name in names:
+        out = Path(args.out) / name
+        started = time.monotonic()
+
+        def show(p: RouteProgress) -> None:
+            scores = p.record.scores if p.record else {}
+            print(f"{p.agent} {p.route_index + 1}/{p.routes_total} {p.route_id}: {p.record.status if p.record else '-'} "
+                  f"DS {scores.get('score_composed', 0):.2f} RC {scores.get('score_route', 0):.2f}", flush=True)
+
+        results = run_city(benchmark, makers[name](), out, progress=show)
+        write_report(build_report(results, read_route_file(out / ROUTES_FILE), results_name=str(out / RESULTS_FILE)), out)
+        g = results.global_record
+        print(f"{name}: DS {g.scores_mean['score_composed']:.2f} RC {g.scores_mean['score_route']:.2f} "
+              f"IP {g.scores_mean['score_penalty']:.3f} over {benchmark.routes} routes in "
+              f"{time.monotonic() - started:.0f} s -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -172,4 +172,5 @@ def test_a_stop_between_steps_ends_the_run_without_a_record(tmp_path):
     results = run_city(city_benchmark("city-smoke"), agent, tmp_path / "stopped", stop=stop)
     assert agent.calls == 5
     assert results.records == [] and results.progress == [0, 1]
+    assert (results.entry_status, results.eligible) == ("Started", False)
     assert read_results(tmp_path / "stopped" / "results.json").records == []

@@ -115,6 +115,9 @@ def run_city(
     if not routes:
         write_route_file(benchmark, [], out / ROUTES_FILE)
     finalize_results(results, crashed=len(results.records) < benchmark.routes)
+    if len(results.records) < benchmark.routes:
+        # Stopped before the last route: the entry stays Started (not eligible), as an interrupted run.
+        results.set_entry_status("Started")
     write_results(results, results_path)
     return results
 

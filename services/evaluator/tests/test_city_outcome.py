@@ -96,6 +96,17 @@ def test_a_completed_route_with_collisions_min_speed_and_outside_lanes():
     assert b2d.scores["score_penalty"] == round(0.6 * 0.7 * 0.9, 6)
 
 
+def test_a_finished_route_is_exactly_complete():
+    # 100 * 435.007 / 435.007 is 99.99999999999999 in floating point: a finished route must still be
+    # Completed, not "Failed" at a completion that prints as 100.0.
+    length = 435.007
+    crit = RouteCriteria(length, 11.18)
+    end = crit.update(state(1, speed=9.0, progress=length, traffic=[], finished=True))
+    assert end.reason == "completed" and crit.route_completion_pct == 100.0
+    record = score_route(route_outcome("RouteScenario_8_rep0", length, [], crit, end), 8)
+    assert record.status == "Perfect"
+
+
 def test_a_route_that_deviates_ends_there():
     crit = RouteCriteria(200.0, 10.0)
     end = None

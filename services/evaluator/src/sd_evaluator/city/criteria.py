@@ -143,7 +143,9 @@ class RouteCriteria:
 
     @property
     def route_completion_pct(self) -> float:
-        """The route driven, in percent of its length."""
+        """The route driven, in percent of its length (exactly 100 once the game says it is finished)."""
+        if self.end is not None and self.end.reason == "completed":
+            return 100.0  # 100 * x / x is not always 100.0 in floating point
         return min(100.0, 100.0 * self.progress_m / self.route_length_m)
 
     def outside_lanes(self) -> RouteEvent | None:

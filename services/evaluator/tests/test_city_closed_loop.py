@@ -159,6 +159,9 @@ def test_an_agent_that_looks_gets_frames_and_rendering_changes_nothing(tmp_path)
     assert looking.shapes == {(bench.render_height, bench.render_width, 3)}
     # Real pictures that change as the car drives, not one blank frame.
     assert min(looking.means) > 20 and np.std(looking.means) > 1
+    # The route's navigation command as the game's tracker gives it (RoadOption numbers; this route starts
+    # on the approach to a right turn, which the car never gets through).
+    assert looking.commands == {2}
     assert seen.sensors == ["sd_city_camera", "sd_city_speedometer"]
     assert blind.sensors == ["sd_city_speedometer"]
     # The same controls drive the same route whether frames are rendered or not.

@@ -30,6 +30,8 @@ export interface GameConfig {
   cars: number;
   pedestrians: number;
   gatewayUrl: string;
+  /** Agent mode: no screens and no real-time loop; an evaluator steps the game (game/agentMode.ts). */
+  agent: boolean;
 }
 
 function int(v: string | null, d: number, lo: number, hi: number): number {
@@ -84,5 +86,6 @@ export function parseConfig(search: string, randomSeed: () => number = () => Mat
     cars: int(q.get('cars'), 40, 0, 400),
     pedestrians: int(q.get('peds'), 40, 0, 400),
     gatewayUrl: q.get('gateway') ?? '',
+    agent: flag(q.get('agent'), false),
   };
 }

@@ -58,6 +58,16 @@ export class InfractionDetector {
 
   constructor(readonly net: RoadNetwork, readonly signals: Signals) {}
 
+  /** The car is off the road now, long enough to count (what an `off_road` infraction starts with). */
+  get offRoadNow(): boolean {
+    return this.offFor >= OFF_ROAD_AFTER_S;
+  }
+
+  /** The car drives against the traffic now, long enough to count (what starts a `wrong_way`). */
+  get wrongWayNow(): boolean {
+    return this.wrongFor >= WRONG_WAY_AFTER_S;
+  }
+
   /** New infractions at sim time t_s after a step of dt; `contacts` are this step's touches. */
   update(t_s: number, dt: number, p: PlayerPose, contacts: Contact[]): Infraction[] {
     const out: Infraction[] = [];

@@ -44,6 +44,8 @@ export class World {
   /** Steps taken; sim time is steps * SIM_DT_S. */
   steps = 0;
   controls: Controls = { steer: 0, throttle: 0, brake: 0 };
+  /** Controls set directly (an evaluated agent), bypassing the input mapper; null drives from the inputs. */
+  directControls: Controls | null = null;
   /** Infractions since the last drain (the recorder attaches them to the next frame). */
   private pending: Infraction[] = [];
   /** Every infraction so far, with its sim time. */
@@ -123,7 +125,7 @@ export class World {
   /** One fixed step of SIM_DT_S: controls from the inputs so far, then car, traffic, route, rules. */
   step(): void {
     const dt = SIM_DT_S;
-    this.controls = { ...this.mapper.step(dt) };
+    this.controls = this.directControls ? { ...this.directControls } : { ...this.mapper.step(dt) };
     const before = { ...this.player };
     stepVehicle(this.player, this.controls, dt, this.params);
     let contacts = this.contacts();

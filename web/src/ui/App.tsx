@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from 'react';
 import { Game, type HudSnapshot } from '../game/controller';
+import { startAgentMode } from '../game/agentMode';
 import { parseConfig } from '../game/config';
 import { Hud } from './Hud';
 import { ErrorScreen, HelpPanel, ResultScreen, StartScreen, UploadScreen } from './Screens';
@@ -18,6 +19,10 @@ export function App() {
 
   useEffect(() => {
     const cfg = parseConfig(window.location.search);
+    if (cfg.agent) {
+      void startAgentMode(cfg, canvasRef.current!);
+      return;
+    }
     const g = new Game(cfg, canvasRef.current!);
     window.__sdGame = g;
     setGame(g);

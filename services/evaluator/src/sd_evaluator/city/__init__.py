@@ -1,0 +1,1 @@
+"""Closed-loop evaluation in the game's own city: benchmarks, the game in headless Chromium, the runner."""

@@ -1,7 +1,7 @@
 """Benchmark names: which routes an evaluation drives, in our city or on a CARLA route file.
 
 `resolve(name)` looks the name up in each kind's table: the city's (`sd_evaluator.city.benchmarks.
-CITY_BENCHMARKS`: `city-20`, `city-smoke` …) and CARLA's (`sd_evaluator.carla.benchmarks.
+BENCHMARKS`: `city-20`, `city-smoke` …) and CARLA's (`sd_evaluator.carla.benchmarks.
 LEADERBOARD_BENCHMARKS`: Bench2Drive's 220, its Dev10, Town13 routes). Each table is imported only when
 a name is looked up, so the process that resolves a city name does not import CARLA's modules.
 """
@@ -31,7 +31,7 @@ def _table(module: str, attribute: str) -> Callable[[], Mapping[str, Any]]:
 # kind -> the loader of its table {name: benchmark}. The evaluation process runs each kind with the runner
 # evaluate.RUNNERS has for it.
 SOURCES: dict[str, Callable[[], Mapping[str, Any]]] = {
-    CITY: _table("sd_evaluator.city.benchmarks", "CITY_BENCHMARKS"),
+    CITY: _table("sd_evaluator.city.benchmarks", "BENCHMARKS"),
     CARLA: _table("sd_evaluator.carla.benchmarks", "LEADERBOARD_BENCHMARKS"),
 }
 

@@ -20,7 +20,7 @@ from sd_common.session_format.scene import City, Renderer, rotation
 from sd_trainer.checkpoints import save_checkpoint
 from sd_trainer.config import ROAD_OPTION_TO_BRANCH, TrainConfig
 from sd_trainer.model import CILRS
-from test_carla_route_planner import LeaderboardRoadOption, synthetic_route
+from test_carla_route_planner import LeaderboardRoadOption, carla_map, synthetic_route
 
 from sd_evaluator.agents import AgentError, Control
 from sd_evaluator.camera_input import CameraMount, CameraSpec, Crop
@@ -45,7 +45,8 @@ def record_drive(path, points, arc) -> None:
     fx = CAMERA.recording_width / (2 * math.tan(math.radians(CAMERA.fov_deg) / 2))
     renderer = Renderer(City(5), CAMERA.recording_width, CAMERA.recording_height, fx, fx,
                         CAMERA.recording_width / 2, CAMERA.recording_height / 2)
-    frames, gnss, imu, speeds = [], [], [], []
+    world_map = carla_map(GEO.lat_ref_deg, GEO.lon_ref_deg)  # CARLA 0.9.16's own world-to-GNSS conversion
+    frames, gnss, imu, speeds, world = [], [], [], [], []
     s = 0.0
     for k in range(STEPS):
         speed = 4.0 + 8.0 * k / STEPS
@@ -56,20 +57,22 @@ def record_drive(path, points, arc) -> None:
         # The renderer's city frame is right-handed (y north): mirror CARLA's y and yaw.
         bgr = renderer.render(np.array([x, -y, 2.3]), rotation(-yaw_carla, 0.0, 0.0))
         frames.append(np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 255, np.uint8)], axis=2))
-        lat, lon = GEO.to_gnss(x, y)
-        gnss.append([lat, lon, 0.5])
+        g = world_map.transform_to_geolocation(carla.Location(x=float(x), y=float(y), z=0.5))
+        gnss.append([g.latitude, g.longitude, g.altitude])
+        world.append([x, y])
         imu.append([0.0, 0.0, 9.81, 0.0, 0.0, 0.0, math.radians(yaw_carla + 90.0)])
         speeds.append(speed)
     np.savez_compressed(path, rgb_front=np.array(frames), gps=np.array(gnss), imu=np.array(imu),
-                        speed=np.array(speeds))
+                        speed=np.array(speeds), world=np.array(world))
 
 
 def replay(path):
-    """The recorded ticks in the leaderboard's input_data layout: {id: (frame, data)}."""
+    """The recorded ticks in the leaderboard's input_data layout ({id: (frame, data)}), and where the car was."""
     data = np.load(path)
     for k in range(len(data["speed"])):
         yield k * DT_S, {"rgb_front": (k, data["rgb_front"][k]), "gps": (k, data["gps"][k]),
-                         "imu": (k, data["imu"][k]), "speed": (k, {"speed": float(data["speed"][k])})}
+                         "imu": (k, data["imu"][k]), "speed": (k, {"speed": float(data["speed"][k])})}, \
+            data["world"][k]
 
 
 @pytest.fixture
@@ -107,17 +110,18 @@ def test_replayed_sensor_inputs_drive_the_networks_controls(tmp_path, checkpoint
                                                       "sensor.other.gnss", "sensor.other.imu"}
     agent.set_global_plan(plan_gps, plan_world)
 
-    # The expectation, computed apart: the planner on the same readings, the network on the prepared frames.
-    planner = RoutePlanner(plan_gps)
+    # The expectation, computed apart: the planner on the world plan and the car's true positions, the
+    # network on the prepared frames.
+    planner = RoutePlanner(plan_world)
     state = torch.load(checkpoint, weights_only=False)
     net = CILRS(TrainConfig.from_overrides(state["config"]).model)
     net.load_state_dict(state["model"])
     net.eval()
     commands = []
-    for t, input_data in replay(recording):
+    for t, input_data, (x, y) in replay(recording):
         control = agent.run_step(input_data, t)
         assert isinstance(control, carla.VehicleControl)
-        command = planner.step(input_data["gps"][1])
+        command = planner.step(carla.Location(x=float(x), y=float(y)))
         assert agent.last_command == command
         commands.append(command)
         rgb = input_data["rgb_front"][1][:, :, [2, 1, 0]]
@@ -138,6 +142,8 @@ def test_setup_refuses_a_camera_other_than_the_checkpoints(tmp_path, checkpoint)
     other = CameraSpec.from_dict({**CAMERA.to_dict(), "recording": {"width": 160, "height": 90, "fov_deg": 90.0}})
     with pytest.raises(AgentError, match="camera differs from the checkpoint's"):
         agent.setup(_config(tmp_path, checkpoint=str(checkpoint), camera=other.to_dict()))
+    with pytest.raises(AgentError, match="gnss 'wgs84' is not one of"):
+        agent.setup(_config(tmp_path, checkpoint=str(checkpoint), gnss="wgs84"))
     with pytest.raises(AgentError, match="names no `checkpoint`"):
         agent.setup(_config(tmp_path))
     with pytest.raises(AgentError, match="not found"):

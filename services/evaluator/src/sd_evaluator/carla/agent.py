@@ -7,7 +7,13 @@ position, and `CheckpointAgent.act` -> `carla.VehicleControl`. Nothing else chan
 
 The agent configuration (`--agent-config`) is a JSON file (docs/evaluation.md, "The CARLA agent"):
 `{"checkpoint": path, store key or s3:// URI, "camera": CameraSpec.to_dict() (optional; must equal the
-checkpoint's), "device": "cpu" | "cuda", "reached_radius_m": 7.5, "lookahead_m": 50.0}`.
+checkpoint's), "device": "cpu" | "cuda", "reached_radius_m": 7.5, "lookahead_m": 50.0,
+"gnss": "carla-0.9.16" | "leaderboard"}`. `gnss` says how the GNSS sensor's readings relate to the route:
+CARLA 0.9.16's sensor projects with a transverse Mercator whose latitude grows towards +y, while the
+leaderboard converts its route with a Mercator whose latitude grows towards -y (as CARLA 0.9.15's sensor
+did). With "carla-0.9.16" (the default: the `carla` package this project depends on) the planner follows
+the world-coordinate plan and reads the GNSS through the sensor's projection around the map's
+geo-reference, recovered from the plan's two forms; with "leaderboard" it follows the GNSS plan.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 from sd_evaluator.agents import AgentError, Observation
 from sd_evaluator.camera_input import CameraSpec
 from sd_evaluator.carla.agent_base import AutonomousAgent, Track
-from sd_evaluator.carla.route_planner import RoutePlanner
+from sd_evaluator.carla.route_planner import RoutePlanner, TransverseMercator, reference_from_plan
 from sd_evaluator.policy import CheckpointAgent
 
 CAMERA_ID = "rgb_front"
@@ -32,6 +38,7 @@ IMU_ID = "imu"
 SENSOR_TICK_S = 0.05  # the leaderboard's 20 Hz
 # The leaderboard refuses a sensor mounted farther than this from the car's origin.
 MAX_SENSOR_RADIUS_M = 3.0
+GNSS_CONVENTIONS = ("carla-0.9.16", "leaderboard")
 
 
 def get_entry_point() -> str:
@@ -82,8 +89,12 @@ class CheckpointLeaderboardAgent(AutonomousAgent):
         if (m.x_m**2 + m.y_m**2 + m.z_m**2) ** 0.5 > MAX_SENSOR_RADIUS_M:
             raise AgentError(f"the dataset's camera is mounted {m.to_dict()}, more than the leaderboard's "
                              f"{MAX_SENSOR_RADIUS_M} m from the car's origin: its sensor would be refused")
+        self.gnss = self.config.get("gnss", GNSS_CONVENTIONS[0])
+        if self.gnss not in GNSS_CONVENTIONS:
+            raise AgentError(f"agent configuration: gnss {self.gnss!r} is not one of {list(GNSS_CONVENTIONS)}")
         self.planner: RoutePlanner | None = None
         self.dense_plan_gps: list[Any] | None = None
+        self.dense_plan_world: list[Any] | None = None
         self.last_command: int | None = None
 
     def sensors(self) -> list[dict[str, Any]]:
@@ -99,15 +110,13 @@ class CheckpointLeaderboardAgent(AutonomousAgent):
         # The base keeps a downsampled plan (one point in 200 on the leaderboard); the planner needs the
         # dense one so that short turns keep their own command.
         self.dense_plan_gps = list(global_plan_gps)
+        self.dense_plan_world = list(global_plan_world_coord)
         super().set_global_plan(global_plan_gps, global_plan_world_coord)
         self.planner = None
 
     def run_step(self, input_data: dict[str, Any], timestamp: float) -> carla.VehicleControl:
         if self.planner is None:
-            if not self.dense_plan_gps:
-                raise AgentError("run_step before set_global_plan: the agent has no route")
-            self.planner = RoutePlanner(self.dense_plan_gps, reached_radius_m=float(self.config.get("reached_radius_m", 7.5)),
-                                        lookahead_m=float(self.config.get("lookahead_m", 50.0)))
+            self.planner = self._make_planner()
         missing = [k for k in (CAMERA_ID, SPEED_ID, GNSS_ID) if k not in input_data]
         if missing:
             raise AgentError(f"input data lacks sensors {missing}")
@@ -117,6 +126,17 @@ class CheckpointLeaderboardAgent(AutonomousAgent):
         control = self.policy.act(Observation(image=image, speed_mps=speed, command=self.last_command,
                                               t_s=float(timestamp)))
         return to_vehicle_control(control)
+
+    def _make_planner(self) -> RoutePlanner:
+        if not self.dense_plan_gps:
+            raise AgentError("run_step before set_global_plan: the agent has no route")
+        radius = float(self.config.get("reached_radius_m", 7.5))
+        lookahead = float(self.config.get("lookahead_m", 50.0))
+        if self.gnss == "leaderboard":
+            return RoutePlanner(self.dense_plan_gps, reached_radius_m=radius, lookahead_m=lookahead)
+        ref = reference_from_plan(self.dense_plan_gps, self.dense_plan_world)
+        return RoutePlanner(self.dense_plan_world, reached_radius_m=radius, lookahead_m=lookahead,
+                            gnss_projection=TransverseMercator(ref.lat_ref_deg, ref.lon_ref_deg))
 
     def destroy(self) -> None:
         self.policy = None

@@ -64,6 +64,48 @@ class GeoReference:
         return lat, lon
 
 
+@dataclass(frozen=True)
+class TransverseMercator:
+    """CARLA 0.9.16's GNSS projection: a spherical transverse Mercator (scale 0.9996) around the map's
+    geo-reference, with latitude growing towards CARLA's +y. (CARLA 0.9.15 and the leaderboard's route
+    conversion use `GeoReference`'s Mercator, in which latitude grows towards -y: the two disagree on
+    the sign of y, so a 0.9.16 GNSS reading must not be read back through the leaderboard's formula.)"""
+
+    lat_ref_deg: float
+    lon_ref_deg: float
+    scale: float = 0.9996
+
+    def to_world(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
+        """World (x, y) in metres of a GNSS reading of the sensor."""
+        phi, dlam = math.radians(lat_deg), math.radians(lon_deg - self.lon_ref_deg)
+        b = math.cos(phi) * math.sin(dlam)
+        x = 0.5 * self.scale * EARTH_RADIUS_EQUA_M * math.log((1 + b) / (1 - b))
+        y = self.scale * EARTH_RADIUS_EQUA_M * (math.atan2(math.tan(phi), math.cos(dlam))
+                                                - math.radians(self.lat_ref_deg))
+        return x, y
+
+
+def reference_from_plan(plan_gnss: Sequence[tuple[Any, Any]], plan_world: Sequence[tuple[Any, Any]]) -> GeoReference:
+    """The map's geo-reference, recovered from the leaderboard's two forms of one route (its GNSS points are
+    its world points through `GeoReference.to_gnss`), which a SENSORS-track agent is otherwise not told."""
+    if not plan_gnss or len(plan_gnss) != len(plan_world) or not _is_gnss(plan_gnss[0][0]):
+        raise RoutePlanError("the GNSS and world plans must be the same non-empty route")
+    world = [_world_xy(p) for p, _ in plan_world]
+    x0, y0 = world[0]
+    lat0, lon0 = float(plan_gnss[0][0]["lat"]), float(plan_gnss[0][0]["lon"])
+    # Longitude is linear in x with slope 1 / (R cos(lat_ref)): the point farthest along x gives the scale.
+    far = max(range(len(world)), key=lambda i: abs(world[i][0] - x0))
+    dlon = float(plan_gnss[far][0]["lon"]) - lon0
+    if abs(world[far][0] - x0) >= 1.0 and dlon != 0.0:
+        scale = (world[far][0] - x0) / (EARTH_RADIUS_EQUA_M * math.radians(dlon))
+    else:  # a route along y alone: the route's own latitude gives the scale to a part in 10^5
+        scale = math.cos(math.radians(lat0))
+    lon_ref = lon0 - math.degrees(x0 / (EARTH_RADIUS_EQUA_M * scale))
+    north_ref = scale * EARTH_RADIUS_EQUA_M * math.log(math.tan(math.radians(90.0 + lat0) / 2)) + y0
+    lat_ref = math.degrees(2 * math.atan(math.exp(north_ref / (EARTH_RADIUS_EQUA_M * scale)))) - 90.0
+    return GeoReference(lat_ref, lon_ref)
+
+
 def road_option(value: Any) -> int:
     """The RoadOption number of a plan's option: an int, a RoadOption of any enum class (the leaderboard's
     `agents.navigation.local_planner.RoadOption`), or its name."""
@@ -100,7 +142,8 @@ class RoutePlanner:
     """Advances through a global plan as the car moves and answers the current navigation command."""
 
     def __init__(self, plan: Iterable[tuple[Any, Any]], *, reached_radius_m: float = 7.5,
-                 lookahead_m: float = 50.0, geo: GeoReference | None = None):
+                 lookahead_m: float = 50.0, geo: GeoReference | None = None,
+                 gnss_projection: TransverseMercator | GeoReference | None = None):
         entries = list(plan)
         if not entries:
             raise RoutePlanError("the global plan is empty")
@@ -114,6 +157,9 @@ class RoutePlanner:
             first = entries[0][0]
             geo = GeoReference(float(first["lat"]), float(first["lon"]))
         self.geo = geo
+        # With a world plan: how the car's GNSS readings become world positions (None: positions are given
+        # in world coordinates).
+        self.gnss_projection = gnss_projection
         self.reached_radius_m = float(reached_radius_m)
         self.lookahead_m = float(lookahead_m)
         self._points: list[tuple[float, float]] = []
@@ -127,7 +173,7 @@ class RoutePlanner:
 
     def position(self, point: Any) -> tuple[float, float]:
         """Planar metres of a GNSS reading ({lat, lon}, or [lat, lon, alt] as the GNSS sensor gives it) or
-        of a world position, in the plan's frame."""
+        of a world position, in the plan's frame. A world plan reads GNSS through `gnss_projection`."""
         if self.gnss:
             if _is_gnss(point):
                 lat, lon = float(point["lat"]), float(point["lon"])
@@ -136,6 +182,10 @@ class RoutePlanner:
             else:
                 raise RoutePlanError(f"position {point!r} is not a GNSS reading")
             return self.geo.to_world(lat, lon)
+        if self.gnss_projection is not None and not hasattr(point, "x") and not hasattr(point, "location"):
+            lat, lon = (float(point["lat"]), float(point["lon"])) if _is_gnss(point) else (float(point[0]),
+                                                                                         float(point[1]))
+            return self.gnss_projection.to_world(lat, lon)
         return _world_xy(point)
 
     @property

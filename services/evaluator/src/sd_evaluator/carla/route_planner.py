@@ -2,7 +2,9 @@
 
 The leaderboard hands a SENSORS-track agent its route as a list of (point, RoadOption): the point as
 GNSS (`{"lat", "lon", "z"}`, converted from the world by the leaderboard's Mercator projection around
-the map's geo-reference) or as a world transform. The car knows where it is from its GNSS sensor.
+the map's geo-reference) or as a world transform. The car knows where it is from its GNSS sensor,
+whose projection depends on the CARLA version (`TransverseMercator` for 0.9.16, `GeoReference` for the
+leaderboard's own conversion and CARLA 0.9.15; they disagree on the sign of y).
 `RoutePlanner.step(position)` drops every waypoint the car has come within `reached_radius_m` of
 (looking no further than `lookahead_m` along the route, so a route that passes near itself is not
 cut short) and answers the RoadOption of the next waypoint still ahead: the command the dataset's

@@ -28,6 +28,7 @@ from sd_evaluator.carla import agent as agent_module
 from sd_evaluator.carla import constant_agent
 from sd_evaluator.carla.agent_base import LEADERBOARD_BASE
 from sd_evaluator.carla.route_planner import GeoReference, RoutePlanner
+from sd_evaluator.carla.runner import model_agent_config
 
 CAMERA = CameraSpec(recording_width=160, recording_height=90, fov_deg=100.0,
                     mount=CameraMount(1.3, 0.2, 2.3, -5.0, 2.0, 0.0), crop=Crop(36, 0, 88, 88),
@@ -102,7 +103,8 @@ def test_replayed_sensor_inputs_drive_the_networks_controls(tmp_path, checkpoint
 
     assert agent_module.get_entry_point() == "CheckpointLeaderboardAgent" and not LEADERBOARD_BASE
     agent = getattr(agent_module, agent_module.get_entry_point())("localhost", 2000, False)
-    agent.setup(_config(tmp_path, checkpoint=str(checkpoint), camera=CAMERA.to_dict()))
+    # the configuration the runner writes for the model agent
+    agent.setup(_config(tmp_path, **model_agent_config(str(checkpoint), CAMERA)))
     sensors = {s["id"]: s for s in agent.sensors()}
     assert sensors["rgb_front"] == CAMERA.carla_sensor("rgb_front")
     assert sensors["rgb_front"]["y"] == -0.2 and sensors["rgb_front"]["yaw"] == -2.0

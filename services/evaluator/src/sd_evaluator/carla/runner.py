@@ -26,6 +26,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sd_evaluator.agents import AUTOPILOT, CONSTANT, MODEL, AgentError, RouteProgress
+from sd_evaluator.camera_input import CameraSpec
 from sd_evaluator.carla.benchmarks import LeaderboardBenchmark, resolve
 from sd_evaluator.results import Results, ResultsFormatError, read_results, write_results
 from sd_evaluator.scoring import finalize_results
@@ -58,6 +59,12 @@ class LeaderboardSettings(BaseSettings):
 
 class LeaderboardRunError(RuntimeError):
     """The leaderboard could not be started (a missing checkout or evaluator script, an unknown agent)."""
+
+
+def model_agent_config(checkpoint: str, camera: CameraSpec, *, device: str = "cpu",
+                       gnss: str = "carla-0.9.16") -> dict[str, Any]:
+    """The model agent's configuration (carla/agent.py): the checkpoint, its camera and the GNSS convention."""
+    return {"checkpoint": str(checkpoint), "camera": camera.to_dict(), "device": device, "gnss": gnss}
 
 
 def agent_file(agent_name: str) -> Path:

@@ -28,6 +28,8 @@ def test_output_layout(processed_clean, clean_session):
     assert seg["source"] == {"width": 256, "height": 144} and seg["output"] == {"width": 256, "height": 256}
     assert set(seg["crop"]) == {"x", "y", "width", "height"} and set(seg["intrinsics"]) == {"fx", "fy", "cx", "cy",
                                                                                           "fov_deg"}
+    # The recording's camera mount, as its manifest gives it, for the evaluator's camera.
+    assert seg["mount"] == json.loads((clean_session.session_dir / "manifest.json").read_text())["camera"]["mount"]
     first, rest = seg["segments"]
     assert first["segment_id"] == f"route_{sid}_000" and first["accepted"] and first["reasons"] == []
     assert 4.9 <= first["duration_s"] <= 5.05 and first["frames"] >= 145

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from version_factory import make_version
+from version_factory import MOUNT, make_version
 
 # Real training processes: about a minute on an idle 2-core machine, several times that when it is shared.
 pytestmark = pytest.mark.timeout(900)
@@ -81,6 +81,13 @@ def test_run_writes_the_contract_files_and_mirrors_them(reference):
     assert progress["image_size"] == [64, 64] and progress["images_per_s"] > 0 and progress["lr"] == 2e-4
     assert isinstance(progress["metrics_port"], int) and progress["metrics_port"] > 0
     assert json.loads((out / "config.json").read_text())["model"]["base_width"] == 8
+    # every checkpoint names the dataset's camera: a 1280x720 recording whose 680x680 crop at (300, 20) spans
+    # 64.66 degrees is a 100-degree camera; the mount is segments.json's; the network takes 64x64
+    camera = torch.load(out / "checkpoints" / "step-000000010.pt", map_location="cpu", weights_only=False)["camera"]
+    assert camera["recording"]["width"] == 1280 and camera["recording"]["height"] == 720
+    assert abs(camera["recording"]["fov_deg"] - 100.0) < 0.05  # 64.66 is 64.68 rounded
+    assert camera["mount"] == MOUNT and camera["crop"] == {"x": 300, "y": 20, "width": 680, "height": 680}
+    assert camera["output"] == {"width": 64, "height": 64} and camera["input"] == {"width": 64, "height": 64}
     for png in ("curves/loss.png", "curves/mae.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the store holds the same files under training/<run_id>/

@@ -25,6 +25,8 @@ import simplejpeg
 from sd_ingest.datasets import canonical_json, dataset_id_of, split_sessions
 
 COMMANDS = (4, 1, 2, 3, 5, 6)  # LANEFOLLOW, LEFT, RIGHT, STRAIGHT, CHANGELANELEFT, CHANGELANERIGHT
+# The recording camera's pose on the car that every session's segments.json names (not the default one).
+MOUNT = {"x_m": 1.5, "y_m": 0.25, "z_m": 2.0, "pitch_deg": -4.0, "yaw_deg": 3.0, "roll_deg": 0.5}
 _COMMAND_RGB = {4: (0, 0, 0), 5: (0, 0, 0), 6: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}
 
 
@@ -114,7 +116,7 @@ def make_version(root: Path, *, sessions: int = 4, segments_per_session: int = 2
             "source": {"width": 1280, "height": 720}, "crop": {"x": 300, "y": 20, "width": 680, "height": 680},
             "output": {"width": width, "height": height},
             "intrinsics": {"fx": fx, "fy": fx, "cx": width / 2, "cy": height / 2, "fov_deg": 64.66},
-            "segments": seg_docs, "config": {}}))
+            "mount": dict(MOUNT), "segments": seg_docs, "config": {}}))
     manifest_segments.sort(key=lambda s: s["segment_id"])
     parts = {}
     for part in ("train", "val"):

@@ -42,7 +42,7 @@ class SegmentEntry(_Doc):
 
 
 class SegmentsDocument(_Doc):
-    """segments.json: the session's segments, the crop and the output camera's intrinsics."""
+    """segments.json: the session's segments, the crop, the output camera's intrinsics and the camera mount."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     session_id: str | None  # None only for a rejected session whose manifest named none
@@ -52,6 +52,9 @@ class SegmentsDocument(_Doc):
     crop: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     intrinsics: dict[str, Any] | None = None
+    # The recording camera's pose on the car (x_m, y_m, z_m, pitch_deg, yaw_deg, roll_deg); absent in
+    # documents written before it was recorded.
+    mount: dict[str, float] | None = None
     segments: list[SegmentEntry]
     config: dict[str, Any] = {}
 

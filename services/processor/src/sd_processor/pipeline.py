@@ -341,9 +341,11 @@ def _finish(run: _Run, problems: list[Problem], *, rejected: bool) -> Processing
         qc.segments = [s for s in qc.segments if not s.accepted]  # nothing was exported (see _stream)
     run.progress(STAGE_EXPORT, qc.kept, qc.decoded)
     player = run.manifest.player_id if run.manifest else None
+    mount = run.manifest.camera.mount.model_dump() if run.manifest else None
     docs = {
         SEGMENTS_NAME: segments_document(session_id=run.session_id, player_id=player, attempt_id=run.attempt_id,
-                                         plan=run.plan, segments=qc.segments, config=run.cfg.to_dict()),
+                                         plan=run.plan, segments=qc.segments, config=run.cfg.to_dict(),
+                                         mount=mount),
         QC_REPORT_NAME: qc.report(),
     }
     run.sink.put_many([(k, json_bytes(v)) for k, v in docs.items()])

@@ -57,6 +57,24 @@ class Geometry:
     height: int
     intrinsics: dict[str, float] | None
     crop: dict[str, int] | None
+    source: dict[str, int] | None = None  # the recording's size
+    mount: dict[str, float] | None = None  # the recording camera's pose on the car (absent in older documents)
+
+    def camera(self, height: int, width: int) -> dict[str, Any] | None:
+        """The checkpoint's `camera` entry for a network taking `height` x `width` (docs/training.md,
+        "Checkpoints"); None when segments.json lacks the mount, source, crop or intrinsics."""
+        if not (self.mount and self.source and self.crop and self.intrinsics and "fx" in self.intrinsics):
+            return None
+        # The output's fx is the recording's scaled by output/crop width; the recording spans its whole width.
+        fx_recording = self.intrinsics["fx"] * self.crop["width"] / self.width
+        fov_deg = 2 * math.degrees(math.atan(self.source["width"] / (2 * fx_recording)))
+        return {
+            "recording": {"width": int(self.source["width"]), "height": int(self.source["height"]), "fov_deg": fov_deg},
+            "mount": {k: float(v) for k, v in self.mount.items()},
+            "crop": {k: int(self.crop[k]) for k in ("x", "y", "width", "height")},
+            "output": {"width": self.width, "height": self.height},
+            "input": {"width": int(width), "height": int(height)},
+        }
 
     def scaled_to(self, height: int, width: int) -> Geometry:
         """The camera of these frames resized to `height` x `width` (the whole frame scaled, nothing cropped)."""
@@ -158,7 +176,7 @@ def _session_geometry(root: Path, sid: str) -> Geometry:
     if not out.get("width") or not out.get("height"):
         raise DatasetError(f"session {sid}: {path} names no output size")
     return Geometry(width=int(out["width"]), height=int(out["height"]), intrinsics=doc.get("intrinsics"),
-                    crop=doc.get("crop"))
+                    crop=doc.get("crop"), source=doc.get("source"), mount=doc.get("mount"))
 
 
 def _segment_frames(root: Path, seg: dict[str, Any]) -> Iterator[FrameRecord]:
@@ -194,6 +212,18 @@ def _segment_frames(root: Path, seg: dict[str, Any]) -> Iterator[FrameRecord]:
 def decode_jpeg(data: bytes) -> np.ndarray:
     """RGB uint8 HxWx3 from JPEG bytes, by libjpeg-turbo."""
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+def decode_jpeg_resized(data: bytes, height: int, width: int) -> torch.Tensor:
+    """uint8 [3, height, width] from JPEG bytes, as the loader resizes a frame for the model: decoded at the
+    smallest libjpeg-turbo DCT scale still at least that size, then antialiased bilinear, rounded."""
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
+    chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    if chw.shape[1:] == (height, width):
+        return chw
+    resized = F.interpolate(chw[None].float(), size=(height, width), mode="bilinear", antialias=True,
+                            align_corners=False)[0]
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class FrameDataset(Dataset):
@@ -232,13 +262,7 @@ class FrameDataset(Dataset):
             raise DatasetError(f"{f.path} is {w}x{h}, the version's frames are {self.width}x{self.height}")
         if not self.resizes:
             return torch.from_numpy(np.ascontiguousarray(decode_jpeg(data).transpose(2, 0, 1)))
-        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=self.out_height, min_width=self.out_width)
-        chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-        if chw.shape[1:] == (self.out_height, self.out_width):
-            return chw
-        resized = F.interpolate(chw[None].float(), size=(self.out_height, self.out_width), mode="bilinear",
-                                antialias=True, align_corners=False)[0]
-        return resized.round_().clamp_(0, 255).to(torch.uint8)
+        return decode_jpeg_resized(data, self.out_height, self.out_width)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         f = self.frames[index]

@@ -408,7 +408,9 @@ def _train(args: argparse.Namespace, cfg: TrainConfig, ddp: Distributed, setting
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step, "epoch": epoch,
                 "position": position, "rng": rng_state(), "config": cfg.to_dict(), "run_id": args.run_id,
-                "dataset_id": args.dataset, "world_size": ddp.world_size})
+                "dataset_id": args.dataset, "world_size": ddp.world_size,
+                # the dataset's camera and the network's input size, for the evaluator (docs/training.md)
+                "camera": version.geometry.camera(*size)})
             reporter.flush()
             if mirror is not None:
                 mirror.upload(name)

@@ -2,7 +2,7 @@
 
 `resolve(name)` looks the name up in each kind's table: the city's (`sd_evaluator.city.benchmarks.
 BENCHMARKS`: `city-20`, `city-smoke` …) and CARLA's (`sd_evaluator.carla.benchmarks.
-LEADERBOARD_BENCHMARKS`: Bench2Drive's 220, its Dev10, Town13 routes). Each table is imported only when
+BENCHMARKS`: Bench2Drive's 220, its Dev10, Town13 routes). Each table is imported only when
 a name is looked up, so the process that resolves a city name does not import CARLA's modules.
 """
 
@@ -32,7 +32,7 @@ def _table(module: str, attribute: str) -> Callable[[], Mapping[str, Any]]:
 # evaluate.RUNNERS has for it.
 SOURCES: dict[str, Callable[[], Mapping[str, Any]]] = {
     CITY: _table("sd_evaluator.city.benchmarks", "BENCHMARKS"),
-    CARLA: _table("sd_evaluator.carla.benchmarks", "LEADERBOARD_BENCHMARKS"),
+    CARLA: _table("sd_evaluator.carla.benchmarks", "BENCHMARKS"),
 }
 
 

@@ -95,8 +95,11 @@ class AgentRun:
     @property
     def agent_config(self) -> dict[str, Any]:
         """What a leaderboard agent file reads (the checkpoint it loads, and its camera)."""
-        camera = self.camera.to_dict() if hasattr(self.camera, "to_dict") else None
-        return {"agent": self.agent.name, "checkpoint": self.checkpoint, "camera": camera}
+        if self.agent.name == MODEL:
+            from sd_evaluator.carla.runner import model_agent_config
+
+            return model_agent_config(self.checkpoint, self.camera)
+        return {"agent": self.agent.name}
 
 
 def _run_city(benchmark: Any, run: AgentRun) -> Results:

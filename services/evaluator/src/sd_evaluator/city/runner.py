@@ -17,7 +17,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from sd_evaluator.agents import Agent, AgentError, Control, Observation, RouteProgress
 from sd_evaluator.results import Results, RouteRecord, write_results
@@ -29,6 +29,9 @@ from sd_evaluator.city.criteria import RouteCriteria
 from sd_evaluator.city.infractions import route_outcome
 from sd_evaluator.city.settings import CitySettings
 
+if TYPE_CHECKING:
+    from sd_evaluator.camera_input import CameraSpec
+
 RESULTS_FILE = "results.json"
 ROUTES_FILE = "routes.xml"
 GAME_LOG_FILE = "game_log.jsonl"
@@ -37,22 +40,16 @@ CAMERA_SENSOR = "sd_city_camera"
 SPEED_SENSOR = "sd_city_speedometer"
 
 
-class CityCamera(TypingProtocol):
-    """The camera the city renders: the recording's size, horizontal field of view and mount."""
-
-    width: int
-    height: int
-    fov_deg: float
-    # x, y, z (m: forward, left, up), pitch, yaw, roll (deg)
-    mount: tuple[float, float, float, float, float, float]
-
-
-def page_config(benchmark: CityBenchmark, camera: CityCamera | None) -> PageConfig:
-    """The page's URL settings: the benchmark's render size, or the camera's size, FOV and mount."""
+def page_config(benchmark: CityBenchmark, camera: CameraSpec | None) -> PageConfig:
+    """The page's URL settings: the benchmark's render size, or the dataset camera's recording size, FOV
+    and mount (x, y, z forward/left/up in m; pitch, yaw, roll in degrees)."""
     if camera is None:
         return PageConfig(benchmark.city, benchmark.render_width, benchmark.render_height)
-    return PageConfig(benchmark.city, int(camera.width), int(camera.height), float(camera.fov_deg),
-                      tuple(float(v) for v in camera.mount))  # type: ignore[arg-type]
+    m = camera.mount
+    return PageConfig(benchmark.city, int(camera.recording_width), int(camera.recording_height),
+                      float(camera.fov_deg),
+                      (float(m.x_m), float(m.y_m), float(m.z_m), float(m.pitch_deg), float(m.yaw_deg),
+                       float(m.roll_deg)))
 
 
 def write_route_file(benchmark: CityBenchmark, routes: list[dict[str, Any]], path: Path) -> None:
@@ -77,7 +74,7 @@ def run_city(
     agent: Agent,
     out_dir: str | Path,
     *,
-    camera: CityCamera | None = None,
+    camera: CameraSpec | None = None,
     progress: Callable[[RouteProgress], None] | None = None,
     stop: threading.Event | None = None,
     settings: CitySettings | None = None,

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import pytest
 
+from sd_evaluator.camera_input import CameraMount, CameraSpec, Crop
 from sd_evaluator.city.benchmarks import city_benchmark
 from sd_evaluator.city.browser import GameUnavailable, PageConfig, StaticServer, chromium_path
 from sd_evaluator.city.runner import page_config
 
 
-@dataclass
-class Camera:
-    width: int = 640
-    height: int = 360
-    fov_deg: float = 64.5
-    mount: tuple = (1.3, 0.0, 2.3, -5.0, 0.0, 0.0)
+# A dataset's camera: the city renders at its recording size, field of view and mount.
+CAMERA = CameraSpec(recording_width=640, recording_height=360, fov_deg=64.5,
+                    mount=CameraMount(1.3, 0.0, 2.3, -5.0, 0.0, 0.0), crop=Crop(140, 0, 360, 360),
+                    output_width=64, output_height=64, input_width=64, input_height=64)
 
 
 def test_the_page_url_carries_the_benchmark_or_the_camera():
     bench = city_benchmark("city-smoke")
     q = parse_qs(page_config(bench, None).query())
     assert q == {"agent": ["1"], "city": ["east-village"], "size": ["320x180"]}
-    q = parse_qs(page_config(bench, Camera()).query())
+    q = parse_qs(page_config(bench, CAMERA).query())
     assert q["size"] == ["640x360"] and q["fov"] == ["64.5"]
     assert q["mount"] == ["1.3,0.0,2.3,-5.0,0.0,0.0"]
     assert PageConfig("grid", 10, 10).query().startswith("agent=1&city=grid")

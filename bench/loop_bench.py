@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ DRIVE = REPO / "web" / "e2e" / "drive.mjs"
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = REPO / "bench" / "loop_bench.json"
 SECTION = "## The whole loop"
+# The generated part of the section ends here; what follows it (a reading of the numbers) is kept.
+END = "<!-- end of bench/loop_bench.py output -->"
 AGENTS = ("model", "autopilot", "constant-throttle")
 
 # The small CPU training run every data size gets: the tiny CILRS of the trainer's tests (ResNet-18 at
@@ -152,7 +155,7 @@ def train(dataset_id: str, store_root: Path, out: Path, run_id: str, config: dic
                          "--out", str(out), "--run-id", run_id, env=env, timeout_s=3600)
     result = json.loads(Path(summary["result"]).read_text())
     return {"run_id": run_id, "checkpoint_uri": result["checkpoint_uri"], "step": int(result["step"]),
-            "val_loss": (result.get("validation") or {}).get("loss"), "out": str(out)}
+            "val_loss": (result.get("validation") or {}).get("loss"), "out": _shown(out)}
 
 
 def evaluate_available() -> bool:
@@ -237,6 +240,12 @@ def run_loop(a: argparse.Namespace) -> dict:
     return doc
 
 
+def _shown(path: Path) -> str:
+    """A path as results show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _fmt(v: float | None, digits: int) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -272,7 +281,8 @@ def render_section(doc: dict, date: str) -> str:
     if missing:
         lines += ["", f"Not evaluated: {missing[0].get('evaluate_error')} — the DS/RC/IP columns stay empty "
                   "until it is; nothing is filled in by hand."]
-    return "\n".join(lines) + "\n"
+    prose = [textwrap.fill(line, 105) if line and not line.startswith("|") else line for line in lines]
+    return "\n".join(prose + [END]) + "\n"
 
 
 def write_results(doc: dict, date: str, md: Path = RESULTS_MD, js: Path = RESULTS_JSON) -> None:
@@ -284,8 +294,12 @@ def write_results(doc: dict, date: str, md: Path = RESULTS_MD, js: Path = RESULT
     if start_at < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start_at + len(SECTION))
-        text = text[:start_at] + section + (text[end:] if end >= 0 else "")
+        end_marker = text.find(END, start_at)
+        end_section = text.find("\n## ", start_at + len(SECTION))
+        if end_marker >= 0 and (end_section < 0 or end_marker < end_section):
+            text = text[:start_at] + section.removesuffix("\n") + text[end_marker + len(END):]
+        else:
+            text = text[:start_at] + section + (text[end_section:] if end_section >= 0 else "")
     md.write_text(text)
 
 

@@ -138,10 +138,12 @@ def test_the_results_section_is_replaced_in_place_and_names_what_was_not_evaluat
                       "evaluate_error": "sdctl has no `evaluate` command in this checkout"}]}
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Before\n\ntext\n\n## The whole loop — old\n\nold\n\n## After\n\nkept\n")
-    for _ in range(2):  # a second run replaces its own section, nothing else
-        lb.write_results(doc, "2026-12-01", md=md, js=tmp_path / "loop.json")
+    lb.write_results(doc, "2026-12-01", md=md, js=tmp_path / "loop.json")
+    md.write_text(md.read_text().replace(lb.END, lb.END + "\n\nWhat this means: a reading.\n"))
+    lb.write_results(doc, "2026-12-01", md=md, js=tmp_path / "loop.json")  # a rerun keeps the reading
     text = md.read_text()
-    assert text.count(lb.SECTION) == 1 and "old" not in text
+    assert text.count(lb.SECTION) == 1 and "old" not in text and text.count(lb.END) == 1
+    assert text.index(lb.END) < text.index("What this means: a reading.") < text.index("## After")
     assert text.index("## Before") < text.index(lb.SECTION) < text.index("## After") and "kept" in text
     rows = [line for line in text.splitlines() if line.startswith("| 1.92") or line.startswith("| 2.90")]
     assert rows[0].split(" | ")[6:] == ["1.50", "4.00", "0.500", "80.00", "90.00", "0.800", "2.00", "5.00", "0.450 |"]

@@ -172,6 +172,11 @@ def evaluate(checkpoint_uri: str, benchmark: str, out: Path, store_root: Path) -
                 env=env, timeout_s=6 * 3600)
     if run.returncode != 0:
         raise LoopError(f"sdctl evaluate exited {run.returncode}:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+    return read_scores(out)
+
+
+def read_scores(out: Path) -> dict:
+    """DS/RC/IP, km and routes of each agent, from the evaluation's `out/<agent>/report.json`."""
     scores = {}
     for agent in AGENTS:
         report = json.loads((out / agent / "report.json").read_text())

@@ -150,3 +150,23 @@ def test_the_results_section_is_replaced_in_place_and_names_what_was_not_evaluat
     assert rows[1].count("—") == 9  # not evaluated: empty, never made up
     assert "Not evaluated: sdctl has no `evaluate` command" in text
     assert json.loads((tmp_path / "loop.json").read_text()) == doc
+
+
+def test_scores_are_read_from_each_agents_report_as_the_evaluator_writes_it(tmp_path):
+    sys.path.append(str(REPO / "services" / "evaluator" / "tests"))
+    from leaderboard_files import ROUTES_XML, leaderboard_file
+    from sd_evaluator.report import build_report, write_report
+    from sd_evaluator.results import Results
+    from sd_evaluator.route_file import read_route_file
+
+    routes = tmp_path / "routes.xml"
+    routes.write_text(ROUTES_XML)
+    report = build_report(Results.from_json(leaderboard_file()), read_route_file(routes))
+    for agent in lb.AGENTS:
+        write_report(report, tmp_path / "evaluation" / agent)
+    scores = lb.read_scores(tmp_path / "evaluation")
+    assert list(scores) == ["model", "autopilot", "constant-throttle"]
+    lbd = report["leaderboard"]
+    assert scores["model"] == {"DS": lbd["driving_score"], "RC": lbd["route_completion"],
+                               "IP": lbd["infraction_penalty"], "km_driven": report["km_driven"], "routes": 2}
+    assert 0 < scores["model"]["DS"] < scores["model"]["RC"] <= 100

@@ -194,3 +194,14 @@ def test_sdctl_train_trains_in_the_foreground_with_a_bar_and_says_where_the_resu
     assert f"curves       {out_dir / 'curves'}/*.png" in screen
     assert list((out_dir / "curves").glob("*.png"))
     assert list((out_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_sdctl_train_json_prints_only_its_summary_on_stdout(tmp_path, tiny_version):
+    out_dir = tmp_path / "fg-json"
+    run = subprocess.run([SDCTL, "train", "--dataset", tiny_version.dataset_id, "--dataset-root", str(tiny_version.root),
+                          "--config-json", tiny(2), "--out", str(out_dir), "--run-id", "fg-json", "--json"],
+                         env=child_env(tmp_path), capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)  # one document: the training process's own result line went to stderr
+    assert summary["run_id"] == "fg-json" and summary["checkpoint_uri"].endswith("step-000000002.pt")
+    assert '"step": 2' in run.stderr

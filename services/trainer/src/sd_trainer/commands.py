@@ -69,7 +69,9 @@ def _foreground(a: argparse.Namespace) -> int:
     if a.dataset_root:
         cmd += ["--dataset-root", str(a.dataset_root)]
     print(f"training run {run_id} on {a.dataset} (files in {out})", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd)  # the same terminal: its tqdm bar shows here, Ctrl-C reaches it too
+    # The same terminal: its tqdm bar shows here, Ctrl-C reaches it too. With --json its own result line
+    # goes to stderr, so stdout is the one JSON summary below.
+    proc = subprocess.Popen(cmd, stdout=sys.stderr if a.json else None)
     try:
         code = proc.wait()
     except KeyboardInterrupt:

@@ -21,9 +21,11 @@ from sd_common.process_runs import (
     LauncherWording,
     ProcessLauncher,
     ProcessRecord,
+    ResourceLauncher,
     as_number,
     call_custom_objects,
     condition_message,
+    custom_objects_api,
     decode_page_token,
     describe_exit,
     failure_reason,
@@ -341,3 +343,53 @@ async def test_kubernetes_calls_name_their_failures() -> None:
 
     assert await list_custom_objects(call, list_fn) == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert seen[0] == {"limit": 500} and seen[2] == {"limit": 500, "_continue": "2"}
+
+
+# --- ResourceLauncher against kmock, a Kubernetes API emulator on loopback (no API server can run here)
+
+GROUP, VERSION, PLURAL = "test.scalediffusion.io", "v1", "jobs"
+PHASES = {"Pending": JobState.PENDING, "Running": JobState.RUNNING, "Succeeded": JobState.SUCCEEDED}
+
+
+class JobResources(ResourceLauncher[Job]):
+    group, version, plural, states = GROUP, VERSION, PLURAL, JobState
+    missing = "no job {id} (none in {namespace})"
+    already_final = WORDING.already_final
+    not_found_error, finished_error, unavailable_error = JobNotFound, JobFinished, Unavailable
+    running_gauge = RUNNING
+
+    def body(self, record: Job) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Job", "metadata": {"name": record.job_id},
+                "spec": {"mode": record.mode, "cancel": False}}
+
+    def record_of(self, obj: dict[str, Any]) -> Job:
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        job = Job(obj["metadata"]["name"], spec.get("mode", ""), cancel_requested=bool(spec.get("cancel")),
+                  state=PHASES.get(status.get("phase", ""), JobState.PENDING))
+        job.message = condition_message(status, job.cancel_requested, job.state == JobState.SUCCEEDED)
+        return job
+
+
+async def test_resource_launcher_creates_reads_lists_and_cancels() -> None:
+    import kmock
+
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = kmock.ResourceInfo(kind="Job", namespaced=True)
+        api = custom_objects_api(str(server.url).rstrip("/"), "SD_TEST")
+        launcher = JobResources(api, "ns")
+        for job_id in ("a", "b"):
+            started = await launcher.start(Job(job_id, "ok"))
+            assert started.job_id == job_id and started.state == JobState.PENDING
+        assert sorted(j.job_id for j in await launcher.list()) == ["a", "b"]
+        cancelled = await launcher.cancel("a")
+        assert cancelled.cancel_requested and cancelled.message == "cancel requested; the operator stops its Job"
+        assert (await launcher.get("a")).cancel_requested and not (await launcher.get("b")).cancel_requested
+        with pytest.raises(JobNotFound, match=r"no job zz \(none in ns\)"):
+            await launcher.get("zz")
+        await asyncio.to_thread(api.patch_namespaced_custom_object, GROUP, VERSION, "ns", PLURAL, "b",
+                                {"status": {"phase": "Succeeded"}})
+        with pytest.raises(JobFinished, match="job b already succeeded"):
+            await launcher.cancel("b")
+        assert not (await launcher.get("b")).cancel_requested  # nothing was patched
+    with pytest.raises(Unavailable, match="unreachable"):
+        await JobResources(api, "ns").get("a")

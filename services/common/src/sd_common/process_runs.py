@@ -549,3 +549,74 @@ def custom_objects_api(api_url: str, settings_prefix: str) -> Any:
                                "with a service account, give ~/.kube/config, or set "
                                f"{settings_prefix}_KUBE_API_URL ({exc})") from None
     return client.CustomObjectsApi()
+
+
+class ResourceLauncher(Generic[R]):
+    """Jobs as custom resources in one namespace, through the Kubernetes API; the operator runs each as a
+    Job and writes its status. A subclass sets the class attributes and builds and reads its resource."""
+
+    name = "kubernetes"
+    group: str
+    version: str
+    plural: str
+    states: type[StrEnum]
+    missing: str  # a 404's message, with {id} and {namespace}
+    already_final: str  # with {id} and {state}
+    not_found_error: type[Exception]
+    finished_error: type[Exception]
+    unavailable_error: type[Exception]
+    running_gauge: Any
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.api = api  # kubernetes.client.CustomObjectsApi
+        self.namespace = namespace
+
+    def body(self, record: R) -> dict[str, Any]:
+        """The resource a new job creates."""
+        raise NotImplementedError
+
+    def record_of(self, obj: dict[str, Any]) -> R:
+        """A job read back from its resource."""
+        raise NotImplementedError
+
+    async def with_progress(self, record: R) -> R:
+        """A job that Get returns, with what else is known of it now (its resource's status by default)."""
+        return record
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, record_id: str = "", **kwargs: Any) -> Any:
+        def not_found() -> Exception:
+            return self.not_found_error(self.missing.format(id=record_id, namespace=self.namespace))
+
+        return await call_custom_objects(fn, self.group, self.version, self.namespace, self.plural, *args,
+                                         unavailable=self.unavailable_error,
+                                         not_found=not_found if record_id else None, **kwargs)
+
+    async def start(self, record: R) -> R:
+        """Creates the resource; the operator makes its Job."""
+        created = await self._call(self.api.create_namespaced_custom_object, self.body(record))
+        return self.record_of(created) if isinstance(created, dict) and created.get("spec") else replace(record)
+
+    async def get(self, record_id: str) -> R:
+        """The job as its resource's status says."""
+        obj = await self._call(self.api.get_namespaced_custom_object, record_id, record_id=record_id)
+        return await self.with_progress(self.record_of(obj))
+
+    async def list(self) -> list[R]:
+        """Every resource in the namespace (read in pages of the API's own)."""
+        objects = await list_custom_objects(self._call, self.api.list_namespaced_custom_object)
+        records = [self.record_of(o) for o in objects]
+        self.running_gauge.set(sum(1 for r in records if r.state == self.states.RUNNING))
+        return records
+
+    async def cancel(self, record_id: str) -> R:
+        """Sets spec.cancel; the operator deletes the Job and sets phase Cancelled."""
+        record = await self.get(record_id)
+        if record.state in {self.states.SUCCEEDED, self.states.FAILED, self.states.CANCELLED}:
+            raise self.finished_error(self.already_final.format(id=record_id, state=record.state.value.lower()))
+        patched = await self._call(self.api.patch_namespaced_custom_object, record_id, {"spec": {"cancel": True}},
+                                   record_id=record_id)
+        return self.record_of(patched) if isinstance(patched, dict) and patched.get("spec") \
+            else await self.get(record_id)
+
+    async def close(self) -> None:
+        """Nothing runs in this process: the Jobs outlive it."""

@@ -22,7 +22,7 @@ import re
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,11 +33,10 @@ from sd_common.process_runs import (
     LauncherWording,
     ProcessLauncher,
     ProcessRecord,
+    ResourceLauncher,
     as_number,
-    call_custom_objects,
     condition_message,
     custom_objects_api,
-    list_custom_objects,
     now_utc,
     page_of,
 )
@@ -426,15 +425,19 @@ def evaluation_of(obj: dict[str, Any], report_uri: Callable[[str], str] | None =
     return evaluation
 
 
-class KubernetesLauncher:
-    """Evaluations as Evaluation resources in one namespace, through the Kubernetes API."""
+class KubernetesLauncher(ResourceLauncher[Evaluation]):
+    """Evaluations as Evaluation resources in one namespace, through the Kubernetes API (the calls are
+    sd_common.process_runs.ResourceLauncher's)."""
 
-    name = "kubernetes"
+    group, version, plural, states = GROUP, VERSION, PLURAL, EvaluationState
+    missing = "no evaluation {id} (no Evaluation {id} in namespace {namespace})"
+    already_final = EVALUATION_WORDING.already_final
+    not_found_error, finished_error, unavailable_error = EvaluationNotFound, EvaluationFinished, LauncherUnavailable
+    running_gauge = EVALUATIONS_RUNNING
 
     def __init__(self, api: Any, namespace: str, carla_image: str, *, store: Any = None,
                  store_uri: Callable[[str], str] = lambda key: key) -> None:
-        self.api = api  # kubernetes.client.CustomObjectsApi
-        self.namespace = namespace
+        super().__init__(api, namespace)
         self.carla_image = carla_image
         self.store = store  # where the evaluation process mirrors progress.json
         self.store_uri = store_uri
@@ -442,16 +445,16 @@ class KubernetesLauncher:
     def _report_uri(self, evaluation_id: str) -> str:
         return self.store_uri(f"{STORE_PREFIX}{evaluation_id}/report.md")
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, evaluation_id: str = "", **kwargs: Any) -> Any:
-        def not_found() -> Exception:
-            return EvaluationNotFound(f"no evaluation {evaluation_id} (no Evaluation {evaluation_id} in "
-                                      f"namespace {self.namespace})")
+    def body(self, record: Evaluation) -> dict[str, Any]:
+        """evaluation_body with the launcher's CARLA image."""
+        return evaluation_body(record, self.carla_image)
 
-        return await call_custom_objects(fn, GROUP, VERSION, self.namespace, PLURAL, *args,
-                                         unavailable=LauncherUnavailable,
-                                         not_found=not_found if evaluation_id else None, **kwargs)
+    def record_of(self, obj: dict[str, Any]) -> Evaluation:
+        """evaluation_of with the store's report URI."""
+        return evaluation_of(obj, self._report_uri)
 
-    async def _with_progress(self, evaluation: Evaluation) -> Evaluation:
+    async def with_progress(self, evaluation: Evaluation) -> Evaluation:
+        """While it runs, the progress.json the process mirrors to the store (when there is a store)."""
         if self.store is None or evaluation.state != EvaluationState.RUNNING:
             return evaluation
         with contextlib.suppress(Exception):  # no progress.json yet, or the store is slow: the status stands
@@ -459,39 +462,6 @@ class KubernetesLauncher:
                                              max_bytes=1 << 20)
             apply_progress(evaluation, json.loads(raw), None)
         return evaluation
-
-    async def start(self, evaluation: Evaluation) -> Evaluation:
-        """Creates the Evaluation; the operator makes its Job."""
-        created = await self._call(self.api.create_namespaced_custom_object,
-                                   evaluation_body(evaluation, self.carla_image))
-        return evaluation_of(created, self._report_uri) if isinstance(created, dict) and created.get("spec") \
-            else replace(evaluation)
-
-    async def get(self, evaluation_id: str) -> Evaluation:
-        """The evaluation as its resource's status (and, while it runs, its mirrored progress) says."""
-        obj = await self._call(self.api.get_namespaced_custom_object, evaluation_id, evaluation_id=evaluation_id)
-        return await self._with_progress(evaluation_of(obj, self._report_uri))
-
-    async def list(self) -> list[Evaluation]:
-        """Every Evaluation in the namespace (read in pages of the API's own)."""
-        objects = await list_custom_objects(self._call, self.api.list_namespaced_custom_object)
-        evaluations = [evaluation_of(o, self._report_uri) for o in objects]
-        EVALUATIONS_RUNNING.set(sum(1 for e in evaluations if e.state == EvaluationState.RUNNING))
-        return evaluations
-
-    async def cancel(self, evaluation_id: str) -> Evaluation:
-        """Sets spec.cancel; the operator deletes the Job and sets phase Cancelled."""
-        evaluation = await self.get(evaluation_id)
-        if evaluation.state in FINAL:
-            raise EvaluationFinished(f"evaluation {evaluation_id} already {evaluation.state.value.lower()}; only "
-                                     "pending or running evaluations can be cancelled")
-        patched = await self._call(self.api.patch_namespaced_custom_object, evaluation_id, {"spec": {"cancel": True}},
-                                   evaluation_id=evaluation_id)
-        return evaluation_of(patched, self._report_uri) if isinstance(patched, dict) and patched.get("spec") \
-            else await self.get(evaluation_id)
-
-    async def close(self) -> None:
-        """Nothing runs in this process: the Jobs outlive it."""
 
 
 def kubernetes_api(api_url: str) -> Any:

@@ -21,7 +21,7 @@ import re
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,11 +32,10 @@ from sd_common.process_runs import (
     LauncherWording,
     ProcessLauncher,
     ProcessRecord,
+    ResourceLauncher,
     as_number,
-    call_custom_objects,
     condition_message,
     custom_objects_api,
-    list_custom_objects,
     now_utc,
     page_of,
 )
@@ -367,50 +366,23 @@ def run_of(obj: dict[str, Any]) -> Run:
     return run
 
 
-class KubernetesLauncher:
-    """Runs as TrainingRun resources in one namespace, through the Kubernetes API."""
+class KubernetesLauncher(ResourceLauncher[Run]):
+    """Runs as TrainingRun resources in one namespace, through the Kubernetes API (the calls are
+    sd_common.process_runs.ResourceLauncher's)."""
 
-    name = "kubernetes"
+    group, version, plural, states = GROUP, VERSION, PLURAL, RunState
+    missing = "no training run {id} (no TrainingRun {id} in namespace {namespace})"
+    already_final = TRAINING_WORDING.already_final
+    not_found_error, finished_error, unavailable_error = RunNotFound, RunFinished, LauncherUnavailable
+    running_gauge = RUNS_RUNNING
 
-    def __init__(self, api: Any, namespace: str) -> None:
-        self.api = api  # kubernetes.client.CustomObjectsApi
-        self.namespace = namespace
+    def body(self, record: Run) -> dict[str, Any]:
+        """training_run_body."""
+        return training_run_body(record)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, run_id: str = "", **kwargs: Any) -> Any:
-        def not_found() -> Exception:
-            return RunNotFound(f"no training run {run_id} (no TrainingRun {run_id} in namespace {self.namespace})")
-
-        return await call_custom_objects(fn, GROUP, VERSION, self.namespace, PLURAL, *args,
-                                         unavailable=LauncherUnavailable, not_found=not_found if run_id else None,
-                                         **kwargs)
-
-    async def start(self, run: Run) -> Run:
-        """Creates the TrainingRun; the operator makes its Job."""
-        created = await self._call(self.api.create_namespaced_custom_object, training_run_body(run))
-        return run_of(created) if isinstance(created, dict) and created.get("spec") else replace(run)
-
-    async def get(self, run_id: str) -> Run:
-        """The run as its resource's status says."""
-        return run_of(await self._call(self.api.get_namespaced_custom_object, run_id, run_id=run_id))
-
-    async def list(self) -> list[Run]:
-        """Every TrainingRun in the namespace (read in pages of the API's own)."""
-        runs = [run_of(o) for o in await list_custom_objects(self._call, self.api.list_namespaced_custom_object)]
-        RUNS_RUNNING.set(sum(1 for r in runs if r.state == RunState.RUNNING))
-        return runs
-
-    async def cancel(self, run_id: str) -> Run:
-        """Sets spec.cancel; the operator deletes the Job and sets phase Cancelled."""
-        run = await self.get(run_id)
-        if run.state in FINAL:
-            raise RunFinished(f"run {run_id} already {run.state.value.lower()}; only pending or running "
-                              "runs can be cancelled")
-        patched = await self._call(self.api.patch_namespaced_custom_object, run_id, {"spec": {"cancel": True}},
-                                   run_id=run_id)
-        return run_of(patched) if isinstance(patched, dict) and patched.get("spec") else await self.get(run_id)
-
-    async def close(self) -> None:
-        """Nothing runs in this process: the Jobs outlive it."""
+    def record_of(self, obj: dict[str, Any]) -> Run:
+        """run_of."""
+        return run_of(obj)
 
 
 def kubernetes_api(api_url: str) -> Any:

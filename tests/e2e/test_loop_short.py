@@ -84,7 +84,9 @@ def test_the_demonstrations_become_a_version_of_their_accepted_segments(loop):
                                                          "measurements.json").read_text())) for s in accepted)
     assert sorted(frames) == ["train", "val"]
     assert version["frames"] == frames["train"] + frames["val"] and version["train_frames"] == frames["train"]
-    assert 0 < version["train_minutes"] < version["minutes"] <= 2 * DRIVE_S / 60
+    # A drive records its duration plus the frame that crosses it (a few frames under load), never more
+    # than a quarter second more.
+    assert 0 < version["train_minutes"] < version["minutes"] <= 2 * (DRIVE_S + 0.25) / 60
 
 
 @needs_browser
@@ -97,31 +99,34 @@ def test_training_ends_at_its_step_count_with_a_checkpoint_in_the_store(loop):
 
 @needs_browser
 def test_the_checkpoint_rebuilds_the_trained_network_and_drives_on_a_recorded_frame(loop):
-    import numpy as np
-    import simplejpeg
+    import av
     import torch
     from sd_trainer.config import TrainConfig
-    from sd_trainer.model import CILRS
 
-    state = torch.load(loop["store"] / loop["trained"]["checkpoint_uri"], map_location="cpu", weights_only=False)
+    from sd_evaluator.agents import Control, Observation
+    from sd_evaluator.policy import CheckpointAgent
+
+    path = loop["store"] / loop["trained"]["checkpoint_uri"]
+    state = torch.load(path, map_location="cpu", weights_only=False)
     cfg = TrainConfig.from_overrides(state["config"])
     assert cfg.max_steps == STEPS and cfg.model == TrainConfig.from_overrides(loop["config"]).model
     assert state["dataset_id"] == loop["version"]["dataset_id"] and state["step"] == STEPS
     adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
     assert adam_steps == {STEPS}, adam_steps  # every parameter took each of the run's steps
-    model = CILRS(cfg.model)
-    model.load_state_dict(state["model"])
-    model.eval()
-    store, sid = loop["store"], next(iter(loop["records"]))
-    segment = _accepted(store, sid)[0]
-    jpg = sorted((store / "processed" / sid / segment["segment_id"] / "rgb_front").glob("*.jpg"))[0]
-    rgb = simplejpeg.decode_jpeg(jpg.read_bytes(), colorspace="RGB")
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-    image = torch.nn.functional.interpolate(image.float(), size=(cfg.model.image_height, cfg.model.image_width),
-                                            mode="area").round().to(torch.uint8)
-    with torch.no_grad():
-        out = model(image, torch.tensor([3.0]))
-    assert out.branches.shape == (1, 4, 3) and torch.isfinite(out.branches).all()
+    # The evaluator's model agent loads it with the dataset's camera: the recording's size and mount, the
+    # processor's crop, the network's input size.
+    agent = CheckpointAgent.load(str(path))
+    sid = next(iter(loop["records"]))
+    segments = json.loads((loop["store"] / "processed" / sid / "segments.json").read_text())
+    camera = agent.camera
+    assert (camera.recording_width, camera.recording_height) == tuple(int(v) for v in SIZE.split("x"))
+    assert camera.crop.to_dict() == segments["crop"] and camera.mount.to_dict() == segments["mount"]
+    assert (camera.input_height, camera.input_width) == (cfg.model.image_height, cfg.model.image_width)
+    # A whole recorded frame (the raw upload's first picture) drives it: a control within CARLA's ranges.
+    with av.open(str(loop["store"] / "raw" / sid / "video.webm")) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    control = agent.act(Observation(image=frame, speed_mps=3.0, command=4, t_s=0.0))
+    assert isinstance(control, Control)
 
 
 def test_the_results_section_is_replaced_in_place_and_names_what_was_not_evaluated(tmp_path):

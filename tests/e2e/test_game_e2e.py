@@ -14,102 +14,14 @@ fails under CI=true, where they are always installed.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.stack import start_stack
+from tests.e2e.game import ARTIFACTS, DRIVE_S, IN_CI, MISSING, MULTIPART_BYTES, SIZE, WEB
 
-REPO = Path(__file__).resolve().parents[2]
-WEB = REPO / "web"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = [Path("/usr/lib/chromium/chromium"), Path("/usr/bin/chromium")]
-DRIVE_S = 32
-SIZE = (640, 360)
-MULTIPART_BYTES = 5 * 1024 * 1024  # the smallest threshold the store allows, so the video goes in parts
-# The processor's output for the 32 s drive must appear within this many seconds of the upload; the
-# margin is for a loaded 2-core CI machine. Not appearing in time is a failure, never a skip.
-PROCESSED_TIMEOUT_S = float(os.environ.get("SD_E2E_PROCESSED_TIMEOUT_S", "240"))
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _missing() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (WEB / "node_modules" / "playwright-core").is_dir():
-        return "web/node_modules is missing (npm --prefix web ci)"
-    if not any(p.exists() for p in CHROMIUM) and not os.environ.get("SD_CHROMIUM"):
-        return "Chromium is not installed (apt-get install chromium)"
-    return None
-
-
-MISSING = _missing()
 pytestmark = pytest.mark.skipif(MISSING is not None and not IN_CI, reason=f"browser test needs: {MISSING}")
-
-
-def _build_web() -> None:
-    """Builds web/dist unless it is newer than every source file."""
-    dist = WEB / "dist" / "index.html"
-    sources = [p for d in ("src", "index.html", "package.json", "vite.config.ts") for p in
-               ((WEB / d).rglob("*") if (WEB / d).is_dir() else [WEB / d])]
-    if dist.exists() and dist.stat().st_mtime >= max(p.stat().st_mtime for p in sources if p.is_file()):
-        return
-    subprocess.run(["npm", "--prefix", str(WEB), "run", "build"], check=True, capture_output=True, timeout=180)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    if MISSING is not None:  # only under CI=true, where the test must not skip
-        pytest.fail(f"browser test needs: {MISSING}")
-    _build_web()
-    state = tmp_path_factory.mktemp("game-stack")
-    env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
-               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES))
-    running = start_stack(state, env)
-    yield {"url": running.url, "state": state}
-    running.stop(signal.SIGTERM, timeout_s=30)
-
-
-@pytest.fixture(scope="module")
-def drive(stack):
-    """One scripted drive through the browser; returns the game's result and the stored session."""
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
-    started = time.monotonic()
-    run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(ARTIFACTS),
-                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}", "--diffusion"],
-                         capture_output=True, text=True, timeout=240, check=False)
-    log = (ARTIFACTS / "console.log").read_text() if (ARTIFACTS / "console.log").exists() else ""
-    assert run.returncode == 0, f"the scripted drive failed:\n{run.stdout}\n{run.stderr}\n{log[-4000:]}"
-    result = json.loads((ARTIFACTS / "result.json").read_text())
-    sid = result["result"]["sessionId"]
-    return {"result": result, "sid": sid, "session": stack["state"] / "store" / "raw" / sid,
-            "store": stack["state"] / "store", "drive_s": time.monotonic() - started}
-
-
-@pytest.fixture(scope="module")
-def processed(drive):
-    """The processor's _SUCCESS.json for the drive; fails if it does not appear in time.
-
-    The later drives wait for it: on a 2-core machine a drive recorded while the processor decodes
-    the first session starves the browser's video encoder, which then loses the last frame.
-    """
-    done = drive["store"] / "processed" / drive["sid"] / "_SUCCESS.json"
-    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
-    while not done.exists() and time.monotonic() < deadline:
-        time.sleep(1)
-    if not done.exists():
-        pytest.fail(f"no processed/{drive['sid']}/_SUCCESS.json appeared within {PROCESSED_TIMEOUT_S:.0f} s of the "
-                    "upload: the processor did not process the session (SD_E2E_PROCESSED_TIMEOUT_S sets the limit)")
-    print(f"\nprocessed {PROCESSED_TIMEOUT_S - (deadline - time.monotonic()):.0f} s after the drive's checks began")
-    return done
 
 
 def test_the_drive_is_in_the_real_east_village_with_its_credit(drive):
@@ -190,18 +102,13 @@ def test_screenshots_are_not_blank(drive):
         assert pixels.std() > 12, f"{name} looks blank (pixel standard deviation {pixels.std():.1f})"
 
 
-def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, processed):
+def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, diffusion_drive):
     """The diffusion path with a stand-in server: the offer is answered inside the page by a peer
     that echoes the game's frames back (web/e2e/drive.mjs --fake-diffusion), so WebRTC, compositing
     the returned stream, the barcode on top and the manifest's diffusion block all run for real."""
     from sd_common.session_format.validate import validate_session
 
-    out = ARTIFACTS / "diffusion"
-    run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(out),
-                          "--seed", "8", "--duration", "10", "--size", f"{SIZE[0]}x{SIZE[1]}", "--fake-diffusion"],
-                         capture_output=True, text=True, timeout=180, check=False)
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    result = json.loads((out / "result.json").read_text())
+    result = diffusion_drive["result"]
     assert result["verdict"] == "accepted", result
     assert result["diffusionMessage"].startswith("Diffusion view on"), result["diffusionMessage"]
     session = stack["state"] / "store" / "raw" / result["result"]["sessionId"]

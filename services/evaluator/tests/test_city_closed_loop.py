@@ -1,5 +1,6 @@
-"""One short city route closed-loop in headless Chromium with each baseline agent, each record checked
-against the game's own infraction log.
+"""Closed-loop runs of one short city route in headless Chromium, and the check of a record against the
+game's own infraction log (`_check_against_game_log`) that test_evaluate_city.py applies to each agent
+of a whole evaluation — the model and both baselines.
 
 The game (web/dist, rebuilt here when older than its sources) is served on loopback and driven in
 agent mode by the runner; Debian's Chromium and the playwright package must be installed. Missing, the
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd_evaluator.agents import ConstantThrottleAgent, Control, GameAutopilot, Observation
+from sd_evaluator.agents import ConstantThrottleAgent, Control, Observation
 from sd_evaluator.city.benchmarks import city_benchmark
 from sd_evaluator.city.browser import CHROMIUM_CANDIDATES
 from sd_evaluator.city.infractions import EVENT_KINDS, OUTSIDE_LANES_KINDS, map_infraction
@@ -98,28 +99,6 @@ def _check_against_game_log(out: Path, agent_name: str) -> dict:
     report = build_report(results, routes)
     assert report["towns"] == report["towns_driven"] == ["east-village"]
     return {"record": record, "game_log": game_log}
-
-
-def test_autopilot_and_constant_throttle_on_city_smoke(tmp_path):
-    bench = city_benchmark("city-smoke")
-    seen = []
-    auto = run_city(bench, GameAutopilot(), tmp_path / "autopilot", progress=seen.append)
-    a = _check_against_game_log(tmp_path / "autopilot", "autopilot")
-    # The privileged upper bound drives this route to its end.
-    assert a["record"].scores["score_route"] == 100.0
-    assert a["record"].status in ("Perfect", "Completed")
-    assert [(p.route_index, p.routes_total, p.agent) for p in seen] == [(0, 1, "autopilot")]
-    assert auto.records[0].extra["seed"] == bench.route_seed(0)
-
-    const = run_city(bench, ConstantThrottleAgent(), tmp_path / "constant")
-    c = _check_against_game_log(tmp_path / "constant", "constant-throttle")
-    # Straight ahead at a fixed throttle on this route: through a red light and into a pedestrian and
-    # cars (the game's log says so, and the record carries each as its leaderboard infraction).
-    kinds = [i["kind"] for i in c["game_log"]]
-    assert {"red_light", "collision_pedestrian", "collision_vehicle"} <= set(kinds)
-    assert c["record"].scores["score_penalty"] < 0.5
-    assert c["record"].scores["score_composed"] < a["record"].scores["score_composed"]
-    assert const.values[0] == str(c["record"].scores["score_composed"])
 
 
 class _LookingConstant:

@@ -64,7 +64,7 @@ async def sdctl(*args: str, env: dict | None = None) -> tuple[int, str, str]:
 
 async def test_start_follow_show_list_and_cancel_over_grpc(tmp_path, ckpt):
     store = tmp_path / "store"
-    async with evaluator_service(tmp_path / "evaluator", store, env=process_env(store, step_s=0.005)) as ev:
+    async with evaluator_service(tmp_path / "evaluator", store, env=process_env(store, step_s=0.001)) as ev:
         code, out, err = await sdctl("evaluate", "start", "--checkpoint", ckpt, "--benchmark", "corridor-2",
                                      "--follow", "--interval-s", "0.1", "--evaluator", ev.target)
         assert code == 0, err

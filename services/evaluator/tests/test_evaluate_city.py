@@ -1,6 +1,7 @@
 """The whole evaluation process on the city, end to end: a trainer checkpoint, `python -m
 sd_evaluator.evaluate --benchmark city-smoke`, the three agents in headless Chromium, the side-by-side
-report. Needs what test_city_closed_loop.py needs (Chromium, playwright, the game's build); under
+report — the acceptance run of the city with each baseline, every record checked against the game's own
+infraction log. Needs what test_city_closed_loop.py needs (Chromium, playwright, the game's build); under
 CI=true a missing one fails.
 
 The checkpoint is a real CILRS whose branch heads answer one fixed control (steer 0, throttle 0.5,
@@ -25,6 +26,7 @@ from test_city_closed_loop import _check_against_game_log, built_game, pytestmar
 from sd_evaluator import evaluate
 from sd_evaluator.agents import AUTOPILOT, CONSTANT, MODEL
 from sd_evaluator.camera_input import CameraMount, CameraSpec, Crop
+from sd_evaluator.city.benchmarks import city_benchmark
 from sd_evaluator.results import read_results
 
 TINY = {"model": {"backbone": "resnet18", "base_width": 8, "perception_features": 32,
@@ -69,8 +71,16 @@ def test_evaluate_city_smoke_runs_the_model_beside_both_baselines(tmp_path, fixe
     # The model saw the dataset's camera: CameraSpec.prepare refuses a frame of any other size than the
     # checkpoint's 192x108 recording, so driving at all means the city rendered at that size.
     assert checked[MODEL]["record"].meta["duration_game"] > 0
-    # The autopilot, the upper bound, completes this route; the report puts the three side by side.
-    assert checked[AUTOPILOT]["record"].scores["score_route"] == 100.0
+    # The autopilot, the upper bound, completes this route. Straight ahead at a fixed throttle, the lower
+    # bound goes through a red light and into a pedestrian and cars (the game's log says so, and the
+    # record carries each as its leaderboard infraction).
+    auto = checked[AUTOPILOT]["record"]
+    assert auto.scores["score_route"] == 100.0 and auto.status in ("Perfect", "Completed")
+    assert auto.extra["seed"] == const.extra["seed"] == city_benchmark("city-smoke").route_seed(0)
+    kinds = {i["kind"] for i in checked[CONSTANT]["game_log"]}
+    assert {"red_light", "collision_pedestrian", "collision_vehicle"} <= kinds
+    assert const.scores["score_penalty"] < 0.5
+    # The report puts the three side by side.
     report = json.loads((out / "report.json").read_text())
     text = json.dumps(report)
     for name in (MODEL, AUTOPILOT, CONSTANT):

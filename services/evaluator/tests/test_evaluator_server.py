@@ -134,7 +134,7 @@ async def test_progress_while_it_runs_then_cancel_stops_the_process(tmp_path, ck
 
 async def test_one_at_a_time_the_next_waits_and_a_pending_one_cancels_at_once(tmp_path, ckpt):
     state, store = tmp_path / "evaluator", tmp_path / "store"
-    async with evaluator_service(state, store, env=process_env(store, step_s=0.01)) as ev:
+    async with evaluator_service(state, store, env=process_env(store, step_s=0.002)) as ev:
         first = (await ev.stub.StartEvaluation(pb.StartEvaluationRequest(checkpoint_uri=ckpt,
                                                                          benchmark="corridor-2"))).evaluation
         second = (await ev.stub.StartEvaluation(pb.StartEvaluationRequest(

@@ -1,0 +1,80 @@
+"""The browser tests' stack and the scripted drive, once per test session: the game's own tests and the
+loop's short test use the same stack and the same recorded drive."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.game import (ARTIFACTS, DRIVE_S, MISSING, MULTIPART_BYTES, PROCESSED_TIMEOUT_S, SIZE, WEB,
+                            build_web)
+from tests.stack import start_stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    if MISSING is not None:  # only under CI=true, where the test must not skip
+        pytest.fail(f"browser test needs: {MISSING}")
+    build_web()
+    state = tmp_path_factory.mktemp("game-stack")
+    env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
+               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES))
+    running = start_stack(state, env)
+    yield {"url": running.url, "state": state, "offset": running.offset}
+    running.stop(signal.SIGTERM, timeout_s=30)
+
+
+@pytest.fixture(scope="session")
+def drive(stack):
+    """One scripted drive through the browser; returns the game's result and the stored session."""
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    started = time.monotonic()
+    run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(ARTIFACTS),
+                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}", "--diffusion"],
+                         capture_output=True, text=True, timeout=240, check=False)
+    log = (ARTIFACTS / "console.log").read_text() if (ARTIFACTS / "console.log").exists() else ""
+    assert run.returncode == 0, f"the scripted drive failed:\n{run.stdout}\n{run.stderr}\n{log[-4000:]}"
+    result = json.loads((ARTIFACTS / "result.json").read_text())
+    sid = result["result"]["sessionId"]
+    return {"result": result, "sid": sid, "session": stack["state"] / "store" / "raw" / sid,
+            "store": stack["state"] / "store", "drive_s": time.monotonic() - started}
+
+
+@pytest.fixture(scope="session")
+def processed(drive):
+    """The processor's _SUCCESS.json for the drive; fails if it does not appear in time.
+
+    The later drives wait for it: on a 2-core machine a drive recorded while the processor decodes
+    the first session starves the browser's video encoder, which then loses the last frame.
+    """
+    done = drive["store"] / "processed" / drive["sid"] / "_SUCCESS.json"
+    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    if not done.exists():
+        pytest.fail(f"no processed/{drive['sid']}/_SUCCESS.json appeared within {PROCESSED_TIMEOUT_S:.0f} s of the "
+                    "upload: the processor did not process the session (SD_E2E_PROCESSED_TIMEOUT_S sets the limit)")
+    print(f"\nprocessed {PROCESSED_TIMEOUT_S - (deadline - time.monotonic()):.0f} s after the drive's checks began")
+    return done
+
+
+@pytest.fixture(scope="session")
+def diffusion_drive(stack, processed):
+    """A second, 10 s drive with the diffusion view on, its offer answered inside the page by a peer that
+    echoes the game's frames back (web/e2e/drive.mjs --fake-diffusion); it waits for the first drive's
+    processing (see `processed`)."""
+    out = ARTIFACTS / "diffusion"
+    run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(out),
+                          "--seed", "8", "--duration", "10", "--size", f"{SIZE[0]}x{SIZE[1]}", "--fake-diffusion"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    result = json.loads((out / "result.json").read_text())
+    return {"result": result, "sid": result["result"]["sessionId"]}

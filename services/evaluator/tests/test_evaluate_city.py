@@ -22,6 +22,7 @@ from sd_trainer.checkpoints import save_checkpoint
 from sd_trainer.config import TrainConfig
 from sd_trainer.model import CILRS
 from test_city_closed_loop import _check_against_game_log, built_game, pytestmark  # noqa: F401
+from test_policy import TINY  # the model agent's tests' tiny CILRS
 
 from sd_evaluator import evaluate
 from sd_evaluator.agents import AUTOPILOT, CONSTANT, MODEL
@@ -29,9 +30,6 @@ from sd_evaluator.camera_input import CameraMount, CameraSpec, Crop
 from sd_evaluator.city.benchmarks import city_benchmark
 from sd_evaluator.results import read_results
 
-TINY = {"model": {"backbone": "resnet18", "base_width": 8, "perception_features": 32,
-                  "measurements_neurons": [16, 16], "join_neurons": [32], "branch_neurons": [16, 16],
-                  "speed_branch_neurons": [16, 16]}}
 # A small recording so the model's rendered steps stay cheap on the test machine.
 CAMERA = CameraSpec(recording_width=192, recording_height=108, fov_deg=100.0,
                     mount=CameraMount(1.3, 0.0, 2.3, 0.0, 0.0, 0.0), crop=Crop(46, 0, 100, 100),

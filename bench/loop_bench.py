@@ -45,10 +45,12 @@ END = "<!-- end of bench/loop_bench.py output -->"
 AGENTS = ("model", "autopilot", "constant-throttle")
 
 # The small CPU training run every data size gets: the tiny CILRS of the trainer's tests (ResNet-18 at
-# base width 8) at 64x64 input, batch 16, no loader workers beyond one (2 shared cores).
+# base width 8) at 64x64 input, batch 16, no loader workers beyond one (2 shared cores). Standing
+# frames are drawn as often pulling away as holding (docs/training.md, "Sampling"): with uniform
+# draws the network trained on these demonstrations never pulls away from the start.
 SMALL_TRAIN = {
     "model": {"backbone": "resnet18", "base_width": 8, "image_height": 64, "image_width": 64},
-    "data": {"batch_size": 16, "num_workers": 1},
+    "data": {"batch_size": 16, "num_workers": 1, "sampling": "standing"},
     "device": "cpu",
     "log_every_steps": 10,
 }
@@ -187,22 +189,51 @@ def read_scores(out: Path) -> dict:
 
 
 def run_loop(a: argparse.Namespace) -> dict:
-    """The benchmark: every data size's version, training and evaluation, with wall times."""
+    """The benchmark: every data size's version, training and evaluation, with wall times.
+
+    --out/loop.json is rewritten after every session and every data size. With --resume a run that was
+    stopped goes on from it: the same stack state (its store and catalog), the sessions already driven,
+    the sizes already evaluated; the wall times are then sums over the runs (`runs` counts them).
+    """
     total = Timer()
     out = Path(a.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    targets = sorted(float(m) for m in a.minutes.split(","))
-    stack = start(out / "stack")
-    store = stack.state / "store"
-    doc: dict = {"command": " ".join(["python", "bench/loop_bench.py", *sys.argv[1:]]),
+    progress = out / "loop.json"
+    command = " ".join(["python", "bench/loop_bench.py", *(x for x in sys.argv[1:] if x != "--resume")])
+    doc: dict = {"command": command,
                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "recording": {"size": a.size, "drive_s": a.drive_s}, "train_config": train_config(a.steps),
-                 "benchmark": a.benchmark, "sessions": [], "sizes": []}
+                 "benchmark": a.benchmark, "sessions": [], "sizes": [], "runs": 1, "total_wall_s": 0.0}
+    if a.resume and progress.is_file():
+        before = json.loads(progress.read_text())
+        def plain(d: dict) -> dict:  # what must match; --write-results may come only with the last run
+            return {"command": d.get("command", "").replace(" --write-results", ""),
+                    **{k: d.get(k) for k in ("recording", "train_config", "benchmark")}}
+
+        if plain(before) != plain(doc):
+            raise LoopError(f"--resume: {progress} is a run of another command or config: {plain(before)}")
+        doc = {**before, "command": command, "runs": int(before.get("runs", 1)) + 1}
+        print(f"resuming: {len(doc['sessions'])} sessions, {len(doc['sizes'])} sizes done", flush=True)
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    earlier_wall_s = float(doc.get("total_wall_s", 0.0))
+
+    def save() -> None:
+        doc["total_wall_s"] = round(earlier_wall_s + total.s, 1)
+        progress.write_text(json.dumps(doc, indent=1))
+
+    targets = sorted(float(m) for m in a.minutes.split(","))
+    done = {e["target_minutes"] for e in doc["sizes"]}
+    stack = start(out / "stack")
+    store = stack.state / "store"
     try:
-        train_min, seed = 0.0, a.seed
+        seed = a.seed + len(doc["sessions"])
+        version = doc.get("last_version")
+        train_min = version["train_minutes"] if version and version["val_segments"] else 0.0
         for target in targets:
+            if target in done:
+                continue
             # The trainer validates every run, so a version needs a validation session besides the
             # training ones: the data sizes are minutes of the training split.
             while train_min < target:
@@ -220,6 +251,11 @@ def run_loop(a: argparse.Namespace) -> dict:
                 seed += 1
                 version = create_version(stack.offset, store, f"loop-{target:g}min", a.val_fraction)
                 train_min = version["train_minutes"] if version["val_segments"] else 0.0
+                doc["last_version"] = version
+                save()
+            if version is None or version["name"] != f"loop-{target:g}min":
+                # Resumed with enough sessions already driven for this size: its own version of them.
+                version = create_version(stack.offset, store, f"loop-{target:g}min", a.val_fraction)
             entry: dict = {"target_minutes": target, "version": version}
             print(f"version {version['dataset_id'][:12]}: {version['minutes']:.2f} min, {version['frames']} frames",
                   flush=True)
@@ -238,10 +274,11 @@ def run_loop(a: argparse.Namespace) -> dict:
                 entry["evaluate_error"] = str(exc)
                 print(f"not evaluated: {exc}", flush=True)
             doc["sizes"].append(entry)
+            save()
     finally:
         stack.stop(signal.SIGTERM, timeout_s=60)
-    doc["total_wall_s"] = total.s
-    (out / "loop.json").write_text(json.dumps(doc, indent=1))
+    doc.pop("last_version", None)
+    save()
     return doc
 
 
@@ -280,7 +317,9 @@ def render_section(doc: dict, date: str) -> str:
             cells += [_fmt(sc.get("DS"), 2), _fmt(sc.get("RC"), 2), _fmt(sc.get("IP"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     drive_s = sum(x["drive_wall_s"] for x in doc["sessions"])
-    lines += ["", f"Total wall time {doc['total_wall_s'] / 60:.1f} min ({len(doc['sessions'])} sessions driven in "
+    runs = int(doc.get("runs", 1))
+    over = f", summed over {runs} runs of the command (the later ones with --resume)" if runs > 1 else ""
+    lines += ["", f"Total wall time {doc['total_wall_s'] / 60:.1f} min{over} ({len(doc['sessions'])} sessions driven in "
               f"{drive_s / 60:.1f} min of wall time). Per-session and per-step details: `bench/loop_bench.json`."]
     missing = [e for e in doc["sizes"] if e.get("scores") is None]
     if missing:
@@ -320,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=101, help="seed of the first session; each next one adds 1")
     p.add_argument("--out", default=str(REPO / ".run" / "loop-bench"))
     p.add_argument("--write-results", action="store_true", help="write bench/loop_bench.json and RESULTS.md")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from --out/loop.json of a stopped run of the same command (see run_loop)")
     a = p.parse_args(argv)
     doc = run_loop(a)
     if a.write_results:

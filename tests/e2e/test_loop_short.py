@@ -49,7 +49,7 @@ def loop(stack, drive, diffusion_drive, tmp_path_factory):
     records = {d["sid"]: lb.wait_processed(d["sid"], stack["offset"], timeout_s=240) for d in (drive, diffusion_drive)}
     store = stack["state"] / "store"
     version = lb.create_version(stack["offset"], store, "loop-short", val_fraction=0.5)
-    config = {**lb.train_config(STEPS), "data": {"batch_size": 8, "num_workers": 0}}
+    config = {**lb.train_config(STEPS), "data": {**lb.SMALL_TRAIN["data"], "batch_size": 8, "num_workers": 0}}
     trained = lb.train(version["dataset_id"], store, root / "train", "loop-short", config)
     return {"records": records, "store": store, "version": version, "trained": trained, "config": config}
 

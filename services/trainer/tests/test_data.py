@@ -144,3 +144,63 @@ def test_the_loader_bench_delivers_every_training_frame_once_per_epoch(tmp_path,
     assert run.image_sum == 2 * pixels
     n, seconds = bench.pil_baseline([f.path for f in ds.frames[:5]])
     assert n == 5 and seconds > 0
+
+
+def _frame(speed: float, throttle: float, brake: float, i: int):
+    from sd_trainer.data import FrameRecord
+
+    return FrameRecord(path=f"f{i}.jpg", speed_mps=speed, command=4, branch=0, steer=0.0, throttle=throttle,
+                       brake=brake, session_id="s", segment_id="g")
+
+
+def test_standing_draws_split_evenly_between_pulling_away_and_holding():
+    from sd_trainer.data import standing_weights
+
+    # 10 moving frames, 8 standing and holding (at lights), 2 standing and pulling away
+    frames = ([_frame(6.0, 0.2, 0.0, i) for i in range(10)] + [_frame(0.0, 0.0, 0.4, 10 + i) for i in range(8)]
+              + [_frame(0.2, 0.52, 0.0, 18 + i) for i in range(2)])
+    w = standing_weights(frames, 0.5)
+    assert w[:10].tolist() == [1.0] * 10
+    hold, pull = w[10:18], w[18:]
+    assert float(hold.sum()) == pytest.approx(5.0) and float(pull.sum()) == pytest.approx(5.0)
+    assert float(w.sum()) == pytest.approx(20.0)  # standing frames keep their share of the draws
+    # with no frame of one kind nothing is reweighted; a frame just above the threshold is moving
+    assert standing_weights(frames[:18], 0.5).tolist() == [1.0] * 18
+    assert standing_weights([_frame(0.5, 0.0, 1.0, 0), _frame(0.1, 1.0, 0.0, 1), _frame(0.1, 0.0, 1.0, 2)],
+                            0.5).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(DatasetError, match="standing_speed_mps must be positive"):
+        standing_weights(frames, 0.0)
+
+
+def test_standing_sampling_draws_by_weight_reproducibly_per_epoch_and_rank(tiny_version):
+    from sd_trainer.data import WeightedEpochSampler, standing_weights
+
+    v = open_local_version(tiny_version.root, tiny_version.dataset_id)
+    ds = split_dataset(v, "train")
+    cfg = DataConfig(batch_size=8, num_workers=0, sampling="standing")
+    sampler = make_loader(ds, cfg, train=True, seed=3).sampler
+    assert isinstance(sampler, WeightedEpochSampler) and len(sampler) == len(ds)
+    assert torch.equal(sampler.weights, standing_weights(ds.frames, cfg.standing_speed_mps))
+    first = list(sampler)
+    assert list(sampler) == first  # a function of (seed, epoch, rank) only: a resumed run draws the same
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    ranks = [list(make_loader(ds, cfg, train=True, seed=3, rank=r, world_size=2).sampler) for r in (0, 1)]
+    assert len(ranks[0]) == len(ds) // 2 and ranks[0] != ranks[1]
+    # validation is never reweighted
+    assert not isinstance(make_loader(ds, cfg, train=False, seed=3).sampler, WeightedEpochSampler)
+
+    # on a large draw, the rare standing kind comes up as often as the common one
+    frames = [_frame(0.0, 0.0, 0.4, i) for i in range(90)] + [_frame(0.0, 0.6, 0.0, 90 + i) for i in range(10)]
+    big = WeightedEpochSampler(standing_weights(frames, 0.5), seed=0)
+    big.num_samples = 20_000
+    pulls = sum(i >= 90 for i in big)
+    assert 0.47 < pulls / 20_000 < 0.53
+
+
+def test_unknown_sampling_is_a_config_error():
+    from sd_trainer.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="sampling"):
+        TrainConfig.from_overrides({"data": {"sampling": "inverse"}})
+    assert TrainConfig.from_overrides({"data": {"sampling": "standing"}}).data.sampling == "standing"

@@ -126,6 +126,11 @@ class DataConfig:
     # Cache of dataset files read from the object store; "" = <run out dir>/data
     cache_dir: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # How training frames are drawn (docs/training.md, "Sampling"): "uniform" is coiltraine's shuffled
+    # epochs; "standing" draws the frames where the car stands (below standing_speed_mps) as often
+    # pulling away (throttle > brake) as holding, against the inertia problem.
+    sampling: Literal["uniform", "standing"] = "uniform"
+    standing_speed_mps: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sd_common.objectstore import ObjectInfo, ObjectStore, make_store, validate_key, validate_prefix
 from sd_common.processed_format import listing_digest
 from sd_common.settings import StoreSettings
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from sd_trainer.config import ROAD_OPTION_TO_BRANCH, DataConfig
@@ -282,11 +282,69 @@ def split_dataset(version: LocalVersion, split: str, *, height: int = 0, width: 
     return FrameDataset(version.frames[split], version.geometry.height, version.geometry.width, height, width)
 
 
+def standing_weights(frames: list[FrameRecord], standing_speed_mps: float) -> torch.Tensor:
+    """Per-frame draw weights that make standing frames pulling away as likely as standing frames holding.
+
+    A frame stands when its speed is below `standing_speed_mps`; it pulls away when its throttle is above
+    its brake, and holds otherwise. The standing frames keep their share of all draws (the speed input
+    already tells them from moving frames) and it is split evenly between the two kinds, so the L1 loss
+    no longer rewards "hold" as the answer for every standing picture (in demonstrations the car mostly
+    stands waiting) and only the picture can decide. Moving frames weigh 1. With no frame of one kind, all
+    weights are 1.
+    """
+    if not standing_speed_mps > 0:
+        raise DatasetError(f"standing_speed_mps must be positive, got {standing_speed_mps}")
+    speed = torch.tensor([f.speed_mps for f in frames], dtype=torch.float64)
+    pulls = torch.tensor([f.throttle > f.brake for f in frames])
+    standing = speed.abs() < standing_speed_mps
+    weights = torch.ones(len(frames), dtype=torch.float64)
+    n_pull = int((standing & pulls).sum())
+    n_hold = int((standing & ~pulls).sum())
+    if n_pull and n_hold:
+        n_standing = n_pull + n_hold
+        weights[standing & pulls] = n_standing / (2 * n_pull)
+        weights[standing & ~pulls] = n_standing / (2 * n_hold)
+    return weights
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Frame indices drawn with replacement by weight, one shard's worth per rank and epoch.
+
+    Each epoch draws `len(weights) // world_size` indices from a generator seeded by (seed, epoch, rank)
+    alone, so a resumed run sees the same batches and ranks draw independently.
+    """
+
+    def __init__(self, weights: torch.Tensor, *, seed: int, rank: int = 0, world_size: int = 1):
+        self.weights = weights
+        self.seed = seed
+        self.rank = rank
+        self.num_samples = max(1, len(weights) // world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank)
+        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist())
+
+
 def make_loader(dataset: FrameDataset, cfg: DataConfig, *, train: bool, seed: int, rank: int = 0,
                 world_size: int = 1, device_type: str = "cpu") -> DataLoader:
-    """Batches of a split: shuffled per epoch for training (one shard per rank under DDP), in order for validation."""
-    sampler = None
-    if world_size > 1:
+    """Batches of a split: drawn per epoch for training (one shard per rank under DDP), in order for validation.
+
+    Training draws follow `cfg.sampling`: shuffled epochs, or weighted draws (`standing_weights`).
+    """
+    sampler: Sampler[int] | None = None
+    if train and cfg.sampling == "standing":
+        sampler = WeightedEpochSampler(standing_weights(dataset.frames, cfg.standing_speed_mps), seed=seed,
+                                       rank=rank, world_size=world_size)
+    elif train and cfg.sampling != "uniform":
+        raise DatasetError(f"unknown sampling {cfg.sampling!r}")
+    elif world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                      drop_last=train)
     generator = torch.Generator()

@@ -475,6 +475,29 @@ def test_gateway_image_carries_the_web_game_when_it_exists():
     assert copies and copies[0].words()[0].endswith("/dist")
 
 
+def test_evaluator_image_carries_the_built_game_and_a_chromium_its_settings_point_to():
+    from sd_evaluator.city.browser import CHROMIUM_CANDIDATES
+    from sd_evaluator.city.settings import CitySettings
+
+    df = dockerfile("evaluator")
+    web = [s for s in df.stages if s.base.startswith("node:20")]
+    assert len(web) == 1 and web[0].name
+    script = " ".join(i.args for i in web[0].all("RUN"))
+    assert "npm ci" in script and "npm run build" in script
+    assert any(i.words()[0] == "web/" for i in web[0].all("COPY")), "the stage builds the repository's web/"
+    (copy,) = [i for i in df.final.all("COPY") if i.flags.get("from") == web[0].name]
+    src, dest = copy.words()
+    assert src == "/web/dist"
+    installs = " ".join(i.args for i in df.final.all("RUN") if "apt-get install" in i.args)
+    assert "chromium" in installs.split() and "--no-install-recommends" in installs
+    env = dict(w.split("=", 1) for i in df.final.all("ENV") for w in i.words())
+    prefix = CitySettings.model_config["env_prefix"]
+    assert env[prefix + "WEB_DIST"] == dest
+    assert env[prefix + "CHROMIUM"] in CHROMIUM_CANDIDATES  # where Debian's package puts the binary
+    # the settings read those names
+    assert set(CitySettings.model_fields) >= {"web_dist", "chromium"}
+
+
 @pytest.mark.parametrize("path, left_out", [
     (".venv/bin/python", True),
     (".git/HEAD", True),

@@ -1098,3 +1098,18 @@ def test_ingest_announces_dataset_versions_under_its_own_account_when_asked():
                               "verbs": ["create", "get"]}]
     defaults, _, _ = scenario("defaults")
     assert "SD_INGEST_DATASET_VERSION_RESOURCES" not in env_of(defaults, by_component(defaults, "Deployment")["ingest"])
+
+
+def test_diffusion_settings_come_from_values_and_parse_as_the_service_reads_them(monkeypatch):
+    from sd_diffusion.settings import DiffusionSettings
+
+    ice = [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "c"}]
+    for values, want in (({}, ("look", 2, [])), ({"diffusion": {"maxStreams": 3, "iceServers": ice}}, ("look", 3, ice))):
+        docs = render(values)
+        env = {k: v for k, v in env_of(docs, by_component(docs, "Deployment")["diffusion"]).items()
+               if k.startswith("SD_DIFFUSION_") and isinstance(v, str)}
+        for k, v in env.items():  # the pod's environment, read as the service reads it
+            monkeypatch.setenv(k, v)
+        settings = DiffusionSettings()
+        got = (settings.backend, settings.max_streams, [s.model_dump(exclude_none=True) for s in settings.ice_servers])
+        assert got == want

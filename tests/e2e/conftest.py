@@ -38,7 +38,7 @@ def drive(stack):
     ARTIFACTS.mkdir(parents=True)
     started = time.monotonic()
     run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(ARTIFACTS),
-                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}", "--diffusion"],
+                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}"],
                          capture_output=True, text=True, timeout=240, check=False)
     log = (ARTIFACTS / "console.log").read_text() if (ARTIFACTS / "console.log").exists() else ""
     assert run.returncode == 0, f"the scripted drive failed:\n{run.stdout}\n{run.stderr}\n{log[-4000:]}"
@@ -67,13 +67,24 @@ def processed(drive):
 
 
 @pytest.fixture(scope="session")
+def second_drive(stack, processed):
+    """A second, 10 s plain drive (another seed), so that a version of both has a validation session;
+    it waits for the first drive's processing (see `processed`)."""
+    return _short_drive(stack, "second", "8", "10")
+
+
+@pytest.fixture(scope="session")
 def diffusion_drive(stack, processed):
-    """A second, 10 s drive with the diffusion view on, its offer answered inside the page by a peer that
-    echoes the game's frames back (web/e2e/drive.mjs --fake-diffusion); it waits for the first drive's
+    """A 6 s drive with the diffusion view on: the offer goes through the gateway to the stack's
+    diffusion service (the CPU look backend), which streams back; it waits for the first drive's
     processing (see `processed`)."""
-    out = ARTIFACTS / "diffusion"
+    return _short_drive(stack, "diffusion", "10", "6", "--diffusion")
+
+
+def _short_drive(stack, name: str, seed: str, duration_s: str, *flags: str) -> dict:
+    out = ARTIFACTS / name
     run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(out),
-                          "--seed", "8", "--duration", "10", "--size", f"{SIZE[0]}x{SIZE[1]}", "--fake-diffusion"],
+                          "--seed", seed, "--duration", duration_s, "--size", f"{SIZE[0]}x{SIZE[1]}", *flags],
                          capture_output=True, text=True, timeout=180, check=False)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     result = json.loads((out / "result.json").read_text())

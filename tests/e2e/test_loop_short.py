@@ -3,10 +3,10 @@ upload → ingest → processor → a dataset version (`sdctl dataset create`) �
 (`sdctl train`) → a checkpoint that the evaluator's model agent loads with the dataset's camera. The steps
 are bench/loop_bench.py's own functions, so the benchmark and this test run the same code.
 
-It shares the browser tests' stack and their two accepted drives, the 32 s one and the 10 s one with
-the diffusion view (tests/e2e/conftest.py): the trainer validates every run, so a version needs two
-sessions. The version holds every session accepted so far on that stack (the game tests' rejected and
-re-uploaded one too, when it ran first).
+It shares the browser tests' stack and their two plain drives, the 32 s one and a 10 s one
+(tests/e2e/conftest.py): the trainer validates every run, so a version needs two sessions. The version
+holds every session accepted so far on that stack (the game tests' rejected and re-uploaded one, and
+the diffusion drive's, when they ran first and the processor kept any of their segments).
 Needs what tests/e2e/test_game_e2e.py needs (Node with web/node_modules, Debian's Chromium); skipped
 without them, and failing under CI=true.
 """
@@ -43,10 +43,10 @@ lb = _loop_bench()
 
 
 @pytest.fixture(scope="module")
-def loop(stack, drive, diffusion_drive, tmp_path_factory):
-    """One pass of the loop over the browser tests' two accepted drives; what each step returned."""
+def loop(stack, drive, second_drive, tmp_path_factory):
+    """One pass of the loop over the browser tests' two plain drives; what each step returned."""
     root = tmp_path_factory.mktemp("loop")
-    records = {d["sid"]: lb.wait_processed(d["sid"], stack["offset"], timeout_s=240) for d in (drive, diffusion_drive)}
+    records = {d["sid"]: lb.wait_processed(d["sid"], stack["offset"], timeout_s=240) for d in (drive, second_drive)}
     store = stack["state"] / "store"
     version = lb.create_version(stack["offset"], store, "loop-short", val_fraction=0.5)
     config = {**lb.train_config(STEPS), "data": {**lb.SMALL_TRAIN["data"], "batch_size": 8, "num_workers": 0}}

@@ -4,14 +4,13 @@
 // input path), upload, result. Saves screenshots and result.json into --out.
 //
 //   node web/e2e/drive.mjs --url http://127.0.0.1:8080 --out /tmp/e2e [--seed 7] [--duration 32]
-//        [--size 640x360] [--diffusion] [--fake-diffusion] [--corrupt events.jsonl]
+//        [--size 640x360] [--diffusion] [--corrupt events.jsonl]
 //
 // --corrupt FILE changes one byte of FILE on its way to the store (same size), so the gateway
 // rejects the session and the result screen must say why.
 //
-// --fake-diffusion answers the game's diffusion offer inside the page with a second peer connection
-// that sends the game's own frames straight back (no model), so the diffusion view's path — WebRTC,
-// compositing the stream, barcode on top, recording it — runs without a diffusion service.
+// --diffusion turns the diffusion view on: the offer goes through the gateway to the stack's
+// diffusion service, which streams its backend's frames back.
 import { mkdirSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -22,34 +21,9 @@ function args(argv) {
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i].replace(/^--/, '');
     if (k === 'diffusion') out.diffusion = true;
-    else if (k === 'fake-diffusion') out.fakeDiffusion = true;
     else out[k] = argv[++i];
   }
   return out;
-}
-
-/** Runs in the page: answers POST /v1/diffusion/offer with a loopback peer that echoes the video. */
-function fakeDiffusion() {
-  const realFetch = window.fetch.bind(window);
-  window.fetch = async (input, init) => {
-    if (!String(input).endsWith('/v1/diffusion/offer')) return realFetch(input, init);
-    const { sdp_offer } = JSON.parse(init.body);
-    const pc = new RTCPeerConnection({ iceServers: [] });
-    window.__fakeDiffusionPeer = pc;
-    await pc.setRemoteDescription({ type: 'offer', sdp: sdp_offer });
-    const [incoming, outgoing] = pc.getTransceivers();
-    outgoing.direction = 'sendonly';
-    await outgoing.sender.replaceTrack(incoming.receiver.track);
-    incoming.direction = 'recvonly';
-    await pc.setLocalDescription(await pc.createAnswer());
-    await new Promise((r) => {
-      if (pc.iceGatheringState === 'complete') r();
-      pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r());
-      setTimeout(r, 1500);
-    });
-    const body = JSON.stringify({ sdp_answer: pc.localDescription.sdp, stream_id: 'loopback', backend: 'loopback-echo' });
-    return new Response(body, { status: 200, headers: { 'Content-Type': 'application/json' } });
-  };
 }
 
 const a = args(process.argv);
@@ -66,7 +40,6 @@ try {
   const page = await browser.newPage({ viewport: { width: 960, height: 540 } });
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`pageerror: ${e.message}`));
-  if (a.fakeDiffusion) await page.addInitScript(fakeDiffusion);
   if (a.corrupt) {
     await page.route((url) => url.pathname.startsWith('/v1/store/') && url.pathname.endsWith(`/${a.corrupt}`), async (route) => {
       const body = route.request().postDataBuffer();
@@ -76,7 +49,7 @@ try {
     }, { times: 1 });
   }
   const query = new URLSearchParams({ autopilot: '1', seed: a.seed, duration_s: a.duration, size: a.size });
-  if (a.diffusion || a.fakeDiffusion) query.set('diffusion', '1');
+  if (a.diffusion) query.set('diffusion', '1');
   const started = Date.now();
   await page.goto(`${a.url}/?${query}`, { timeout: left() });
   await page.getByTestId('start').waitFor({ state: 'visible', timeout: left() });

@@ -76,22 +76,45 @@ async def test_signaling_without_diffusion_is_unavailable_with_a_reason(gateway,
 
 
 async def test_signaling_relays_to_the_diffusion_service(start_gw, tmp_path):
-    """With a diffusion target, the offer reaches it; this release's diffusion answers UNIMPLEMENTED."""
+    """With a diffusion target, a browser's offer gets the diffusion pod's answer; a bad offer is the
+    browser's error (400); with every slot taken the player is told to retry (503 and Retry-After)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+
     from sd_common.grpc_runtime import GrpcRuntime
     from sd_diffusion.server import register
     from sd_diffusion.settings import DiffusionSettings
-    rt = GrpcRuntime("diffusion", DiffusionSettings(grpc_port=0, metrics_port=0))
+    rt = GrpcRuntime("diffusion", DiffusionSettings(grpc_port=0, metrics_port=0, max_streams=1,
+                                                    busy_retry_after_s=3, shutdown_grace_s=0.5))
     register(rt)
     port = await rt.start()
+    peers = []
+
+    async def offer() -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peers.append(pc)
+        pc.addTrack(VideoStreamTrack())
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+
     try:
         gw = await start_gw(diffusion_target=f"127.0.0.1:{port}")
-        async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as http:
             tok = (await http.post("/v1/players", json={})).json()["device_token"]
             h = {"Authorization": f"Bearer {tok}"}
             sid = (await http.post("/v1/sessions", json={}, headers=h)).json()["session_id"]
+            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": await offer()})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["sdp_answer"].startswith("v=0") and "m=video" in body["sdp_answer"]
+            assert body["backend"] == "look" and body["stream_id"]
+            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": await offer()})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "3", r.text
+            assert "busy" in r.json()["error"]["message"]
             r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "v=0\r\n"})
-            assert r.status_code == 503 and "does not stream" in r.json()["error"]["message"]
+            assert r.status_code == 400 and "no video" in r.json()["error"]["message"]
             r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "hello"})
             assert r.status_code == 400
     finally:
+        for pc in peers:
+            await pc.close()
         await rt.stop()

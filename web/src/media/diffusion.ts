@@ -56,7 +56,7 @@ export class DiffusionLink {
     });
     const answer = await client.diffusionOffer(sessionId, pc.localDescription!.sdp, prompt);
     this.backend = answer.backend || 'webrtc';
-    this.model = answer.backend || null;
+    this.model = answer.model || answer.backend || null;
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp_answer });
     await Promise.race([arrived, new Promise((_, reject) => window.setTimeout(
       () => reject(new Error('the diffusion stream sent no frame in time')), timeoutMs))]);

@@ -210,7 +210,7 @@ export class GatewayClient {
   }
 
   /** Relays an SDP offer to the diffusion service; throws GatewayError 503 with the reason when there is none. */
-  diffusionOffer(sessionId: string, sdpOffer: string, prompt: string): Promise<{ sdp_answer: string; stream_id: string; backend: string }> {
+  diffusionOffer(sessionId: string, sdpOffer: string, prompt: string): Promise<{ sdp_answer: string; stream_id: string; backend: string; model?: string }> {
     // 503 here is an answer ("no diffusion service"), not a hiccup: asked once, never retried.
     return this.call('POST', '/v1/diffusion/offer', { session_id: sessionId, sdp_offer: sdpOffer, prompt }, true, false);
   }

@@ -44,6 +44,19 @@ class ErrorStatus:
 
 Rule = Callable[[BaseException], "ErrorStatus | None"]
 
+RETRY_AFTER_METADATA = "retry-after-s"
+
+
+def retry_after_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The retry hint a failed call's trailing metadata carries (RETRY_AFTER_METADATA), if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
 
 @dataclass(frozen=True)
 class _TypedRule:
@@ -184,7 +197,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.INTERNAL, unexpected_error_message(self._service, exc))
         (log.error if status.grpc_code == grpc.StatusCode.INTERNAL else log.info)(
             "call failed", method=method, code=status.grpc_code.name, error=status.message)
-        await context.abort(status.grpc_code, status.grpc_details)
+        # A retry hint travels as trailing metadata `retry-after-s` (seconds), as HTTP's Retry-After does.
+        trailing = (() if status.retry_after_s is None
+                    else ((RETRY_AFTER_METADATA, f"{status.retry_after_s:g}"),))
+        await context.abort(status.grpc_code, status.grpc_details, trailing_metadata=trailing)
 
     async def intercept_service(
         self,

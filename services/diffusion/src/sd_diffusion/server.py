@@ -1,18 +1,76 @@
-"""gRPC servicer of the diffusion service.
+"""gRPC servicer of the diffusion service: streams over WebRTC, capacity, prompt changes, stats."""
 
-The v1 contract (protos/scale_diffusion/diffusion/v1/diffusion.proto) is published now so clients can be
-written against it; methods not overridden here answer UNIMPLEMENTED until their issue lands.
-"""
+from __future__ import annotations
 
+import time
+
+from sd_diffusion.backends import make_backend
+from sd_diffusion.errors import ERRORS
+from sd_diffusion.settings import DiffusionSettings
+from sd_diffusion.streams import StreamManager
+from scale_diffusion.diffusion.v1 import diffusion_pb2 as pb
 from scale_diffusion.diffusion.v1 import diffusion_pb2_grpc
 
 SERVICE_NAME = "scale_diffusion.diffusion.v1.DiffusionService"
 
 
+def gpu_memory_bytes(device: str) -> int:
+    """torch's allocated bytes on a CUDA device; 0 on CPU or without torch."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.memory_allocated(device))
+
+
 class DiffusionService(diffusion_pb2_grpc.DiffusionServiceServicer):
-    """The diffusion API; every RPC inherited from the generated base answers UNIMPLEMENTED."""
+    """The diffusion API over one StreamManager."""
+
+    def __init__(self, manager: StreamManager) -> None:
+        self.manager = manager
+
+    async def CreateStream(self, request, context):
+        stream_id, answer = await self.manager.create(request.session_id, request.sdp_offer, request.prompt)
+        info = self.manager.backend.info
+        return pb.CreateStreamResponse(stream_id=stream_id, sdp_answer=answer, backend=info.name, model=info.model)
+
+    async def CloseStream(self, request, context):
+        await self.manager.close(request.stream_id, "close_stream")
+        return pb.CloseStreamResponse()
+
+    async def GetCapacity(self, request, context):
+        info = self.manager.backend.info
+        return pb.GetCapacityResponse(streams_active=self.manager.active, streams_max=self.manager.settings.max_streams,
+                                      backend=info.name, device=info.device, model=info.model,
+                                      peer_connections=self.manager.peer_connections)
+
+    async def UpdateStream(self, request, context):
+        self.manager.get(request.stream_id).set_prompt(request.prompt)
+        return pb.UpdateStreamResponse()
+
+    async def GetStats(self, request, context):
+        now = time.monotonic()
+        info = self.manager.backend.info
+        return pb.GetStatsResponse(
+            streams=[pb.StreamStats(**{k: (pb.LatencySummary(**v) if isinstance(v, dict) else v)
+                                       for k, v in s.stats(now).items()}) for s in self.manager.streams.values()],
+            peer_connections=self.manager.peer_connections, backend=info.name, model=info.model,
+            gpu_memory_bytes=gpu_memory_bytes(info.device))
 
 
-def register(rt) -> None:
-    """Adds this service to a GrpcRuntime."""
-    rt.add(diffusion_pb2_grpc.add_DiffusionServiceServicer_to_server, DiffusionService(), SERVICE_NAME)
+def build_backend(settings: DiffusionSettings):
+    """The backend the settings name, with its own options."""
+    if settings.backend == "look":
+        return make_backend("look", strength=settings.look_strength)
+    return make_backend(settings.backend)
+
+
+def register(rt, settings: DiffusionSettings | None = None) -> DiffusionService:
+    """Adds the diffusion service to a GrpcRuntime; its streams close when the runtime stops."""
+    settings = settings or rt.settings
+    manager = StreamManager(settings, build_backend(settings))
+    service = DiffusionService(manager)
+    rt.add(diffusion_pb2_grpc.add_DiffusionServiceServicer_to_server, service, SERVICE_NAME)
+    rt.map_errors(ERRORS)
+    rt.host("streams", manager.start, manager.stop)
+    return service

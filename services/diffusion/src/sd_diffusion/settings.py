@@ -1,14 +1,44 @@
 """Settings of the diffusion service, from `SD_DIFFUSION_*` environment variables."""
 
-from pydantic import Field
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from sd_common.settings import ServiceSettings
 
 
+class IceServer(BaseModel):
+    """One STUN or TURN server, as RTCIceServer: `{"urls": ["turn:host:3478"], "username": …, "credential": …}`."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
 class DiffusionSettings(ServiceSettings):
-    """Listening address and logging of the diffusion service."""
+    """Listening address, backend, stream slots, WebRTC and logging of the diffusion service."""
 
     model_config = SettingsConfigDict(env_prefix="SD_DIFFUSION_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50054, ge=0, le=65535)
+    # Which model makes the frames (sd_diffusion.backends.BACKENDS).
+    backend: str = "look"
+    # Streams served at once: each holds a slot from CreateStream until it closes.
+    max_streams: int = Field(2, ge=1)
+    # ICE servers, as JSON (SD_DIFFUSION_ICE_SERVERS='[{"urls": ["stun:stun.example.org:3478"]}]').
+    # Empty: host candidates only, which is all a pod reachable from the players' network needs.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    # A stream with no input frame for this long is closed and its slot freed (a closed tab, lost ICE).
+    idle_timeout_s: float = Field(3.0, gt=0)
+    # A stream that never received a frame is closed after this long.
+    connect_timeout_s: float = Field(15.0, gt=0)
+    # How often the streams are checked for the two timeouts.
+    watchdog_interval_s: float = Field(0.5, gt=0)
+    # The retry hint of a busy answer (gRPC trailing metadata `retry-after-s`, HTTP Retry-After).
+    busy_retry_after_s: float = Field(5.0, gt=0)
+    # The VP8 encoder's bitrate ceiling and frame-rate cap for the returned video (aiortc's are 1.5 Mbps, 30 fps).
+    video_max_bitrate_bps: int = Field(6_000_000, ge=250_000)
+    video_max_fps: int = Field(60, ge=1, le=120)
+    # The look backend: 0 passes frames through, 1 is the full look.
+    look_strength: float = Field(1.0, ge=0.0, le=1.0)

@@ -51,6 +51,16 @@ class Unavailable(GatewayError):
     http_status, grpc_code, code = 503, grpc.StatusCode.UNAVAILABLE, "unavailable"
 
 
+class Busy(Unavailable):
+    """Every diffusion stream is taken: HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED with `retry-after-s`."""
+
+    grpc_code, code = grpc.StatusCode.RESOURCE_EXHAUSTED, "busy"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # What gRPC and HTTP clients see for each error: every GatewayError carries its own statuses, and
 # object-store failures read the same as in every other service.
 ERRORS = SERVICE_ERRORS + STORE_RULES

@@ -196,6 +196,7 @@ class OfferOut(BaseModel):
     sdp_answer: str
     stream_id: str
     backend: str
+    model: str = ""
 
 
 def state_name(state: int) -> str:
@@ -336,7 +337,7 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         player = await service.authenticate(authorization)
         await service.get_session(player, body.session_id)
         ans = await signaling.offer(body.session_id, body.sdp_offer, body.prompt)
-        return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)
+        return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend, model=ans.model)
 
     if local_store is not None:
         @app.put("/v1/store/{key:path}", include_in_schema=False)

@@ -90,7 +90,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         player = await self._player(context)
         await self._svc.get_session(player, request.session_id)
         ans = await self._signaling.offer(request.session_id, request.sdp_offer, request.prompt)
-        return pb.SignalDiffusionResponse(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend)
+        return pb.SignalDiffusionResponse(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend,
+                                          model=ans.model)
 
 
 def register(rt, service: SessionService, signaling: DiffusionSignaling) -> None:

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from sd_common.error_mapping import retry_after_s
 from sd_common.tracing import service_channel
-from sd_gateway.errors import InvalidArgument, Unavailable
+from sd_gateway.errors import Busy, InvalidArgument, Unavailable
 from scale_diffusion.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc
 
 _MAX_SDP_BYTES = 64 * 1024
+BUSY_RETRY_AFTER_S = 5.0  # when a busy diffusion service gives no hint of its own
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class SignalAnswer:
     sdp_answer: str
     stream_id: str
     backend: str
+    model: str = ""
 
 
 class DiffusionSignaling:
@@ -44,10 +47,13 @@ class DiffusionSignaling:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise Unavailable("the diffusion view is not available yet: the diffusion service does not "
                                   "stream in this release") from None
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"the diffusion service refused the offer: {e.details()}") from None
             if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise Unavailable("every diffusion stream is busy; try again shortly") from None
+                wait_s = retry_after_s(e) or BUSY_RETRY_AFTER_S
+                raise Busy(f"every diffusion stream is busy; try again in {wait_s:g} s", wait_s) from None
             raise Unavailable(f"the diffusion service did not answer: {e.code().name}") from None
-        return SignalAnswer(resp.sdp_answer, resp.stream_id, resp.backend)
+        return SignalAnswer(resp.sdp_answer, resp.stream_id, resp.backend, resp.model)
 
     async def close(self) -> None:
         """Closes the channel."""

@@ -1,0 +1,186 @@
+"""The real service on loopback with browser-like aiortc peers: frames out and back over WebRTC (VP8),
+barcodes intact, no queue when the model is slow, slots taken and freed, prompts changed, bad offers refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+from diffusion_peers import Player, connect
+
+from sd_common.error_mapping import retry_after_s
+from scale_diffusion.diffusion.v1 import diffusion_pb2 as pb
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def _capacity(stub) -> pb.GetCapacityResponse:
+    return await stub.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+
+
+async def _until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_frames_come_back_transformed_with_the_barcode_of_the_frame_they_were_made_from(start_diffusion):
+    rt, stub = await start_diffusion()
+    player = Player(320, 180, fps=30)
+    try:
+        resp = await connect(stub, player)
+        assert resp.backend == "look" and resp.stream_id
+        await player.wait_frames(45)
+        ids = [fid for fid, _, _ in player.received]
+        assert None not in ids, "every returned frame carries a readable barcode"
+        assert all(b > a for a, b in zip(ids, ids[1:])), "ids only go forward: no frame is sent twice or late"
+        assert set(ids) <= set(player.track.sent), "each id is one the player sent"
+        # the picture is the look's, not an echo: compare a returned frame with what was sent for its id
+        from diffusion_peers import scene
+
+        got = player.frames[-1].astype(np.int16)
+        sent = scene(ids[len(player.frames) - 1], 320, 180).astype(np.int16)
+        assert np.abs(got - sent)[:150].mean() > 3.0
+        cap = await _capacity(stub)
+        assert (cap.streams_active, cap.streams_max, cap.peer_connections) == (1, 2, 1)
+        assert "not a diffusion model" in cap.model and cap.device == "cpu"
+        stats = await stub.GetStats(pb.GetStatsRequest(), timeout=5)
+        (s,) = stats.streams
+        assert s.stream_id == resp.stream_id and s.session_id == "s1" and s.state == "streaming"
+        assert s.frames_in >= 45 and s.frames_out >= 45 and s.barcodes_unread == 0
+        assert s.frame_age.count > 0 and 0 < s.frame_age.p50_ms <= s.frame_age.p95_ms <= s.frame_age.max_ms
+        assert s.model.count > 0 and s.fps_in > 0 and s.fps_out > 0
+        metrics = rt.metrics_port
+        assert metrics > 0
+        await stub.CloseStream(pb.CloseStreamRequest(stream_id=resp.stream_id), timeout=5)
+        cap = await _capacity(stub)
+        assert (cap.streams_active, cap.peer_connections) == (0, 0)
+        assert not (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
+    finally:
+        await player.close()
+
+
+async def test_a_slow_model_drops_old_inputs_and_latency_stays_bounded(start_diffusion):
+    """A model at about 7 fps under 30 fps of input: inputs are dropped, never queued, so the lag of
+    each returned frame behind the newest one sent stays flat (a queue would add 23 frames a second)."""
+    rt, stub = await start_diffusion()
+    manager = rt.service.manager
+    real = manager.backend
+
+    class Slow:
+        info = real.info
+
+        def new_stream(self, *a):
+            return real.new_stream(*a)
+
+        def set_prompt(self, *a):
+            return real.set_prompt(*a)
+
+        def process(self, state, frame, index):
+            time.sleep(0.15)
+            return real.process(state, frame, index)
+
+    manager.backend = Slow()
+    player = Player(320, 180, fps=30)
+    try:
+        await connect(stub, player)
+        await player.first_frame.wait()
+        started = time.monotonic()
+        await _until(lambda: asyncio.sleep(0, time.monotonic() - started > 6.0), 10, "six seconds streamed")
+        got = [(fid, newest) for fid, at, newest in player.received if at >= started]
+        assert len(got) >= 12, got
+        lags = [newest - fid for fid, newest in got]
+        third = len(lags) // 3
+        # Flat: the last third lags no more than the first third (plus jitter), and never by a second.
+        assert np.median(lags[-third:]) <= np.median(lags[:third]) + 4, lags
+        assert max(lags) <= 30, lags
+        (s,) = (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
+        assert s.inputs_dropped > s.frames_in // 2, (s.inputs_dropped, s.frames_in)  # most inputs never reach the model
+        assert s.model.p50_ms >= 150
+    finally:
+        await player.close()
+
+
+async def test_one_slot_second_player_is_busy_with_a_retry_hint_until_the_first_tab_closes(start_diffusion):
+    rt, stub = await start_diffusion(max_streams=1, busy_retry_after_s=2.5)
+    first, second = Player(), Player()
+    try:
+        await connect(stub, first)
+        await first.wait_frames(5)
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await connect(stub, second, session_id="s2")
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_after_s(busy.value) == 2.5 and "try again in 2.5 s" in busy.value.details()
+        cap = await _capacity(stub)
+        assert (cap.streams_active, cap.peer_connections) == (1, 1)  # the refused offer left nothing open
+        # the first player's tab closes: its peer connection ends without a CloseStream
+        closed_at = time.monotonic()
+        await first.close()
+
+        async def freed():
+            c = await _capacity(stub)
+            return c.streams_active == 0 and c.peer_connections == 0
+
+        await _until(freed, 5.0, "the slot and the peer connection freed")
+        assert time.monotonic() - closed_at < 5.0
+        second = Player()
+        await connect(stub, second, session_id="s2")
+        await second.wait_frames(5)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_prompt_changes_mid_stream(start_diffusion):
+    rt, stub = await start_diffusion()
+    player = Player()
+    try:
+        resp = await connect(stub, player, prompt="a sunny afternoon")
+        await player.wait_frames(5)
+        await stub.UpdateStream(pb.UpdateStreamRequest(stream_id=resp.stream_id, prompt="a rainy night"), timeout=5)
+        (s,) = (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
+        assert s.prompt == "a rainy night"
+        n = len(player.received)
+        await player.wait_frames(n + 5)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.UpdateStream(pb.UpdateStreamRequest(stream_id="nope", prompt="x"), timeout=5)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await player.close()
+
+
+@pytest.mark.parametrize("offer, says", [
+    ("hello", "SDP offer"),
+    ("v=0\r\n", "no video"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "cannot be used"),
+])
+async def test_a_bad_offer_is_refused_and_holds_no_slot(start_diffusion, offer, says):
+    rt, stub = await start_diffusion(max_streams=1)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.CreateStream(pb.CreateStreamRequest(session_id="s", sdp_offer=offer), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in e.value.details()
+    cap = await _capacity(stub)
+    assert (cap.streams_active, cap.peer_connections) == (0, 0)
+
+
+async def test_a_stream_that_never_sends_a_frame_is_closed(start_diffusion):
+    rt, stub = await start_diffusion(connect_timeout_s=1.0, watchdog_interval_s=0.1)
+    player = Player()
+    try:
+        await stub.CreateStream(pb.CreateStreamRequest(session_id="s", sdp_offer=await player.offer()), timeout=10)
+        # the answer is never applied: no ICE, no frames
+        assert (await _capacity(stub)).streams_active == 1
+
+        async def freed():
+            return (await _capacity(stub)).streams_active == 0
+
+        await _until(freed, 5.0, "the unconnected stream closed")
+    finally:
+        await player.close()

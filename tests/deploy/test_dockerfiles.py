@@ -465,14 +465,20 @@ def test_the_digest_check_rejects_a_tag_only_base(tmp_path):
     assert PINNED.fullmatch(base_image_pins()["PYTHON_IMAGE"])
 
 
-def test_gateway_image_carries_the_web_game_when_it_exists():
-    df = dockerfile("gateway")
+def web_stage(df: Dockerfile) -> tuple[str, Instruction]:
+    """The one Node stage's build script, and the final stage's COPY of the game it built."""
     web = [s for s in df.stages if s.base.startswith("node:20")]
     assert len(web) == 1 and web[0].name
     script = " ".join(i.args for i in web[0].all("RUN"))
-    assert "web/package.json" in script and "npm run build" in script
-    copies = [i for i in df.final.all("COPY") if i.flags.get("from") == web[0].name]
-    assert copies and copies[0].words()[0].endswith("/dist")
+    assert "npm run build" in script
+    (copy,) = [i for i in df.final.all("COPY") if i.flags.get("from") == web[0].name]
+    assert copy.words()[0] == "/web/dist"
+    return script, copy
+
+
+def test_gateway_image_carries_the_web_game_when_it_exists():
+    script, _ = web_stage(dockerfile("gateway"))
+    assert "web/package.json" in script
 
 
 def test_evaluator_image_carries_the_built_game_and_a_chromium_its_settings_point_to():
@@ -480,14 +486,11 @@ def test_evaluator_image_carries_the_built_game_and_a_chromium_its_settings_poin
     from sd_evaluator.city.settings import CitySettings
 
     df = dockerfile("evaluator")
-    web = [s for s in df.stages if s.base.startswith("node:20")]
-    assert len(web) == 1 and web[0].name
-    script = " ".join(i.args for i in web[0].all("RUN"))
-    assert "npm ci" in script and "npm run build" in script
-    assert any(i.words()[0] == "web/" for i in web[0].all("COPY")), "the stage builds the repository's web/"
-    (copy,) = [i for i in df.final.all("COPY") if i.flags.get("from") == web[0].name]
-    src, dest = copy.words()
-    assert src == "/web/dist"
+    script, copy = web_stage(df)
+    assert "npm ci" in script
+    web = next(s for s in df.stages if s.base.startswith("node:20"))
+    assert any(i.words()[0] == "web/" for i in web.all("COPY")), "the stage builds the repository's web/"
+    dest = copy.words()[1]
     installs = " ".join(i.args for i in df.final.all("RUN") if "apt-get install" in i.args)
     assert "chromium" in installs.split() and "--no-install-recommends" in installs
     env = dict(w.split("=", 1) for i in df.final.all("ENV") for w in i.words())

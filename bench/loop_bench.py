@@ -165,13 +165,16 @@ def evaluate_available() -> bool:
     return sdctl("evaluate", "--help", timeout_s=120).returncode == 0
 
 
-def evaluate(checkpoint_uri: str, benchmark: str, out: Path, store_root: Path) -> dict:
-    """`sdctl evaluate --checkpoint URI --benchmark NAME --out DIR`: DS/RC/IP of each agent from its report.json."""
+def evaluate(checkpoint_uri: str, benchmark: str, out: Path, store_root: Path, *, resume: bool = False) -> dict:
+    """`sdctl evaluate --checkpoint URI --benchmark NAME --out DIR`: DS/RC/IP of each agent from its report.json.
+
+    `resume`: go on with the stopped evaluation in `out` (`sdctl evaluate --resume`), keeping its routes.
+    """
     if not evaluate_available():
         raise EvaluateUnavailable("sdctl has no `evaluate` command in this checkout")
     env = dict(os.environ, SD_STORE_BACKEND="local", SD_STORE_ROOT=str(store_root))
     run = sdctl("evaluate", "--checkpoint", checkpoint_uri, "--benchmark", benchmark, "--out", str(out),
-                env=env, timeout_s=6 * 3600)
+                *(["--resume"] if resume else []), env=env, timeout_s=6 * 3600)
     if run.returncode != 0:
         raise LoopError(f"sdctl evaluate exited {run.returncode}:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
     return read_scores(out)
@@ -193,7 +196,8 @@ def run_loop(a: argparse.Namespace) -> dict:
 
     --out/loop.json is rewritten after every session and every data size. With --resume a run that was
     stopped goes on from it: the same stack state (its store and catalog), the sessions already driven,
-    the sizes already evaluated; the wall times are then sums over the runs (`runs` counts them).
+    the sizes already evaluated, and the routes already driven of the size it was evaluating; the wall
+    times are then sums over the runs (`runs` counts them).
     """
     total = Timer()
     out = Path(a.out).resolve()
@@ -265,9 +269,12 @@ def run_loop(a: argparse.Namespace) -> dict:
             entry["train"]["wall_s"] = t.s
             print(f"trained {entry['train']['step']} steps in {t.s:.0f} s: {entry['train']['checkpoint_uri']}", flush=True)
             t = Timer()
+            eval_dir = out / "evaluation" / f"{target:g}min"
             try:
-                entry["scores"] = evaluate(entry["train"]["checkpoint_uri"], a.benchmark,
-                                           out / "evaluation" / f"{target:g}min", store)
+                # A stopped run's evaluation of this size goes on route by route (the checkpoint is the same:
+                # a finished training run resumes at its last step).
+                entry["scores"] = evaluate(entry["train"]["checkpoint_uri"], a.benchmark, eval_dir, store,
+                                           resume=a.resume and (eval_dir / "progress.json").is_file())
                 entry["evaluate_wall_s"] = t.s
             except EvaluateUnavailable as exc:
                 entry["scores"] = None

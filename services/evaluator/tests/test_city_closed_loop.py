@@ -156,3 +156,29 @@ def test_a_stop_between_steps_ends_the_run_without_a_record(tmp_path):
     assert results.records == [] and results.progress == [0, 1]
     assert (results.entry_status, results.eligible) == ("Started", False)
     assert read_results(tmp_path / "stopped" / "results.json").records == []
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_records_what_an_uninterrupted_one_does(tmp_path):
+    from sd_evaluator.results import ResumeMismatch
+
+    bench = replace(city_benchmark("city-smoke"), name="city-smoke-2", routes=2)
+    full = run_city(bench, ConstantThrottleAgent(), tmp_path / "full")
+    stop = threading.Event()
+    part = tmp_path / "part"
+    stopped = run_city(bench, ConstantThrottleAgent(), part, stop=stop, progress=lambda p: stop.set())
+    assert len(stopped.records) == 1 and stopped.entry_status == "Started"
+    resumed = run_city(bench, ConstantThrottleAgent(), part, resume=True)
+    assert [r.route_id for r in resumed.records] == [r.route_id for r in full.records]
+    for a, b in zip(resumed.records, full.records):
+        assert (a.status, a.infractions, a.scores, a.extra) == (b.status, b.infractions, b.scores, b.extra)
+        assert a.meta["duration_game"] == b.meta["duration_game"]
+    assert resumed.entry_status == full.entry_status and resumed.global_record.scores_mean == full.global_record.scores_mean
+    assert (part / "routes.xml").read_bytes() == (tmp_path / "full" / "routes.xml").read_bytes()
+    assert (part / "game_log.jsonl").read_text() == (tmp_path / "full" / "game_log.jsonl").read_text()
+    before = (part / "results.json").read_bytes()
+    # another agent's folder, or other routes, are not resumed, and the file is left as it was
+    with pytest.raises(ResumeMismatch, match="sensors"):
+        run_city(bench, _LookingConstant(), part, resume=True)
+    with pytest.raises(ResumeMismatch, match="game route"):
+        run_city(replace(bench, seed=bench.seed + 1), ConstantThrottleAgent(), part, resume=True)
+    assert (part / "results.json").read_bytes() == before

@@ -248,3 +248,39 @@ def test_a_termination_log_keeps_the_headline_within_4_kib(tmp_path):
     doc = json.loads(path.read_text())
     assert len(path.read_bytes()) <= 4096 and doc["scores"] == {"driving_score": 12.5}
     assert doc["evaluation_id"] == "ev-1" and "route_file" not in doc
+
+
+def test_resume_goes_on_only_with_the_same_evaluation_and_keeps_its_record(env):
+    out, ck = env["out"], str(env["checkpoint"])
+    argv = ["--checkpoint", ck, "--benchmark", "corridor-2", "--out", str(out), "--evaluation-id", "ev-re"]
+    # nothing to go on with yet
+    assert evaluate.main(argv + ["--resume"], load_model=corridor.load_model) == 2
+    assert "there is no evaluation to go on with" in json.loads((out / "progress.json").read_text())["message"]
+    assert evaluate.main(argv, load_model=corridor.load_model) == 0
+    first = (out / "model" / "results.json").read_bytes()
+    # another checkpoint, another benchmark, other agents: refused, and the folder keeps what it had
+    other = out.parent / "other.json"
+    other.write_text(env["checkpoint"].read_text())
+    for changed in (["--checkpoint", str(other)], ["--benchmark", "corridor-3"], ["--agents", "autopilot,constant-throttle"]):
+        args = list(argv)
+        flag = changed[0]
+        if flag in args:
+            args[args.index(flag) + 1] = changed[1]
+        else:
+            args += changed
+        assert evaluate.main(args + ["--resume"], load_model=corridor.load_model) == 2, changed
+        progress = json.loads((out / "progress.json").read_text())
+        assert progress["reason"] == "EvaluationInputError" and "--resume" in progress["message"]
+        assert (progress["benchmark"], progress["checkpoint_uri"]) == ("corridor-2", ck)  # what it was, kept
+        assert (out / "model" / "results.json").read_bytes() == first
+    # the same evaluation goes on (this test kind drives its routes again; the city keeps them: test_city_closed_loop)
+    assert evaluate.main(argv + ["--resume"], load_model=corridor.load_model) == 0
+
+
+def test_resume_is_refused_for_a_carla_benchmark(env, monkeypatch):
+    from sd_evaluator.evaluate import AgentRun, EvaluationInputError, _run_carla
+
+    run = AgentRun(corridor.load_model(str(env["checkpoint"])), env["out"], None, "", "127.0.0.1", 2000,
+                   lambda p: None, None, resume=True)
+    with pytest.raises(EvaluationInputError, match="only city benchmarks resume"):
+        _run_carla(object(), run)

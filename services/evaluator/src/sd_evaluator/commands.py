@@ -66,6 +66,8 @@ def _foreground(a: argparse.Namespace) -> int:
         cmd += ["--checkpoint", a.checkpoint]
     if a.agents:
         cmd += ["--agents", a.agents]
+    if a.resume:
+        cmd += ["--resume"]
     print(f"evaluation {evaluation_id} on {a.benchmark} (files in {out})", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd)  # the same terminal: its route lines show here, Ctrl-C reaches it too
     try:
@@ -197,6 +199,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--carla-host", default="127.0.0.1", help="the CARLA server of a CARLA benchmark")
     ev.add_argument("--carla-port", type=int, default=2000)
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.add_argument("--resume", action="store_true",
+                    help="go on with the stopped evaluation in --out, keeping the routes it recorded (city benchmarks)")
     ev.set_defaults(fn=_foreground)
     sub = ev.add_subparsers(dest="action")
 

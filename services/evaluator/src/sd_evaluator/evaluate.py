@@ -3,7 +3,7 @@
 
     python -m sd_evaluator.evaluate --checkpoint URI --benchmark NAME --out DIR [--evaluation-id ID]
                                     [--agents model,autopilot,constant-throttle]
-                                    [--carla-host H --carla-port P]
+                                    [--carla-host H --carla-port P] [--resume]
 
 Every agent drives the same routes with the same camera (the checkpoint's), one after the other, through
 the runner of the benchmark's kind (RUNNERS). The folder gets `<agent>/results.json` (the leaderboard's
@@ -11,6 +11,10 @@ schema) and `<agent>/report.*` per agent, `progress.json` after every route, the
 `report.json` / `report.md` / plot, and `result.json`; every file is mirrored to the object store under
 `evaluations/<ID>/`. Exit status: 0 done, 2 bad input (named in progress.json and the termination log;
 not worth retrying), 143 stopped by SIGTERM (or Ctrl-C) between two steps, anything else may be retried.
+
+`--resume` goes on with a stopped evaluation in the same --out folder (city benchmarks): it must be the
+same benchmark, checkpoint and agents (progress.json says), each agent keeps the routes it recorded and
+drives the rest (city.runner.run_city).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from sd_evaluator.agents import (
 )
 from sd_evaluator.benchmarks import CARLA, CITY, ResolvedBenchmark, UnknownBenchmark, resolve
 from sd_evaluator.report import ComparisonError, build_comparison, build_report, write_comparison, write_report
-from sd_evaluator.results import Results, RouteRecord, read_results
+from sd_evaluator.results import Results, ResumeMismatch, RouteRecord, read_results
 from sd_evaluator.route_file import read_route_file
 from sd_evaluator.runs import EvaluationRequestInvalid, check_evaluation_id, new_evaluation_id
 from sd_evaluator.scoring import Protocol, global_statistics
@@ -91,6 +95,7 @@ class AgentRun:
     carla_port: int
     progress: Callable[[RouteProgress], None]
     stop: threading.Event
+    resume: bool = False
 
     @property
     def agent_config(self) -> dict[str, Any]:
@@ -105,12 +110,15 @@ class AgentRun:
 def _run_city(benchmark: Any, run: AgentRun) -> Results:
     from sd_evaluator.city.runner import run_city
 
-    return run_city(benchmark, run.agent, run.out_dir, camera=run.camera, progress=run.progress, stop=run.stop)
+    return run_city(benchmark, run.agent, run.out_dir, camera=run.camera, progress=run.progress, stop=run.stop,
+                    resume=run.resume)
 
 
 def _run_carla(benchmark: Any, run: AgentRun) -> Results:
     from sd_evaluator.carla.runner import run_leaderboard
 
+    if run.resume:
+        raise EvaluationInputError("--resume: only city benchmarks resume; run the CARLA benchmark again")
     return run_leaderboard(benchmark, run.agent.name, run.out_dir, agent_config=run.agent_config,
                            carla_host=run.carla_host, carla_port=run.carla_port, progress=run.progress,
                            stop=run.stop)
@@ -141,6 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "(default: the model and every baseline of the benchmark)")
     p.add_argument("--carla-host", default="127.0.0.1")
     p.add_argument("--carla-port", type=int, default=2000)
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the stopped evaluation in --out (same benchmark, checkpoint and agents)")
     return p.parse_args(argv)
 
 
@@ -283,6 +293,21 @@ def _route_file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _check_resumable(path: Path, benchmark: str, checkpoint: str, agents: list[str]) -> None:
+    """EvaluationInputError unless `path` is the progress of an evaluation of the same benchmark,
+    checkpoint and agents (what --resume may go on with)."""
+    if not path.is_file():
+        raise EvaluationInputError(f"--resume: {path} does not exist; there is no evaluation to go on with")
+    try:
+        before = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationInputError(f"--resume: {path} is not JSON ({exc})") from None
+    want = {"benchmark": benchmark, "checkpoint_uri": checkpoint, "agents": agents}
+    got = {k: before.get(k) for k in want}
+    if got != want:
+        raise EvaluationInputError(f"--resume: {path} is an evaluation of {got}, not {want}")
+
+
 def evaluate(args: argparse.Namespace, evaluation_id: str, out: Path, stop: threading.Event,
              load_model: Callable[[str], Agent], mirror: EvaluationMirror | None,
              store_settings: StoreSettings) -> dict[str, Any]:
@@ -294,6 +319,8 @@ def evaluate(args: argparse.Namespace, evaluation_id: str, out: Path, stop: thre
     if MODEL in agents and not args.checkpoint:
         raise EvaluationInputError("--checkpoint is required to evaluate the model")
     protocol = Protocol(getattr(bench.spec, "protocol", Protocol.LEADERBOARD_2_0))
+    if args.resume:
+        _check_resumable(out / "progress.json", bench.name, args.checkpoint, agents)
     progress = ProgressFile(out / "progress.json", {
         "evaluation_id": evaluation_id, "state": "starting", "benchmark": bench.name, "benchmark_kind": bench.kind,
         "checkpoint_uri": args.checkpoint, "agents": agents, "agent": "",
@@ -322,7 +349,7 @@ def evaluate(args: argparse.Namespace, evaluation_id: str, out: Path, stop: thre
         progress.write(state="running", agent=name)
         print(f"evaluation {evaluation_id}: {name} drives {bench.name}", file=sys.stderr, flush=True)
         run = AgentRun(made[name], agent_dir, camera, args.checkpoint, args.carla_host, args.carla_port,
-                       progress.route_done, stop)
+                       progress.route_done, stop, resume=args.resume)
         RUNNERS[bench.kind](bench.spec, run)
         if stop.is_set():
             raise EvaluationStopped(f"stopped by SIGTERM while {name} drove; its partial results are in {agent_dir}")
@@ -403,7 +430,7 @@ def _fail(out: Path, evaluation_id: str, reason: str, message: str, settings: Ev
 
 # Not worth retrying: the same command fails the same way. A runner's own errors (and a result file it
 # wrote wrongly) may be retried.
-BAD_INPUT = (EvaluationInputError, UnknownBenchmark)
+BAD_INPUT = (EvaluationInputError, UnknownBenchmark, ResumeMismatch)
 
 
 def main(argv: list[str] | None = None, *, load_model: Callable[[str], Agent] = load_checkpoint_agent) -> int:

@@ -258,6 +258,10 @@ class Results:
         )
 
 
+class ResumeMismatch(ValueError):
+    """A folder to resume holds another run's results (other routes, another agent's sensors)."""
+
+
 def read_results(path: str | Path) -> Results:
     """Reads a leaderboard result file; not JSON or not in the schema: ResultsFormatError."""
     path = Path(path)

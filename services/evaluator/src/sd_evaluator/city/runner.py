@@ -8,6 +8,11 @@ log, mapped to the leaderboard's kinds (infractions.py), and the criteria's resu
 record, scored by `scoring.score_route`. The run writes `results.json` (the leaderboard's schema),
 `routes.xml` (a leaderboard route file whose town is the city) and `game_log.jsonl` (the game's own
 infractions, one line per route).
+
+With `resume=True` a run that was stopped goes on where it stopped, as the leaderboard's `--resume`
+does: the records already in `results.json` are kept (each checked against its route, drawn again
+from the benchmark's seed), and driving starts at the first route without one. Routes are independent
+(each is drawn and reset from its own seed), so a resumed run records what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sd_evaluator.agents import Agent, AgentError, Control, Observation, RouteProgress
-from sd_evaluator.results import Results, RouteRecord, write_results
+from sd_evaluator.results import Results, ResumeMismatch, RouteRecord, read_results, write_results
 from sd_evaluator.scoring import Protocol, finalize_results, score_route
 
 from sd_evaluator.city.benchmarks import CityBenchmark
@@ -79,18 +84,36 @@ def run_city(
     stop: threading.Event | None = None,
     settings: CitySettings | None = None,
     protocol: Protocol = Protocol.LEADERBOARD_2_0,
+    resume: bool = False,
 ) -> Results:
-    """Drives every route of `benchmark` with `agent`; writes results.json, routes.xml and game_log.jsonl."""
+    """Drives every route of `benchmark` with `agent`; writes results.json, routes.xml and game_log.jsonl.
+
+    `resume`: keep the records of an earlier, stopped run in `out_dir` and drive only the routes after
+    them (ResumeMismatch when they are another run's).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sensors = ([CAMERA_SENSOR] if agent.needs_image else []) + [SPEED_SENSOR]
     results = Results(sensors=sensors, progress=[0, benchmark.routes])
     routes: list[dict[str, Any]] = []
     log_path = out / GAME_LOG_FILE
-    log_path.write_text("")
     results_path = out / RESULTS_FILE
+    kept = _resumable_records(benchmark, sensors, results_path) if resume else []
+    # One line per recorded route: a line written for a route whose record never was is dropped.
+    lines = log_path.read_text().splitlines(keepends=True)[:len(kept)] if kept and log_path.is_file() else []
+    if len(lines) < len(kept):
+        raise ResumeMismatch(f"{log_path} has {len(lines)} lines for {len(kept)} recorded routes")
+    log_path.write_text("".join(lines))
     with GamePage(page_config(benchmark, camera), settings) as page:
-        for index in range(benchmark.routes):
+        for index, record in enumerate(kept):
+            info = page.reset(benchmark.reset_options(index))
+            if (info["id"], info["seed"]) != (record.extra.get("game_route_id"), record.extra.get("seed")):
+                raise ResumeMismatch(f"{results_path}: {record.route_id} was driven on game route "
+                                     f"{record.extra.get('game_route_id')}, {benchmark.name} draws {info['id']}")
+            routes.append(info)
+            results.records.append(record)
+        results.progress = [len(kept), benchmark.routes]
+        for index in range(len(kept), benchmark.routes):
             if stop is not None and stop.is_set():
                 break
             driven = _drive_route(page, benchmark, index, agent, protocol, stop)
@@ -117,6 +140,23 @@ def run_city(
         results.set_entry_status("Started")
     write_results(results, results_path)
     return results
+
+
+def _resumable_records(benchmark: CityBenchmark, sensors: list[str], path: Path) -> list[RouteRecord]:
+    """The records of the earlier run in `path`, in route order; none when there is no file."""
+    if not path.is_file():
+        return []
+    before = read_results(path)
+    if before.sensors != sensors:
+        raise ResumeMismatch(f"{path} was written by an agent with sensors {before.sensors}, not {sensors}")
+    records = before.records
+    if len(records) > benchmark.routes:
+        raise ResumeMismatch(f"{path} has {len(records)} records; {benchmark.name} has {benchmark.routes} routes")
+    for index, record in enumerate(records):
+        if record.route_id != benchmark.route_id(index) or record.index != index:
+            raise ResumeMismatch(f"{path}: record {index} is {record.route_id}, {benchmark.name} has "
+                                 f"{benchmark.route_id(index)} there")
+    return records
 
 
 def _drive_route(

@@ -397,9 +397,11 @@ export class Game {
     this.view.render(w, this.viewMode, cameraPose(p.x, p.y, p.yaw, this.cfg.mount));
     let diffusionFrameId: number | null = null;
     if (this.rec && this.diffusion?.live) {
+      // The render goes out with its own id, which the service draws on the picture it makes of it.
+      this.view.drawBarcode(this.rec.nextFrameId, this.cellPx);
       this.diffusion.send(this.canvas);
       this.view.drawVideo(this.diffusion.video);
-      diffusionFrameId = this.diffusion.frameId;
+      diffusionFrameId = this.diffusion.shownFrameId();
     }
     if (this.rec) {
       this.view.drawBarcode(this.rec.nextFrameId, this.cellPx);

@@ -2,8 +2,12 @@
  * The diffusion view: a WebRTC stream through the gateway's signaling (POST /v1/diffusion/offer).
  * The rendered frames go out on one track; the diffusion service answers with a stylised stream
  * that the game shows and records instead of its own render. Host candidates only (iceServers: []).
- * When the gateway answers 503 (no diffusion service yet), `connect` throws with its reason.
+ * When the gateway answers 503 (no diffusion service, every slot busy), `connect` throws with its reason.
+ *
+ * The service draws, on each frame it returns, the barcode of the rendered frame it made it from;
+ * `shownFrameId()` reads it back from the frame on screen, and the game logs it as `diffusion_frame_id`.
  */
+import { BARCODE_CELLS, defaultCellPx, readBarcode } from '../record/barcode';
 import type { GatewayClient } from '../record/upload';
 
 export const DIFFUSION_PROMPT = 'a New York street on a bright afternoon, photorealistic';
@@ -11,12 +15,14 @@ export const DIFFUSION_PROMPT = 'a New York street on a bright afternoon, photor
 export class DiffusionLink {
   private pc: RTCPeerConnection | null = null;
   readonly video: HTMLVideoElement;
-  /** Count of decoded output frames seen (the diffusion_frame_id of what is shown). */
-  frameId: number | null = null;
+  /** Count of returned frames seen so far; null until the first one. */
+  framesSeen: number | null = null;
   backend = 'webrtc';
   model: string | null = null;
   private readonly sendCanvas: HTMLCanvasElement;
   private sendTrack: CanvasCaptureMediaStreamTrack | null = null;
+  /** The barcode strip of the frame on screen, copied out to read it. */
+  private readonly stripCanvas: HTMLCanvasElement;
 
   constructor(readonly width: number, readonly height: number) {
     this.video = document.createElement('video');
@@ -25,6 +31,7 @@ export class DiffusionLink {
     this.sendCanvas = document.createElement('canvas');
     this.sendCanvas.width = width;
     this.sendCanvas.height = height;
+    this.stripCanvas = document.createElement('canvas');
   }
 
   /** Offers a stream of the render; resolves when the answer is applied and the first frame arrived. */
@@ -40,7 +47,7 @@ export class DiffusionLink {
         this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
         void this.video.play();
         const count = () => {
-          this.frameId = (this.frameId ?? -1) + 1;
+          this.framesSeen = (this.framesSeen ?? 0) + 1;
           resolve();
           this.video.requestVideoFrameCallback(count);
         };
@@ -71,11 +78,42 @@ export class DiffusionLink {
   }
 
   get live(): boolean {
-    return this.pc !== null && this.frameId !== null;
+    return this.pc !== null && this.framesSeen !== null;
+  }
+
+  /**
+   * The frame id the service drew on the returned frame now on screen: the rendered frame that picture
+   * was made from. Null when there is none yet or its barcode does not read (markers or parity).
+   */
+  shownFrameId(): number | null {
+    const w = this.video.videoWidth;
+    const h = this.video.videoHeight;
+    if (!w || !h) return null;
+    const cell = defaultCellPx(h);
+    const stripW = BARCODE_CELLS * cell;
+    if (stripW > w) return null;
+    const c = this.stripCanvas;
+    if (c.width !== stripW || c.height !== cell) {
+      c.width = stripW;
+      c.height = cell;
+    }
+    const ctx = c.getContext('2d', { willReadFrequently: true });
+    if (!ctx) return null;
+    ctx.drawImage(this.video, 0, h - cell, stripW, cell, 0, 0, stripW, cell);
+    return readStrip(ctx.getImageData(0, 0, stripW, cell).data, stripW, cell);
   }
 
   close(): void {
     this.pc?.close();
     this.pc = null;
   }
+}
+
+/** The frame id in a barcode strip (RGBA pixels, `cell` rows of `width`), by its luma (BT.601). */
+export function readStrip(rgba: ArrayLike<number>, width: number, cell: number): number | null {
+  const luma = new Float32Array(width * cell);
+  for (let i = 0; i < luma.length; i++) {
+    luma[i] = 0.299 * rgba[4 * i] + 0.587 * rgba[4 * i + 1] + 0.114 * rgba[4 * i + 2];
+  }
+  return readBarcode(luma, width, cell, cell);
 }

@@ -147,6 +147,11 @@ class Stream:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the frames the model last took."""
+        return self._size
+
     def set_prompt(self, prompt: str) -> None:
         """The next frame the model starts uses `prompt`."""
         self.prompt = prompt

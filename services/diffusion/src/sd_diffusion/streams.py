@@ -122,9 +122,13 @@ class StreamManager:
             return False
         self._gauges()
         metrics.STREAMS_CLOSED.labels(reason).inc()
-        log.info("stream closed", stream_id=stream_id, reason=reason,
-                 frames_in=stream.counters.frames_in if stream else 0,
-                 frames_out=stream.counters.frames_out if stream else 0)
+        if stream is not None:
+            c = stream.counters
+            log.info("stream closed", stream_id=stream_id, reason=reason, frames_in=c.frames_in,
+                     frames_out=c.frames_out, inputs_dropped=stream.inputs.dropped, barcodes_unread=c.barcodes_unread,
+                     size=list(stream.size) if stream.size else None)
+        else:
+            log.info("stream closed", stream_id=stream_id, reason=reason)
         if stream is not None:
             await stream.close()
         if pc is not None:

@@ -299,8 +299,11 @@ def _fmt(v: float | None, digits: int) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def render_section(doc: dict, date: str) -> str:
-    """The Markdown section of bench/RESULTS.md for one run of this benchmark."""
+def render_section(doc: dict, date: str, targets: list[float] | None = None) -> str:
+    """The Markdown section of bench/RESULTS.md for one run of this benchmark.
+
+    `targets`: the data sizes the command asks for; those with no row yet are named as not run.
+    """
     cfg = doc["train_config"]
     m = cfg["model"]
     lines = [
@@ -328,6 +331,12 @@ def render_section(doc: dict, date: str) -> str:
     over = f", summed over {runs} runs of the command (the later ones with --resume)" if runs > 1 else ""
     lines += ["", f"Total wall time {doc['total_wall_s'] / 60:.1f} min{over} ({len(doc['sessions'])} sessions driven in "
               f"{drive_s / 60:.1f} min of wall time). Per-session and per-step details: `bench/loop_bench.json`."]
+    done = {e["target_minutes"] for e in doc["sizes"] if "target_minutes" in e}
+    not_run = [t for t in (targets or []) if t not in done]
+    if not_run:
+        sizes = ", ".join(f"{t:g}" for t in not_run)
+        lines += ["", f"Not run yet: the {sizes}-minute size(s). The run had not reached them when this was "
+                  "written; the same command with `--resume` goes on with it. These rows are missing, not filled in."]
     missing = [e for e in doc["sizes"] if e.get("scores") is None]
     if missing:
         lines += ["", f"Not evaluated: {missing[0].get('evaluate_error')} — the DS/RC/IP columns stay empty "
@@ -336,11 +345,12 @@ def render_section(doc: dict, date: str) -> str:
     return "\n".join(prose + [END]) + "\n"
 
 
-def write_results(doc: dict, date: str, md: Path = RESULTS_MD, js: Path = RESULTS_JSON) -> None:
+def write_results(doc: dict, date: str, md: Path = RESULTS_MD, js: Path = RESULTS_JSON,
+                  targets: list[float] | None = None) -> None:
     """bench/loop_bench.json and the section of bench/RESULTS.md (replaced if it is there, else appended)."""
     js.write_text(json.dumps(doc, indent=1) + "\n")
     text = md.read_text()
-    section = render_section(doc, date)
+    section = render_section(doc, date, targets)
     start_at = text.find(SECTION)
     if start_at < 0:
         text = text.rstrip("\n") + "\n\n" + section
@@ -368,11 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-results", action="store_true", help="write bench/loop_bench.json and RESULTS.md")
     p.add_argument("--resume", action="store_true",
                    help="go on from --out/loop.json of a stopped run of the same command (see run_loop)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: report --out/loop.json as it stands (a run still going, or stopped)")
     a = p.parse_args(argv)
-    doc = run_loop(a)
+    targets = sorted(float(m) for m in a.minutes.split(","))
+    if a.report_only:
+        doc = json.loads((Path(a.out).resolve() / "loop.json").read_text())
+        doc.pop("last_version", None)
+    else:
+        doc = run_loop(a)
+    date = time.strftime("%Y-%m-%d", time.gmtime())
     if a.write_results:
-        write_results(doc, time.strftime("%Y-%m-%d", time.gmtime()))
-    print(render_section(doc, time.strftime("%Y-%m-%d", time.gmtime())))
+        write_results(doc, date, targets=targets)
+    print(render_section(doc, date, targets))
     return 0
 
 

@@ -144,8 +144,12 @@ def test_the_results_section_is_replaced_in_place_and_names_what_was_not_evaluat
     rows = [line for line in text.splitlines() if line.startswith("| 1.92") or line.startswith("| 2.90")]
     assert rows[0].split(" | ")[6:] == ["1.50", "4.00", "0.500", "80.00", "90.00", "0.800", "2.00", "5.00", "0.450 |"]
     assert rows[1].count("—") == 9  # not evaluated: empty, never made up
-    assert "Not evaluated: sdctl has no `evaluate` command" in text
+    assert "Not evaluated: sdctl has no `evaluate` command" in text and "Not run yet" not in text
     assert json.loads((tmp_path / "loop.json").read_text()) == doc
+    # A stopped run's sizes that were never reached are named, not filled in.
+    doc["sizes"][0]["target_minutes"], doc["sizes"][1]["target_minutes"] = 1.0, 2.0
+    lb.write_results(doc, "2026-12-01", md=md, js=tmp_path / "loop.json", targets=[1.0, 2.0, 4.0])
+    assert "Not run yet: the 4-minute size(s)" in md.read_text() and md.read_text().count("| 2.90") == 1
 
 
 def test_scores_are_read_from_each_agents_report_as_the_evaluator_writes_it(tmp_path):

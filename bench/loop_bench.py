@@ -172,7 +172,9 @@ def evaluate(checkpoint_uri: str, benchmark: str, out: Path, store_root: Path, *
     """
     if not evaluate_available():
         raise EvaluateUnavailable("sdctl has no `evaluate` command in this checkout")
-    env = dict(os.environ, SD_STORE_BACKEND="local", SD_STORE_ROOT=str(store_root))
+    # One torch thread: the model and the game's Chromium share two cores, and a second spinning torch
+    # thread starves the renderer (the network's outputs are bitwise the same with 1 or 2 threads here).
+    env = dict(os.environ, SD_STORE_BACKEND="local", SD_STORE_ROOT=str(store_root), SD_EVALUATOR_TORCH_THREADS="1")
     run = sdctl("evaluate", "--checkpoint", checkpoint_uri, "--benchmark", benchmark, "--out", str(out),
                 *(["--resume"] if resume else []), env=env, timeout_s=6 * 3600)
     if run.returncode != 0:

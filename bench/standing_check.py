@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset-root", type=Path, required=True)
     p.add_argument("--dataset", required=True, help="the version id")
     p.add_argument("--split", default="train,val")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves the other core to whatever else runs)")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     agent = CheckpointAgent.load(a.checkpoint)
     version = open_local_version(a.dataset_root, a.dataset)
     for split in a.split.split(","):

@@ -284,3 +284,16 @@ def test_resume_is_refused_for_a_carla_benchmark(env, monkeypatch):
                    lambda p: None, None, resume=True)
     with pytest.raises(EvaluationInputError, match="only city benchmarks resume"):
         _run_carla(object(), run)
+
+
+def test_the_torch_thread_count_is_a_setting(env, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SD_EVALUATOR_TORCH_THREADS", "1")
+    try:
+        assert evaluate.main(["--benchmark", "corridor-2", "--agents", "autopilot,constant-throttle",
+                              "--out", str(env["out"]), "--evaluation-id", "ev-threads"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

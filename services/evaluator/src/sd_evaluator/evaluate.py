@@ -73,6 +73,10 @@ class EvaluationProcessSettings(BaseSettings):
     # Kubernetes reads a container's termination message here; written when the file exists (a pod)
     # or when this setting is given explicitly.
     termination_log: Path = Path("/dev/termination-log")
+    # torch's intra-op threads for the model (0: torch's default, one per core). Where the city's
+    # Chromium shares the cores, 1 leaves it one: spinning torch threads starve the renderer, which
+    # made steps many times slower on a loaded 2-core machine (bench/RESULTS.md, "The whole loop").
+    torch_threads: int = 0
 
 
 class EvaluationInputError(ValueError):
@@ -437,6 +441,10 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str], Agent] = 
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     settings = EvaluationProcessSettings()
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     stop = threading.Event()
     # SIGTERM (a cancel, a Job's end) and Ctrl-C both stop between two steps, keeping what was driven.
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

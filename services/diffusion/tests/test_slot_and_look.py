@@ -19,8 +19,7 @@ from sd_diffusion.stream import Input, Stream
 
 async def test_the_slot_keeps_only_the_newest_and_counts_what_it_dropped():
     slot: LatestSlot[int] = LatestSlot()
-    for i in range(5):
-        slot.put(i)
+    assert [slot.put(i) for i in range(5)] == [False, True, True, True, True]  # True: one was dropped
     assert await slot.get() == 4 and slot.dropped == 4 and slot.put_count == 5
     waiter = asyncio.create_task(slot.get())
     await asyncio.sleep(0.01)

@@ -29,15 +29,17 @@ class LatestSlot(Generic[T]):
         self.put_count = 0
         self.dropped = 0
 
-    def put(self, item: T) -> None:
-        """Stores `item`, dropping the one not yet taken, if any."""
+    def put(self, item: T) -> bool:
+        """Stores `item`, dropping the one not yet taken, if any; True when one was dropped."""
         if self._closed:
             raise SlotClosed("put on a closed slot")
-        if self._full:
+        dropped = self._full
+        if dropped:
             self.dropped += 1
         self._item, self._full = item, True
         self.put_count += 1
         self._ready.set()
+        return dropped
 
     async def get(self) -> T:
         """The newest item, once there is one; SlotClosed when closed and empty."""
@@ -48,10 +50,6 @@ class LatestSlot(Generic[T]):
             await self._ready.wait()
         item, self._item, self._full = self._item, None, False
         return item  # type: ignore[return-value]
-
-    def peek(self) -> T | None:
-        """The item waiting, without taking it."""
-        return self._item if self._full else None
 
     def close(self) -> None:
         """Wakes every waiter; later gets raise SlotClosed once the slot is empty."""

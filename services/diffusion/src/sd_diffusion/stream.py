@@ -172,9 +172,8 @@ class Stream:
                 c.frames_in += 1
                 c.first_in = c.first_in or now
                 c.last_in = now
-                if self.inputs.peek() is not None:
+                if self.inputs.put(Input(frame, now)):
                     metrics.INPUTS_DROPPED.labels(self.backend.info.name).inc()
-                self.inputs.put(Input(frame, now))
                 metrics.FRAMES.labels(self.backend.info.name, "in").inc()
         except MediaStreamError:
             log.info("input track ended", stream_id=self.stream_id)
@@ -194,9 +193,8 @@ class Stream:
                     if self.closed:
                         return
                     raise exc
-                if self.output.slot.peek() is not None:
+                if self.output.slot.put(out):
                     metrics.OUTPUTS_DROPPED.labels(self.backend.info.name).inc()
-                self.output.slot.put(out)
         except SlotClosed:
             self.output.slot.close()
         except Exception:

@@ -60,6 +60,15 @@ def _summary(values: deque[float]) -> dict[str, float]:
             "max_ms": float(a.max()), "count": len(a)}
 
 
+def _luma(frame: VideoFrame) -> np.ndarray:
+    """The frame's luma plane (H x W uint8): a view of the decoder's Y plane when it is YUV 4:2:0, so the
+    barcode reader touches only its strip; other formats are converted."""
+    if frame.format.name != "yuv420p":
+        return frame.to_ndarray(format="yuv420p")[:frame.height]
+    plane = frame.planes[0]
+    return np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, :frame.width]
+
+
 @dataclass
 class StreamCounters:
     frames_in: int = 0
@@ -208,7 +217,7 @@ class Stream:
         t0 = time.perf_counter()
         frame = item.frame
         w, h = frame.width, frame.height
-        luma = frame.to_ndarray(format="yuv420p")[:h]
+        luma = _luma(frame)
         cell = barcode.default_cell_px(h)
         frame_id = barcode.read(luma, cell)
         rgb = frame.to_ndarray(format="rgb24")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e.game import (ARTIFACTS, DRIVE_S, MISSING, MULTIPART_BYTES, PROCESSED_TIMEOUT_S, SIZE, WEB,
+from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, MISSING, MULTIPART_BYTES, PROCESSED_TIMEOUT_S, SIZE, WEB,
                             build_web)
 from tests.stack import start_stack
 
@@ -24,7 +24,7 @@ def stack(tmp_path_factory):
     build_web()
     state = tmp_path_factory.mktemp("game-stack")
     env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
-               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES))
+               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES), SD_DIFFUSION_LOOK_DELAY_MS=str(DIFFUSION_DELAY_MS))
     running = start_stack(state, env)
     yield {"url": running.url, "state": state, "offset": running.offset}
     running.stop(signal.SIGTERM, timeout_s=30)
@@ -76,8 +76,8 @@ def second_drive(stack, processed):
 @pytest.fixture(scope="session")
 def diffusion_drive(stack, processed):
     """A 6 s drive with the diffusion view on: the offer goes through the gateway to the stack's
-    diffusion service (the CPU look backend), which streams back; it waits for the first drive's
-    processing (see `processed`)."""
+    diffusion service (the CPU look backend, made to take DIFFUSION_DELAY_MS per frame), which streams
+    back; it waits for the first drive's processing (see `processed`)."""
     return _short_drive(stack, "diffusion", "10", "6", "--diffusion")
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
-from tests.e2e.game import ARTIFACTS, DRIVE_S, IN_CI, MISSING, MULTIPART_BYTES, SIZE, WEB
+from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, IN_CI, MISSING, MULTIPART_BYTES,
+                            PROCESSED_TIMEOUT_S, SIZE, WEB)
 
 pytestmark = pytest.mark.skipif(MISSING is not None and not IN_CI, reason=f"browser test needs: {MISSING}")
 
@@ -127,6 +129,34 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, d
     report = validate_session(session, deep=True)
     assert report.ok and report.warnings == [], report.to_dict()
     assert report.stats.barcodes_read == report.stats.frames_logged
+    _pictured_state_is_exported(stack, result["result"]["sessionId"], {r["frame_id"]: r for r in rows})
+
+
+def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None:
+    """The processor exports every picture with the state of the render it shows and the controls of
+    both moments; the backend's known delay makes every picture at least that old."""
+    done = stack["state"] / "store" / "processed" / sid / "_SUCCESS.json"
+    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert done.exists(), f"the diffusion drive was not processed within {PROCESSED_TIMEOUT_S:.0f} s"
+    out = done.parent
+    qc = json.loads((out / "qc_report.json").read_text())
+    accepted = [s for s in qc["segment_details"] if s["accepted"]]
+    assert accepted, qc["segments"]
+    assert "frozen" not in qc["frames"]["dropped"], qc["frames"]  # a picture on screen for several frames
+    rows = [r for s in accepted for r in json.loads((out / s["segment_id"] / "measurements.json").read_text())]
+    distinct = {r["pictured_frame_id"] for r in rows}
+    for r in rows:
+        shown, pictured = lines[r["frame_id"]], lines[r["pictured_frame_id"]]
+        assert r["pictured_frame_id"] == shown["diffusion_frame_id"] < r["frame_id"]
+        assert (r["x"], r["y"], r["speed"]) == (pictured["vehicle"]["x_m"], -pictured["vehicle"]["y_m"] or 0.0,
+                                                pictured["speed_mps"])
+        assert r["controls_shown"] == shown["controls"] and r["controls_rendered"] == pictured["controls"]
+        assert r["display_latency_ms"] >= DIFFUSION_DELAY_MS, r
+    latency = sorted(r["display_latency_ms"] for r in rows)
+    print(f"exported {len(rows)} pictures of {len(distinct)} rendered states; display latency p50 "
+          f"{latency[len(latency) // 2]:.0f} ms, max {latency[-1]:.0f} ms")
 
 
 def test_a_rejected_upload_says_why_and_can_be_uploaded_again(stack, processed):

@@ -203,7 +203,7 @@ def corpus() -> list[Case]:
     for i, kw in enumerate([dict(width=160, height=90, duration_s=2.5, seed=41),
                             dict(width=256, height=144, duration_s=3.0, seed=42),
                             dict(width=256, height=144, duration_s=6.0, seed=43),
-                            dict(width=320, height=180, duration_s=2.0, seed=44, diffusion=True),
+                            dict(width=320, height=180, duration_s=2.5, seed=44, diffusion=True),
                             dict(width=160, height=90, duration_s=4.0, seed=45, fps=24.0),
                             dict(width=160, height=120, duration_s=2.5, seed=46)]):
         add(Case(f"clean_{i}", clean_synth(**kw), bad=False, clean=True))

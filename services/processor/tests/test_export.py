@@ -56,7 +56,12 @@ def test_measurements_are_the_logged_state_and_inputs_exactly(processed_clean, c
     assert [r["frame"] for r in rows] == list(range(len(rows))) == list(range(len(seg["frame_ids"])))
     for row, fid in zip(rows, seg["frame_ids"]):
         line = lines[fid]
-        assert set(row) == {"frame", "x", "y", "theta", "speed", "steer", "throttle", "brake", "command"}
+        assert set(row) == {"frame", "x", "y", "theta", "speed", "steer", "throttle", "brake", "command", "frame_id",
+                            "pictured_frame_id", "display_latency_ms", "controls_shown", "controls_rendered"}
+        # without the diffusion view a picture shows its own frame: one state, one set of controls
+        assert row["frame_id"] == row["pictured_frame_id"] == fid
+        assert row["controls_shown"] == row["controls_rendered"] == line["controls"]
+        assert row["display_latency_ms"] == pytest.approx(line["t_capture_ms"] - line["t_render_ms"], abs=1e-3)
         assert (row["steer"], row["throttle"], row["brake"]) == (line["controls"]["steer"],
                                                                 line["controls"]["throttle"], line["controls"]["brake"])
         assert row["command"] == line["command"] and row["speed"] == line["speed_mps"]

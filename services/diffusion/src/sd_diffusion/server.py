@@ -61,7 +61,7 @@ class DiffusionService(diffusion_pb2_grpc.DiffusionServiceServicer):
 def build_backend(settings: DiffusionSettings):
     """The backend the settings name, with its own options."""
     if settings.backend == "look":
-        return make_backend("look", strength=settings.look_strength)
+        return make_backend("look", strength=settings.look_strength, delay_ms=settings.look_delay_ms)
     return make_backend(settings.backend)
 
 

@@ -42,3 +42,6 @@ class DiffusionSettings(ServiceSettings):
     video_max_fps: int = Field(60, ge=1, le=120)
     # The look backend: 0 passes frames through, 1 is the full look.
     look_strength: float = Field(1.0, ge=0.0, le=1.0)
+    look_delay_ms: float = Field(0.0, ge=0.0, le=5000.0,
+                                 description="the look backend takes at least this long per frame (a model's "
+                                             "latency, for tests)")

@@ -4,6 +4,10 @@ Per frame (on the output picture, full-range luma): blurred, frozen, black, over
 Per segment (on the logged states of its kept frames): too few good frames, stationary the whole
 time, pose teleports, controls that no car and player produce. Thresholds are in CleanConfig.
 
+With the diffusion view on, a picture shows the state of an earlier frame (``FrameLog.pictured``): the
+frame-to-frame rules measure motion between the states the pictures show, so a diffusion picture shown
+on several frames in a row is a repeat of the same state, not a frozen one.
+
 Frame metrics are read from the Y plane as NumPy views; the frame-to-frame tests compare 64x64
 thumbnails. Flicker needs the next frame, so a frame's verdict is given one frame late.
 """
@@ -78,8 +82,9 @@ class Candidate:
     """A decoded frame on its way through clean and splice: its line, metrics and drop reasons."""
 
     frame: DecodedFrame
-    line: int | None
+    line: int | None  # the log line of the frame on screen (its barcode)
     reasons: list[str] = field(default_factory=list)
+    pictured: int | None = None  # the log line whose state the picture shows (``line`` without diffusion)
     metrics: FrameMetrics | None = None
     jpeg: bytes | None = None
     change: float | None = None  # thumbnail difference to the picture before it (None: none before)
@@ -100,9 +105,11 @@ class FrameCleaner:
     against the change the logged motion brings in the frames around it.
     """
 
-    def __init__(self, log: FrameLog, cfg: CleanConfig, *, detail_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, log: FrameLog, cfg: CleanConfig, *, detail_size: tuple[int, int] | None = None,
+                 diffusion: bool = False) -> None:
         self.log = log
         self.cfg = cfg
+        self.diffusion = diffusion
         self.detail_size = detail_size
         self._sharpness: deque[float] = deque(maxlen=cfg.history_frames)  # of the frames judged for blur
         self._changes: deque[float] = deque(maxlen=cfg.history_frames)  # frame-to-frame thumbnail differences
@@ -112,6 +119,10 @@ class FrameCleaner:
     def push(self, frame: DecodedFrame, pairing: Pairing) -> list[Candidate]:
         """Takes the next decoded frame; returns the frames whose verdicts are now final, in order."""
         cand = Candidate(frame, pairing.line, [pairing.reason] if pairing.reason else [])
+        if cand.line is not None:
+            cand.pictured, why = self.log.pictured(cand.line, self.diffusion)
+            if why and not cand.reasons:
+                cand.reasons.append(why)
         done: list[Candidate] = []
         if frame.y is None:  # no picture: it ends the neighbourhood the frame-to-frame rules look at
             done += self.finish()
@@ -193,14 +204,14 @@ class FrameCleaner:
         # Per metre of logged motion the frame's change must be far below the next one's, which must
         # itself be an ordinary visible change (not a cut, a flicker, a blur or an exposure failure).
         cfg = self.cfg
-        if before is None or mid.change is None or after.change is None or None in (before.line, mid.line,
-                                                                                       after.line):
+        if before is None or mid.change is None or after.change is None or \
+                None in (before.pictured, mid.pictured, after.pictured):
             return
         if {R_BLACK, R_OVEREXPOSED} & set(after.reasons) or {R_BLACK, R_OVEREXPOSED} & set(before.reasons):
             return
         if after.blur_judged and mid.blur_judged and self._fades(after.metrics, mid.metrics):
             return  # the next picture is blurred: its change says nothing about this frame's
-        step_in, step_out = self._step_m(before.line, mid.line), self._step_m(mid.line, after.line)
+        step_in, step_out = self._step_m(before.pictured, mid.pictured), self._step_m(mid.pictured, after.pictured)
         if step_in < cfg.frozen_min_motion_m or step_out < cfg.frozen_min_motion_m:
             return
         if len(self._changes) < 5:

@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from .config import ProcessorConfig
+from .config import LABEL_CONTROLS, ProcessorConfig
 from .export import DirectorySink
 from .pipeline import ProcessingResult, process_session
 
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fov-deg", type=float, default=None,
                    help="output horizontal field of view (default: the largest undistorted crop)")
     p.add_argument("--segment-s", type=float, default=5.0, help="segment length in seconds (default 5)")
+    p.add_argument("--label-controls", choices=LABEL_CONTROLS, default="shown",
+                   help="controls that label a picture: applied while it was shown (default) or at the render "
+                        "it was made from; they differ only with the diffusion view")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=process_command)
 
@@ -40,7 +43,8 @@ def process_command(args: argparse.Namespace) -> int:
     """Runs the processor on one session; prints a summary (or JSON) and each problem."""
     try:
         config = ProcessorConfig(output_width=args.width, output_height=args.height, output_fov_deg=args.fov_deg,
-                                 segment_s=args.segment_s, min_segment_s=min(2.0, args.segment_s))
+                                 segment_s=args.segment_s, min_segment_s=min(2.0, args.segment_s),
+                                 label_controls=args.label_controls)
     except ValueError as exc:
         print(f"sdctl process: {exc}", file=sys.stderr)
         return 2

@@ -74,6 +74,9 @@ class CleanConfig:
     max_steer_rate_per_s: float = 20.0  # |d steer / dt| (steer in [-1, 1]) above this is not a player
 
 
+LABEL_CONTROLS = ("shown", "rendered")
+
+
 @dataclass(frozen=True)
 class ProcessorConfig:
     """Output geometry, splicing and cleaning of one processing run."""
@@ -93,6 +96,10 @@ class ProcessorConfig:
     probe_frames: int = 15  # frames decoded up front to decide frame-id or timestamp alignment
     min_barcode_share: float = 0.5  # share of probed frames whose barcode must read for frame-id mode
     decode_threads: int = 1
+    # Which controls label a picture (docs/dataset-format.md §3): "shown", those applied while it was on
+    # screen (the player's answer to it), or "rendered", those of the frame it was made from. Both are
+    # exported either way; they differ only with the diffusion view, which shows an earlier render.
+    label_controls: str = "shown"
     clean: CleanConfig = field(default_factory=CleanConfig)
 
     def __post_init__(self) -> None:
@@ -106,6 +113,8 @@ class ProcessorConfig:
             raise ValueError(f"jpeg_quality {self.jpeg_quality} is outside 1..100")
         if not 0 < self.min_segment_s <= self.segment_s:
             raise ValueError(f"min_segment_s {self.min_segment_s} must be in (0, segment_s={self.segment_s}]")
+        if self.label_controls not in LABEL_CONTROLS:
+            raise ValueError(f"label_controls {self.label_controls!r} is not one of {', '.join(LABEL_CONTROLS)}")
         if self.max_gap_frames < 0 or self.max_gap_ms <= 0:
             raise ValueError("max_gap_frames must be >= 0 and max_gap_ms > 0")
 

@@ -2,7 +2,7 @@
 
 ``route_<session>_<nnn>/rgb_front/00000.jpg …`` holds the frames (JPEG straight from the output
 picture's Y/U/V planes with libjpeg-turbo) and ``route_<session>_<nnn>/measurements.json`` one entry
-per image: the logged state and the player's own inputs, never synthesized. Poses are converted to
+per image: the logged state the picture shows and the player's own inputs, never synthesized. Poses are converted to
 CARLA's left-handed world frame (y and the heading negated, as docs/session-format.md §2 says).
 """
 
@@ -89,29 +89,45 @@ def encode_jpeg(y, u, v, quality: int) -> bytes:
     return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=quality)
 
 
-def measurement(log: FrameLog, line: int, frame: int) -> dict[str, Any]:
-    """One measurements.json entry: the logged state of ``line`` as image number ``frame``."""
-    yaw = float(log.col("yaw_deg")[line])
+def measurement(log: FrameLog, line: int, frame: int, *, pictured: int | None = None,
+                label: str = "shown") -> dict[str, Any]:
+    """One measurements.json entry for image number ``frame``: the picture on screen at ``line``.
+
+    The pose, speed and command are those of ``pictured``, the line whose state the picture shows (the
+    line itself without the diffusion view). Both sets of controls are kept: those applied while the
+    picture was on screen (``line``) and those at the render it was made from (``pictured``);
+    ``label`` ("shown" or "rendered") says which are the entry's steer, throttle and brake.
+    """
+    pic = line if pictured is None else pictured
+    yaw = float(log.col("yaw_deg")[pic])
     theta = math.radians(-yaw)
     theta = (theta + math.pi) % (2 * math.pi) - math.pi
-    y = float(log.col("y_m")[line])
+    y = float(log.col("y_m")[pic])
+    shown, rendered = _controls(log, line), _controls(log, pic)
     return {
         "frame": frame,
-        "x": float(log.col("x_m")[line]),
+        "x": float(log.col("x_m")[pic]),
         "y": -y if y else 0.0,
         "theta": theta,
-        "speed": float(log.col("speed_mps")[line]),
-        "steer": float(log.col("steer")[line]),
-        "throttle": float(log.col("throttle")[line]),
-        "brake": float(log.col("brake")[line]),
-        "command": int(log.command[line]),
+        "speed": float(log.col("speed_mps")[pic]),
+        **(shown if label == "shown" else rendered),
+        "command": int(log.command[pic]),
+        "frame_id": int(log.frame_id[line]),
+        "pictured_frame_id": int(log.frame_id[pic]),
+        "display_latency_ms": round(float(log.col("t_capture_ms")[line] - log.col("t_render_ms")[pic]), 3),
+        "controls_shown": shown,
+        "controls_rendered": rendered,
     }
 
 
-def segment_items(folder: str, log: FrameLog, frames: list) -> list[tuple[str, bytes]]:
+def _controls(log: FrameLog, line: int) -> dict[str, float]:
+    return {k: float(log.col(k)[line]) for k in ("steer", "throttle", "brake")}
+
+
+def segment_items(folder: str, log: FrameLog, frames: list, *, label: str = "shown") -> list[tuple[str, bytes]]:
     """The (key, bytes) pairs of one route folder: its images, then measurements.json."""
     items = [(f"{folder}/{RGB_DIR}/{k:05d}.jpg", c.jpeg) for k, c in enumerate(frames)]
-    rows = [measurement(log, c.line, k) for k, c in enumerate(frames)]
+    rows = [measurement(log, c.line, k, pictured=c.pictured, label=label) for k, c in enumerate(frames)]
     items.append((f"{folder}/{MEASUREMENTS_NAME}", json_bytes(rows)))
     return items
 

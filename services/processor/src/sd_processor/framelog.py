@@ -34,6 +34,11 @@ LINE_ID_REPEATED = "log_frame_id_repeated"
 LINE_TIME_BACKWARDS = "log_time_not_monotonic"
 LINE_NO_COMMAND = "command_void"
 
+# Why the state a diffusion picture shows is unknown; each drops the frame on screen.
+PICTURE_UNKNOWN = "picture_unknown"
+PICTURE_UNUSABLE = "pictured_frame_unusable"
+PICTURE_AHEAD = "pictured_frame_ahead"
+
 _COLUMNS = ("t_render_ms", "t_capture_ms", "sim_t_ms", "x_m", "y_m", "yaw_deg", "cam_x_m", "cam_y_m",
             "cam_z_m", "cam_yaw_deg", "speed_mps", "steer", "throttle", "brake")
 
@@ -62,6 +67,26 @@ class FrameLog:
     def usable(self, i: int) -> bool:
         """Whether line ``i`` can be paired and exported."""
         return not self.status[i]
+
+    def pictured(self, i: int, diffusion: bool) -> tuple[int | None, str]:
+        """The line whose world state the picture on screen at line ``i`` shows, or a drop reason.
+
+        Without the diffusion view the picture is the render of the frame itself. With it, the picture is
+        the diffusion output of the rendered frame named by ``diffusion_frame_id``: unknown when that is
+        null (nothing had come back yet, or the returned picture's barcode did not read), unusable when
+        that frame's own line is missing or defective, and impossible when it names a later frame.
+        """
+        if not diffusion:
+            return i, LINE_OK
+        shown = int(self.diffusion_frame_id[i])
+        if shown < 0:
+            return None, PICTURE_UNKNOWN
+        if shown > int(self.frame_id[i]):
+            return None, PICTURE_AHEAD
+        k = self.index_of.get(shown)
+        if k is None or not self.usable(k):
+            return None, PICTURE_UNUSABLE
+        return k, LINE_OK
 
     @property
     def usable_count(self) -> int:

@@ -215,7 +215,7 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     decoder = FrameDecoder(run.session_dir / VIDEO_NAME, run.plan, cell_px=m.barcode.cell_px,
                            read_barcodes=read_barcodes, threads=cfg.decode_threads)
     detail = (run.plan.width, run.plan.height) if run.plan.upscales else None  # judge blur at the crop's size
-    cleaner = FrameCleaner(log, cfg.clean, detail_size=detail)
+    cleaner = FrameCleaner(log, cfg.clean, detail_size=detail, diffusion=m.diffusion.enabled)
     splicer = Splicer(segment_s=cfg.segment_s, max_gap_frames=cfg.max_gap_frames, max_gap_ms=cfg.max_gap_ms,
                       period_ms=period_ms)
     paired_lines: set[int] = set()
@@ -269,7 +269,7 @@ def _close_segment(run: _Run, seg: Segment) -> None:
     record = describe_segment(folder, seg, log, reasons)
     qc.segments.append(record)
     if record.accepted:
-        items = segment_items(folder, log, seg.frames)
+        items = segment_items(folder, log, seg.frames, label=cfg.label_controls)
         run.sink.put_many(items)
         run.keys.update(k for k, _ in items)
         qc.kept += len(seg.frames)

@@ -45,6 +45,8 @@ class SegmentRecord:
     holes: int
     frame_ids: list[int]
     pts_ms: list[int]
+    pictured_frame_ids: list[int] = field(default_factory=list)
+    display_latency_ms: list[float] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """The segments.json entry."""
@@ -58,12 +60,22 @@ class SegmentRecord:
         """The QC report's entry: the public fields plus holes, and the raw frame id and pts of each image."""
         return {**self.public(), "holes": self.holes,
                 "good_share": round(self.frames / (self.frames + self.holes), 4) if self.frames else 0.0,
-                "frame_ids": self.frame_ids, "pts_ms": self.pts_ms}
+                "frame_ids": self.frame_ids, "pts_ms": self.pts_ms, "pictured_frame_ids": self.pictured_frame_ids,
+                "display_latency_ms": _summary(self.display_latency_ms)}
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    """p50, p95 and max of a list of milliseconds (None for an empty one)."""
+    if not values:
+        return None
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "max": round(float(max(values)), 3)}
 
 
 def describe_segment(segment_id: str, seg: Segment, log: FrameLog, reasons: list[str]) -> SegmentRecord:
-    """The record of a closed segment."""
-    idx = np.asarray(seg.lines, dtype=np.int64)
+    """The record of a closed segment: the distance, speed and commands of the states its pictures show."""
+    shown = np.asarray(seg.lines, dtype=np.int64)
+    idx = np.asarray(seg.pictured_lines, dtype=np.int64)
     x, y = log.col("x_m")[idx], log.col("y_m")[idx]
     commands = Counter(str(int(c)) for c in log.command[idx])
     return SegmentRecord(
@@ -72,8 +84,10 @@ def describe_segment(segment_id: str, seg: Segment, log: FrameLog, reasons: list
         distance_m=float(np.hypot(np.diff(x), np.diff(y)).sum()),
         mean_speed_mps=float(log.col("speed_mps")[idx].mean()),
         command_counts=dict(sorted(commands.items(), key=lambda kv: int(kv[0]))),
-        holes=seg.holes, frame_ids=[int(f) for f in log.frame_id[idx]],
-        pts_ms=[int(c.frame.pts_ms) for c in seg.frames])
+        holes=seg.holes, frame_ids=[int(f) for f in log.frame_id[shown]],
+        pts_ms=[int(c.frame.pts_ms) for c in seg.frames],
+        pictured_frame_ids=[int(f) for f in log.frame_id[idx]],
+        display_latency_ms=(log.col("t_capture_ms")[shown] - log.col("t_render_ms")[idx]).tolist())
 
 
 @dataclass

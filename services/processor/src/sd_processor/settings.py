@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -27,6 +28,8 @@ class ProcessorSettings(ServiceSettings):
     min_segment_s: float = Field(2.0, gt=0)
     max_gap_frames: int = Field(2, ge=0)
     max_gap_ms: float = Field(250.0, gt=0)
+    label_controls: Literal["shown", "rendered"] = Field(
+        "shown", description="controls that label a picture: applied while it was shown, or at its render")
     # Clean thresholds by name (config.CleanConfig), as JSON: SD_PROCESSOR_CLEAN='{"blur_ratio": 0.3}'.
     clean: dict[str, float] = Field(default_factory=dict)
 
@@ -35,5 +38,5 @@ class ProcessorSettings(ServiceSettings):
         return ProcessorConfig(
             output_width=self.output_width, output_height=self.output_height, output_fov_deg=self.output_fov_deg,
             jpeg_quality=self.jpeg_quality, segment_s=self.segment_s, min_segment_s=self.min_segment_s,
-            max_gap_frames=self.max_gap_frames, max_gap_ms=self.max_gap_ms,
+            max_gap_frames=self.max_gap_frames, max_gap_ms=self.max_gap_ms, label_controls=self.label_controls,
         ).with_clean(**self.clean)

@@ -43,6 +43,11 @@ class Segment:
         """The log lines of the frames, in order."""
         return [c.line for c in self.frames]
 
+    @property
+    def pictured_lines(self) -> list[int]:
+        """The log lines whose states the frames' pictures show, in order (``lines`` without diffusion)."""
+        return [c.line if c.pictured is None else c.pictured for c in self.frames]
+
 
 class Splicer:
     """Groups the stream of decided frames into segments; ``add``/``finish`` return closed segments."""

@@ -122,7 +122,8 @@ class SynthConfig:
     bitrate: int | None = None  # bits/s; None scales 2.5 Mbps at 720p30 by pixel rate
     cell_px: int | None = None  # None: barcode.default_cell_px(height)
     fov_deg: float = 100.0
-    diffusion: bool = False
+    diffusion: bool = False  # each picture shows the render of an earlier frame (pictured_frame)
+    diffusion_every: int = 1  # with diffusion: a new picture every this many frames, repeated in between
     infractions: bool = False
     # corruptions
     truncate_video_fraction: float = 0.0
@@ -391,6 +392,18 @@ MOUNT = Mount()  # the CARLA evaluator agent's front camera, the format's defaul
 DIFFUSION_LAG_FRAMES = 5
 
 
+def pictured_frame(cfg: SynthConfig, i: int) -> int | None:
+    """With diffusion: the frame whose render the picture of frame ``i`` is made from (None: none yet).
+
+    The stand-in diffusion service answers ``DIFFUSION_LAG_FRAMES`` frames late and, with
+    ``diffusion_every`` above 1, makes a picture of only every that many renders, shown until the next.
+    """
+    if not cfg.diffusion or i < DIFFUSION_LAG_FRAMES:
+        return None
+    every = max(1, cfg.diffusion_every)
+    return (i - DIFFUSION_LAG_FRAMES) // every * every
+
+
 @dataclass(frozen=True)
 class SessionPlan:
     """The sizes, the route, the clocks and the frames every corruption touches, for one config."""
@@ -507,7 +520,9 @@ def write_video(plan: SessionPlan, ticks: list[DriveTick], path: Path) -> list[t
     with VideoWriter(path, w, h, codec="libvpx-vp9" if cfg.wrong_codec else "libvpx", bitrate=plan.bitrate,
                      fps_hint=round(cfg.fps)) as writer:
         for i, tick in enumerate(ticks):
-            image = renderer.render(tick.camera_p, tick.camera_r)
+            shows = pictured_frame(cfg, i) if cfg.diffusion else i
+            source = ticks[0 if shows is None else shows]  # before any picture: the first render
+            image = renderer.render(source.camera_p, source.camera_r)
             if i in blurred:
                 image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
             if cfg.diffusion:
@@ -588,8 +603,7 @@ def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
                       "distance_remaining_m": round(max(0.0, route.length_m - t.s_m), 3)},
             "infractions": [{"kind": "collision_static", "actor": "building", "impulse_ns": 850.0}]
             if i == infraction_frame else [],
-            "diffusion_frame_id": (i - DIFFUSION_LAG_FRAMES if i >= DIFFUSION_LAG_FRAMES else None)
-            if cfg.diffusion else None,
+            "diffusion_frame_id": pictured_frame(cfg, i),
         }
         if i in nan_lines:
             record["controls"]["throttle"] = float("nan")
@@ -630,11 +644,12 @@ def latency_probes(plan: SessionPlan) -> list[dict[str, Any]]:
             probes.append({"t_ms": round(page(plan.t_capture_ms[i]), 3), "kind": "frame_present",
                            "sent_ms": round(page(plan.t_render_ms[i]), 3),
                            "received_ms": round(page(plan.t_capture_ms[i]), 3), "frame_id": i})
-        if cfg.diffusion and i >= DIFFUSION_LAG_FRAMES:
+        shows = pictured_frame(cfg, i)
+        if shows is not None and shows != pictured_frame(cfg, i - 1):  # a new picture arrived
             probes.append({"t_ms": round(page(plan.t_render_ms[i]), 3), "kind": "diffusion_rtt",
-                           "sent_ms": round(page(plan.t_render_ms[i - DIFFUSION_LAG_FRAMES]), 3),
+                           "sent_ms": round(page(plan.t_render_ms[shows]), 3),
                            "received_ms": round(page(plan.t_render_ms[i]) - 1.0, 3),
-                           "frame_id": i - DIFFUSION_LAG_FRAMES})
+                           "frame_id": shows})
     probes.sort(key=lambda p: p["t_ms"])
     return probes
 

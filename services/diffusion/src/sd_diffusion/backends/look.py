@@ -10,6 +10,7 @@ runs in a few milliseconds. The manifest's `diffusion.model` says what made the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -44,10 +45,15 @@ class LookState:
 class LookBackend:
     """See the module docstring. `strength` 0 leaves frames as they came; 1 is the full look."""
 
-    def __init__(self, *, strength: float = 1.0, grain: float = 4.0, seed: int = 0) -> None:
+    def __init__(self, *, strength: float = 1.0, grain: float = 4.0, seed: int = 0, delay_ms: float = 0.0) -> None:
         if not 0.0 <= strength <= 1.0:
             raise BackendError(f"look strength must be within 0..1, got {strength}")
+        if not 0.0 <= delay_ms <= 5000.0:
+            raise BackendError(f"look delay must be within 0..5000 ms, got {delay_ms}")
         self.strength = strength
+        # Each frame takes at least this long, standing in for a model's latency (tests of the path
+        # from the picture on screen to the state it shows use a known one).
+        self.delay_ms = delay_ms
         self.grain = grain
         self.seed = seed
         self.info = BackendInfo(name="look", model=MODEL, device="cpu")
@@ -73,6 +79,8 @@ class LookBackend:
         state.luts = _tone_luts(self._warmth(prompt), 6.0)
 
     def process(self, state: LookState, frame: np.ndarray, index: int) -> np.ndarray:
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1000.0)
         h, w = frame.shape[:2]
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise BackendError(f"expected an H x W x 3 uint8 frame, got {frame.dtype} {frame.shape}")

@@ -424,10 +424,15 @@ def test_gateway_and_ingest_are_pointed_at_this_releases_services(key):
     deployments = by_component(docs, "Deployment")
     for svc, var, target_svc in [("gateway", "SD_GATEWAY_DIFFUSION_TARGET", "diffusion"),
                                  ("ingest", "SD_INGEST_PROCESSOR_TARGET", "processor")]:
-        host, port = env_of(docs, deployments[svc])[var].rsplit(":", 1)
+        target = env_of(docs, deployments[svc])[var]
+        if svc == "gateway":  # every diffusion pod, from the headless Service's DNS (signaling.py)
+            assert target.startswith("dns:///"), target
+            target = target[len("dns:///"):]
+        host, port = target.rsplit(":", 1)
         name, ns, suffix = host.split(".")
         assert (ns, suffix) == (namespace, "svc")
         assert component(services[name]) == target_svc
+        assert services[name]["spec"].get("clusterIP") == ("None" if svc == "gateway" else None)
         grpc = [p for p in services[name]["spec"]["ports"] if p["name"] == "grpc"]
         assert grpc and grpc[0]["port"] == int(port)
 
@@ -695,7 +700,7 @@ def calls_in_the_settings(docs, namespace: str) -> set[tuple[str, str]]:
     for svc, d in by_component(docs, "Deployment").items():
         for key, value in env_of(docs, d).items():
             if key.endswith("_TARGET") and isinstance(value, str):
-                host = value.rsplit(":", 1)[0]
+                host = value.removeprefix("dns:///").rsplit(":", 1)[0]
                 name, ns, _ = host.split(".")
                 assert ns == namespace and name in services, value
                 edges.add((svc, services[name]))

@@ -19,6 +19,9 @@ metadata:
   {{- end }}
 spec:
   type: {{ $v.service.type }}
+  {{- if .headless }}
+  clusterIP: None
+  {{- end }}
   selector:
     {{- include "sd.selectorLabels" . | nindent 4 }}
   ports:

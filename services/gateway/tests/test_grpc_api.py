@@ -102,6 +102,10 @@ async def test_signaling_relays_to_the_diffusion_service(start_gw, tmp_path):
             tok = (await http.post("/v1/players", json={})).json()["device_token"]
             h = {"Authorization": f"Bearer {tok}"}
             sid = (await http.post("/v1/sessions", json={}, headers=h)).json()["session_id"]
+            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "v=0\r\n"})
+            assert r.status_code == 400 and "no video" in r.json()["error"]["message"]
+            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "hello"})
+            assert r.status_code == 400
             r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": await offer()})
             assert r.status_code == 200, r.text
             body = r.json()
@@ -110,10 +114,6 @@ async def test_signaling_relays_to_the_diffusion_service(start_gw, tmp_path):
             r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": await offer()})
             assert r.status_code == 503 and r.headers["Retry-After"] == "3", r.text
             assert "busy" in r.json()["error"]["message"]
-            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "v=0\r\n"})
-            assert r.status_code == 400 and "no video" in r.json()["error"]["message"]
-            r = await http.post("/v1/diffusion/offer", headers=h, json={"session_id": sid, "sdp_offer": "hello"})
-            assert r.status_code == 400
     finally:
         for pc in peers:
             await pc.close()

@@ -42,7 +42,8 @@ class DiffusionService(diffusion_pb2_grpc.DiffusionServiceServicer):
         info = self.manager.backend.info
         return pb.GetCapacityResponse(streams_active=self.manager.active, streams_max=self.manager.settings.max_streams,
                                       backend=info.name, device=info.device, model=info.model,
-                                      peer_connections=self.manager.peer_connections)
+                                      peer_connections=self.manager.peer_connections,
+                                      busy_retry_after_s=self.manager.settings.busy_retry_after_s)
 
     async def UpdateStream(self, request, context):
         self.manager.get(request.stream_id).set_prompt(request.prompt)

@@ -98,7 +98,7 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
         store_settings = store_settings.model_copy(update={"public_base_url": base_url})
     store = make_store(store_settings)
     rt.on_stop(store.close)
-    signaling = DiffusionSignaling(settings.diffusion_target)
+    signaling = DiffusionSignaling(settings.diffusion_target, resolve_every_s=settings.diffusion_resolve_every_s)
     rt.on_stop(signaling.close)
     service = SessionService(
         settings, db, store, DeviceTokens(secret, settings.token_ttl_days * 86400),

@@ -45,8 +45,18 @@ class GatewaySettings(ServiceSettings):
     # Bounds on what one session may upload, counted across all its upload-urls calls.
     max_files_per_session: int = Field(16, ge=1)
     max_session_bytes: int = Field(2 * 1024**3, ge=1)
-    # host:port of the diffusion service's gRPC; unset means signaling answers UNAVAILABLE.
+    # The diffusion pods' gRPC, comma-separated: host:port (one pod) or dns:///name:port (each address
+    # of a headless Service is a pod); offers go to the pod with the most free slots (signaling.py).
+    # Unset means signaling answers UNAVAILABLE.
     diffusion_target: str | None = None
+    diffusion_resolve_every_s: float = Field(10.0, gt=0, description="how often dns:/// targets are resolved again")
+
+    @field_validator("diffusion_target")
+    @classmethod
+    def _check_targets(cls, v: str | None) -> str | None:
+        from sd_gateway.signaling import parse_targets  # raises ValueError naming a bad entry
+        parse_targets(v)
+        return v
     # Built web game (web/dist) served at /; unset or missing means a page that says how to build it.
     web_dir: Path | None = None
 

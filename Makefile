@@ -51,9 +51,14 @@ web:
 run: install
 	$(BIN)/sdctl stack up
 
+# pytest runs most tests on TEST_WORKERS processes (pytest-xdist), then the `serial` ones (conftest.py:
+# the browser and supervisor tests) alone. Beside another worker, torch gets one thread: two workers'
+# spinning OpenMP threads on two cores slow a training test sevenfold.
+TEST_WORKERS ?= 2
 test: install system-deps
 	@if [ -f web/package.json ]; then $(NPM) test; fi
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 bench: install system-deps
 	$(BIN)/python bench/presign_bench.py

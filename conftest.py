@@ -1,4 +1,11 @@
-"""Fixtures every test tree shares: real servers the project's tests start on loopback."""
+"""Fixtures every test tree shares: real servers the project's tests start on loopback; and which tests
+run alone: `make test` runs the rest on several pytest workers first (pytest-xdist), then these one at
+a time with nothing beside them.
+
+They drive headless Chromium against the game, or time a supervisor's restarts. On a 2-core machine a
+neighbouring test starves the browser (its video encoder drops frames, a closed-loop step waits
+minutes), which says nothing about the code under test.
+"""
 
 from __future__ import annotations
 
@@ -93,3 +100,24 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("pg_cluster").new_database()
+
+
+SERIAL_MODULES = (
+    "tests/e2e/",
+    "tests/integration/test_stack_supervision.py",
+    "services/evaluator/tests/test_city_browser.py",
+    "services/evaluator/tests/test_city_closed_loop.py",
+    "services/evaluator/tests/test_evaluate_city.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: runs alone, after the parallel part of the suite (conftest.py)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix()
+        if where.startswith(SERIAL_MODULES):
+            item.add_marker(pytest.mark.serial)

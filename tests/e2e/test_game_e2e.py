@@ -114,6 +114,7 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, d
     assert manifest["diffusion"]["enabled"] is True and manifest["diffusion"]["backend"] == "look"
     assert "not a diffusion model" in manifest["diffusion"]["model"]  # the look says what it is
     rows = [json.loads(line) for line in (session / "frames.jsonl").read_text().splitlines()]
+    lines = {r["frame_id"]: r for r in rows}
     shown = [r["diffusion_frame_id"] for r in rows]
     # The id the service drew on each returned frame, read back by the game: the rendered frame the
     # picture on screen was made from. Null only until the first recorded frame has come back (the
@@ -129,7 +130,7 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, d
     report = validate_session(session, deep=True)
     assert report.ok and report.warnings == [], report.to_dict()
     assert report.stats.barcodes_read == report.stats.frames_logged
-    _pictured_state_is_exported(stack, result["result"]["sessionId"], {r["frame_id"]: r for r in rows})
+    _pictured_state_is_exported(stack, result["result"]["sessionId"], lines)
 
 
 def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None:

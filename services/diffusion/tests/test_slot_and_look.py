@@ -80,7 +80,7 @@ async def test_the_output_carries_the_input_frames_barcode_exactly(size):
             frame = VideoFrame.from_ndarray(scene(fid, width, height), format="rgb24")
             frame = frame.reformat(format="yuv420p")  # as a decoder hands it over
             frame.pts, frame.time_base = 0, Fraction(1, 90000)
-            out = stream._make(Input(frame, 0.0))
+            (out,) = stream._make(Input(frame, 0.0))
             rgb = out.frame.to_ndarray(format="rgb24")
             assert out.frame_id == fid
             strip = rgb[height - cell:, :barcode.strip_size(cell)[0]]
@@ -91,6 +91,7 @@ async def test_the_output_carries_the_input_frames_barcode_exactly(size):
             assert barcode.read(out.frame.to_ndarray(format="yuv420p")[:height], cell) == fid
         # a frame without a readable barcode gets none drawn, and is counted
         blank = VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="rgb24")
-        assert stream._make(Input(blank, 0.0)).frame_id is None and stream.counters.barcodes_unread == 1
+        (out,) = stream._make(Input(blank, 0.0))
+        assert out.frame_id is None and stream.counters.barcodes_unread == 1
     finally:
         await stream.close()

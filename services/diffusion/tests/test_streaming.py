@@ -184,3 +184,47 @@ async def test_a_stream_that_never_sends_a_frame_is_closed(start_diffusion):
         await _until(freed, 5.0, "the unconnected stream closed")
     finally:
         await player.close()
+
+
+async def test_a_chunked_model_s_frames_are_sent_in_order_spread_out_each_with_its_own_barcode(start_diffusion):
+    """A causal video model answers four frames at a time: each returned frame carries the barcode of
+    the input it was made from, the chunk goes out spaced as its inputs came (not in a burst), and the
+    output lags the input by about a chunk, flat."""
+    rt, stub = await start_diffusion()
+    manager = rt.service.manager
+    real = manager.backend
+
+    class FourAtATime:
+        info = real.info
+
+        def new_stream(self, *a):
+            return {"look": real.new_stream(*a), "held": []}
+
+        def set_prompt(self, state, prompt):
+            real.set_prompt(state["look"], prompt)
+
+        def push(self, state, frame, index):
+            state["held"].append((index, frame))
+            if len(state["held"]) < 4:
+                return []
+            chunk, state["held"] = state["held"], []
+            return [(i, real.process(state["look"], f, i)) for i, f in chunk]
+
+    manager.backend = FourAtATime()
+    player = Player(320, 180, fps=30)
+    try:
+        await connect(stub, player)
+        await player.wait_frames(60)
+        ids = [fid for fid, _, _ in player.received]
+        assert None not in ids and all(b > a for a, b in zip(ids, ids[1:])), ids
+        assert set(ids) <= set(player.track.sent)
+        # spread out: most consecutive frames arrive well apart, not four in one burst
+        gaps = np.diff([at for _, at, _ in player.received[20:]])
+        assert np.median(gaps) > 0.015, gaps
+        lags = [newest - fid for fid, _, newest in player.received[20:]]
+        assert np.median(lags) >= 3 and max(lags) <= 20, lags  # a chunk behind, never a queue
+        (s,) = (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
+        assert s.frames_out >= 60 and s.barcodes_unread == 0
+        assert s.outputs_dropped <= s.frames_out // 4, (s.outputs_dropped, s.frames_out)
+    finally:
+        await player.close()

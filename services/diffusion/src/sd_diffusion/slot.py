@@ -59,3 +59,8 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def ready(self) -> bool:
+        """Whether an item waits to be taken."""
+        return self._full

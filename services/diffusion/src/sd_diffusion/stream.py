@@ -11,6 +11,10 @@
 - The output track hands the sender the newest generated frame; one it never took is counted in
   `outputs_dropped`. Frame age is measured per frame from input arrival to the moment the sender takes
   the output made from it.
+- A chunked backend (a causal video model) returns several frames at once, each with the input it was
+  made from. The output slot then holds that chunk: the track sends its frames in order, spaced as
+  their inputs arrived, and a newer chunk replaces what is left of the one being sent (those frames
+  count as dropped). So the output still never lags by more than one chunk.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from av import VideoFrame
 
 from sd_common.session_format import barcode
 from sd_diffusion import metrics
-from sd_diffusion.backends import Backend
+from sd_diffusion.backends import Backend, ChunkedBackend
 from sd_diffusion.slot import LatestSlot, SlotClosed
 
 log = structlog.get_logger()
 
 VIDEO_CLOCK = 90_000  # RTP's video clock
+_MAX_PACING_GAP_S = 0.1  # frames of one chunk are sent at most this far apart
 _WINDOW = 600  # recent frames kept for the stats' percentiles
 
 
@@ -83,23 +88,48 @@ class StreamCounters:
 
 
 class OutputTrack(MediaStreamTrack):
-    """The transformed video the browser receives: the newest generated frame, each sent once."""
+    """The transformed video the browser receives: the newest generated frames, each sent once."""
 
     kind = "video"
 
     def __init__(self, stream: Stream) -> None:
         super().__init__()
         self._stream = stream
-        self.slot: LatestSlot[Output] = LatestSlot()
+        self.slot: LatestSlot[list[Output]] = LatestSlot()
+        self._sending: deque[Output] = deque()  # what is left of the chunk being sent
+        self._previous: Output | None = None  # the frame sent last from that chunk
+        self._sent_at = 0.0
         self._t0: float | None = None
+        self._last_put = 0  # frames in the chunk put last (dropped if a newer one replaces it untaken)
+        self.dropped = 0  # generated frames the sender never took
+
+    def put(self, outputs: list[Output]) -> int:
+        """Offers the newest chunk (one frame for a frame backend); returns the frames it replaced."""
+        dropped = self._last_put if self.slot.put(outputs) else 0
+        self._last_put = len(outputs)
+        self.dropped += dropped
+        return dropped
 
     async def recv(self) -> VideoFrame:
-        try:
-            out = await self.slot.get()
-        except SlotClosed:
-            self.stop()
-            raise MediaStreamError from None
+        if self.slot.ready or not self._sending:
+            try:
+                chunk = await self.slot.get()
+            except SlotClosed:
+                self.stop()
+                raise MediaStreamError from None
+            if self._sending:  # a newer chunk replaces the rest of this one
+                self.dropped += len(self._sending)
+                metrics.OUTPUTS_DROPPED.labels(self._stream.backend.info.name).inc(len(self._sending))
+            self._sending, self._previous = deque(chunk), None
+        out = self._sending.popleft()
+        if self._previous is not None:  # the next frame of a chunk: spaced as its input arrived
+            gap = min(max(out.arrived - self._previous.arrived, 0.0), _MAX_PACING_GAP_S)
+            wait = self._sent_at + gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._previous = out if self._sending else None
         now = time.monotonic()
+        self._sent_at = now
         if self._t0 is None:
             self._t0 = now
         frame = out.frame
@@ -127,6 +157,7 @@ class Stream:
         self._size: tuple[int, int] | None = None
         self._prompt_changed = False
         self._index = 0
+        self._waiting: dict[int, tuple[int | None, float]] = {}  # a chunked backend's inputs: id, arrival
         self._tasks: list[asyncio.Task] = []
         self._closed = asyncio.Event()
 
@@ -202,8 +233,10 @@ class Stream:
                     if self.closed:
                         return
                     raise exc
-                if self.output.slot.put(out):
-                    metrics.OUTPUTS_DROPPED.labels(self.backend.info.name).inc()
+                if out:
+                    dropped = self.output.put(out)
+                    if dropped:
+                        metrics.OUTPUTS_DROPPED.labels(self.backend.info.name).inc(dropped)
         except SlotClosed:
             self.output.slot.close()
         except Exception:
@@ -211,8 +244,9 @@ class Stream:
             self.output.slot.close()
             raise
 
-    def _make(self, item: Input) -> Output:
-        """In the worker thread: barcode, model, barcode again."""
+    def _make(self, item: Input) -> list[Output]:
+        """In the worker thread: barcode, model, barcode again; the outputs ready now (a chunked
+        backend returns none until its chunk is complete, then the whole chunk)."""
         name = self.backend.info.name
         t0 = time.perf_counter()
         frame = item.frame
@@ -225,26 +259,39 @@ class Stream:
         if self._size != (w, h):
             self._model_state = self.backend.new_stream(w, h, self.prompt)
             self._size, self._prompt_changed = (w, h), False
+            self._waiting.clear()
         elif self._prompt_changed:
             self.backend.set_prompt(self._model_state, self.prompt)
             self._prompt_changed = False
-        out = self.backend.process(self._model_state, rgb, self._index)
-        self._index += 1
-        t2 = time.perf_counter()
-        if out.shape != rgb.shape:
-            raise RuntimeError(f"the {name} backend returned {out.shape} for a {rgb.shape} frame")
-        out = np.ascontiguousarray(out)
-        if frame_id is not None:
-            barcode.draw(out, frame_id, cell)
-        else:
+        if frame_id is None:
             self.counters.barcodes_unread += 1
-        made = VideoFrame.from_ndarray(out, format="rgb24")
+        index, self._index = self._index, self._index + 1
+        if isinstance(self.backend, ChunkedBackend):
+            self._waiting[index] = (frame_id, item.arrived)
+            made = []
+            for k, image in self.backend.push(self._model_state, rgb, index):
+                if k not in self._waiting:
+                    raise RuntimeError(f"the {name} backend returned a frame for input {k}, which is not waiting")
+                for skipped in [j for j in self._waiting if j < k]:  # inputs the backend made nothing of
+                    del self._waiting[skipped]
+                made.append((image, *self._waiting.pop(k)))
+        else:
+            made = [(self.backend.process(self._model_state, rgb, index), frame_id, item.arrived)]
+        t2 = time.perf_counter()
+        outputs = []
+        for image, fid, arrived in made:
+            if image.shape != rgb.shape:
+                raise RuntimeError(f"the {name} backend returned {image.shape} for a {rgb.shape} frame")
+            image = np.ascontiguousarray(image)
+            if fid is not None:
+                barcode.draw(image, fid, cell)
+            outputs.append(Output(VideoFrame.from_ndarray(image, format="rgb24"), arrived, fid))
         t3 = time.perf_counter()
         metrics.STAGE_SECONDS.labels(name, "decode").observe(t1 - t0)
         metrics.STAGE_SECONDS.labels(name, "model").observe(t2 - t1)
         metrics.STAGE_SECONDS.labels(name, "encode").observe(t3 - t2)
         self.counters.model_s.append(t2 - t1)
-        return Output(made, item.arrived, frame_id)
+        return outputs
 
     # --- accounting ----------------------------------------------------------------------------------
 
@@ -269,7 +316,7 @@ class Stream:
 
         return {"stream_id": self.stream_id, "session_id": self.session_id, "state": self.state,
                 "frames_in": c.frames_in, "frames_out": c.frames_out, "inputs_dropped": self.inputs.dropped,
-                "outputs_dropped": self.output.slot.dropped, "barcodes_unread": c.barcodes_unread,
+                "outputs_dropped": self.output.dropped, "barcodes_unread": c.barcodes_unread,
                 "fps_in": fps(c.frames_in, c.first_in, c.last_in), "fps_out": fps(c.frames_out, c.first_out, c.last_out),
                 "frame_age": _summary(c.frame_age_s), "model": _summary(c.model_s),
                 "age_s": now - self.created, "prompt": self.prompt}

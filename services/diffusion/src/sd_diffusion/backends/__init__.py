@@ -43,6 +43,23 @@ class Backend(Protocol):
         """The output frame for input `frame` (H x W x 3 uint8 RGB), the stream's `index`-th processed."""
 
 
+@runtime_checkable
+class ChunkedBackend(Protocol):
+    """A model that makes frames a chunk at a time (a causal video model): `push` instead of `process`."""
+
+    info: BackendInfo
+
+    def new_stream(self, width: int, height: int, prompt: str) -> Any:
+        """Per-stream state for frames of this size."""
+
+    def set_prompt(self, state: Any, prompt: str) -> None:
+        """Changes the prompt of a running stream from its next chunk on."""
+
+    def push(self, state: Any, frame: np.ndarray, index: int) -> list[tuple[int, np.ndarray]]:
+        """Takes input `frame`, the stream's `index`-th; returns the output frames ready now, in order,
+        each with the index of the input it was made from (none until a chunk is complete)."""
+
+
 BACKENDS = ("look",)
 
 

@@ -145,7 +145,10 @@ def random_parts(cfg: WanConfig, device: torch.device, dtype: torch.dtype, seed:
     heads = max(1, cfg.text_dim // 8)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=8,
                                                d_ff=2 * cfg.text_dim, num_layers=2, num_heads=heads))
-    return Parts(*(m.to(device, dtype).eval() for m in (transformer, vae, text_encoder)), tokenizer)
+    modules = [m.to(device).eval() for m in (transformer, vae, text_encoder)]
+    if dtype != torch.float32:  # random weights in bf16 on a GPU: everything cast (tests only)
+        modules = [m.to(dtype) for m in modules]
+    return Parts(*modules, tokenizer)
 
 
 class PromptEmbeddings:

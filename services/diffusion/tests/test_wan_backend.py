@@ -108,11 +108,12 @@ def test_stream_batching_gives_the_frames_of_running_each_chunks_steps_one_after
     per_push_b, batched, state_b = _run(backend, frames)
     sequential = WanBackend(WanConfig.tiny(stream_batch=False))
     per_push_s, one_by_one, state_s = _run(sequential, frames)
-    # each chunk reads the cache of its step and draws its own noise either way, so the frames agree; bitwise
-    # on this CPU in float32 (batched kernels on a GPU may round differently: the design guarantees the same
-    # context and noise, not the same rounding)
+    # each chunk reads the cache of its step and draws its own noise either way, so the frames agree up to the
+    # float rounding of batched kernels (here: a few pixels one level off out of 25 frames; the design
+    # guarantees the same context and noise, not the same rounding)
     assert sorted(batched) == sorted(one_by_one)
-    assert all(np.array_equal(batched[i], one_by_one[i]) for i in batched)
+    diffs = [np.abs(batched[i].astype(int) - one_by_one[i].astype(int)) for i in batched]
+    assert max(d.max() for d in diffs) <= 1 and sum(int((d > 0).sum()) for d in diffs) < 0.001 * 25 * H * W * 3
     # one after another: a chunk's frames come back on the push that completes it, at two calls a chunk
     assert [len(p) for p in per_push_s] == [0] * 4 + [5] + [0, 0, 0, 4] * 5
     assert state_s.model_calls == 2 * 6 and state_b.model_calls == 1 + 2 + 4 + 1

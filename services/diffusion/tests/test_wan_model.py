@@ -88,6 +88,21 @@ def test_the_cache_rolls_keeps_its_sinks_and_positions_stay_bounded(parts, monke
     assert max(positions) == cfg.kv_cache_frames
 
 
+def test_an_adaptive_sink_gives_its_place_to_a_frame_of_a_new_scene():
+    cache = FrameKVCache(max_frames=4, sink_frames=2, adapt_threshold=0.2)
+    g = torch.Generator().manual_seed(5)
+    scene = torch.randn(1, 4, 2, 6, generator=g)
+    frame = lambda s: s + 0.1 * torch.randn(1, 4, 2, 6, generator=g)  # noqa: E731 - the same scene, a bit changed
+    for i in range(6):
+        cache.append(frame(scene), frame(scene), i)
+    assert cache.frame_ids == [0, 1, 4, 5]  # similar frames roll; the sinks stay
+    cache.append(-scene, -scene, 6)  # a new scene: cosine -1 against both sinks; one of them goes
+    assert 6 in cache.frame_ids[:2] and cache.frame_ids[2:] == [4, 5]
+    assert torch.equal(cache.keys[cache.frame_ids.index(6)], -scene[0])
+    cache.append(frame(scene), frame(scene), 7)  # the old scene again: unlike the new sink, so it takes its place
+    assert 6 not in cache.frame_ids and 7 in cache.frame_ids[:2] and cache.frame_ids[2:] == [4, 5]
+
+
 def test_the_streaming_vae_matches_diffusers_one_shot_encode_and_decode(parts):
     vae = StreamingVAE(parts.vae)
     g = torch.Generator().manual_seed(4)

@@ -4,7 +4,8 @@ Per stream:
 1. `push` collects input frames into chunks: `first_chunk_frames` (1 + 4k) first, then `chunk_frames`.
 2. A full chunk is resized to the model's size (a multiple of 16 pixels), encoded by the streaming VAE,
    and noised SDEdit-style: noise*s + latent*(1-s). s starts at `noise_scale` and drops with motion
-   (the RMS frame-to-frame difference d): s = (noise_scale - motion_gain*d)*(1-m) + s_prev*m. The first
+   (d: the largest frame-to-frame RMS difference over motion_full_scale, at most 1):
+   s = (noise_scale - motion_gain*d)*(1-m) + s_prev*m. The first
    timestep the model is told is 1000*s - 100 (StreamDiffusionV2's mapping: s = 0.8 -> t = 700); the
    later ones are step_list[1:num_steps].
 3. Each model call advances every chunk in flight by one denoising step (stream batching): the newest
@@ -116,7 +117,8 @@ class WanBackend:
             raise BackendError(f"frames of {width}x{height} are too small for the wan backend (at least {px}x{px})")
         if max(mw, mh) // px > cfg.rope_max_seq_len:
             raise BackendError(f"frames of {width}x{height} exceed the wan RoPE table ({cfg.rope_max_seq_len} tokens a side)")
-        caches = [[FrameKVCache(cfg.kv_cache_frames, cfg.sink_frames) for _ in self.transformer.dit.blocks]
+        caches = [[FrameKVCache(cfg.kv_cache_frames, cfg.sink_frames, cfg.adapt_sink_threshold)
+                   for _ in self.transformer.dit.blocks]
                   for _ in range(cfg.num_steps)]
         return WanStream(width, height, mw, mh, prompt, self.prompts(prompt), caches, self.vae.new_stream(),
                          cfg.noise_scale)
@@ -169,9 +171,10 @@ class WanBackend:
         pixels = np.stack([f if (f.shape[1], f.shape[0]) == size else cv2.resize(f, size, interpolation=cv2.INTER_AREA)
                            for f in frames]).astype(np.float32) / 127.5 - 1.0
 
-        # motion-aware noise: a still scene gets noise_scale, a moving one less
+        # motion-aware noise: a still scene gets noise_scale, a moving one less (StreamDiffusionV2's rule)
         seq = pixels if state.last_frame is None else np.concatenate([state.last_frame[None], pixels])
-        motion = float(np.sqrt(np.mean((seq[1:] - seq[:-1]) ** 2))) if len(seq) > 1 else 0.0
+        rms = np.sqrt(np.mean((seq[1:] - seq[:-1]) ** 2, axis=(1, 2, 3))) if len(seq) > 1 else np.zeros(1)
+        motion = min(1.0, float(rms.max()) / cfg.motion_full_scale)
         wanted = cfg.noise_scale - cfg.motion_gain * motion
         s = wanted * (1.0 - cfg.motion_smoothing) + state.noise_scale * cfg.motion_smoothing
         s = min(max(s, cfg.noise_scale_min), cfg.noise_scale_max)
@@ -197,10 +200,6 @@ class WanBackend:
         for chunk in state.in_flight:
             groups.setdefault(tuple(chunk.latents.shape), []).append(chunk)
         for chunks in groups.values():
-            for chunk in chunks:
-                if cfg.refresh_every_chunks and chunk.number and chunk.number % cfg.refresh_every_chunks == 0:
-                    for cache in state.caches[chunk.step]:
-                        cache.clear()  # a fresh start: this chunk becomes the new sink
             x = torch.cat([c.latents for c in chunks])
             flow = self.transformer(
                 x.to(self.dtype),

@@ -39,13 +39,15 @@ class WanConfig:
     step_list: tuple[int, ...] = (700, 500, 400, 200)  # denoising timesteps; the last goes to t = 0
     num_steps: int = 2  # the first num_steps of step_list are run (StreamDiffusionV2's --step)
     noise_scale: float = 0.8  # SDEdit: noise*s + latent*(1-s) for a still input
-    motion_gain: float = 0.1  # s drops by this times the frame-to-frame RMS difference ...
-    motion_smoothing: float = 0.1  # ... and is smoothed: s = new*(1-m) + previous*m
+    motion_gain: float = 0.1  # s drops by this times the motion d (0..1) ...
+    motion_full_scale: float = 0.2  # ... d = the largest frame-to-frame RMS difference (pixels in -1..1) / this
+    motion_smoothing: float = 0.1  # ... and s is smoothed: s = new*(1-m) + previous*m
     noise_scale_min: float = 0.2
     noise_scale_max: float = 0.95
     kv_cache_frames: int = 6  # latent frames of keys/values each block keeps, sinks included
     sink_frames: int = 3  # the stream's first latent frames, kept for ever (attention sinks)
-    refresh_every_chunks: int = 0  # >0: the cache (sinks too) is cleared every this many chunks
+    adapt_sink_threshold: float = 0.2  # a new frame whose keys/values are less similar (cosine) than this
+    # to a sink's replaces that sink (the scene has changed); -1: the sinks never change
     stream_batch: bool = True  # the chunks in flight at different steps run as one batch
     seed: int = 0  # the stream's noise generator
     device: str = "auto"  # "auto": cuda:0 when there is one, else cpu
@@ -97,7 +99,7 @@ class WanConfig:
         """A few-thousand-parameter model of the same structure, for tests on the CPU."""
         tiny = dict(num_layers=2, num_heads=2, head_dim=12, ffn_dim=32, text_dim=32, rope_max_seq_len=32,
                     vae_base_dim=3, vae_dim_mult=(1, 1, 1, 1), vae_num_res_blocks=1, text_len_tokens=8,
-                    kv_cache_frames=4, sink_frames=1, device="cpu")
+                    kv_cache_frames=4, sink_frames=1, adapt_sink_threshold=-1.0, device="cpu")
         return cls(**{**tiny, **overrides})
 
     @classmethod

@@ -37,6 +37,7 @@ class FrameKVCache:
 
     max_frames: int
     sink_frames: int
+    adapt_threshold: float = -1.0  # see append; -1: the sinks never change
     keys: torch.Tensor | None = None  # frames x tokens_per_frame x heads x head_dim
     values: torch.Tensor | None = None
     frame_ids: list[int] = field(default_factory=list)  # the stream's latent-frame number of each kept frame
@@ -46,7 +47,25 @@ class FrameKVCache:
         return len(self.frame_ids)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, first_id: int) -> None:
-        """Adds a chunk's frames; past max_frames the oldest non-sink frames go."""
+        """Adds a chunk's frames; past max_frames the oldest non-sink frames go.
+
+        Adaptive sinks (StreamDiffusionV2's idea): when a single new frame's mean key and value are, on
+        average, less cosine-similar than adapt_threshold to some sink's, the scene has changed and the new
+        frame takes the least similar sink's place (instead of joining the rolling frames).
+        """
+        n_sink = min(self.sink_frames, self.frames)
+        if self.adapt_threshold > -1 and n_sink and keys.shape[0] == 1:
+            def similarity(cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+                return F.cosine_similarity(cached[:n_sink].float().mean(1).flatten(1),
+                                           new.float().mean(1).flatten(1), dim=-1)
+
+            sim = (similarity(self.keys, keys) + similarity(self.values, values)) / 2
+            if float(sim.min()) < self.adapt_threshold:
+                i = int(sim.argmin())
+                self.keys = torch.cat([self.keys[:i], keys, self.keys[i + 1:]])
+                self.values = torch.cat([self.values[:i], values, self.values[i + 1:]])
+                self.frame_ids[i] = first_id
+                return
         self.keys = keys if self.keys is None else torch.cat([self.keys, keys])
         self.values = values if self.values is None else torch.cat([self.values, values])
         self.frame_ids.extend(range(first_id, first_id + keys.shape[0]))

@@ -88,7 +88,7 @@ def load_causal_generator(transformer: nn.Module, path: Path) -> None:
     """The causal generator's weights over the base model: a state dict in diffusers' names, or the original
     Wan names (CausVid's `{"generator": {"model.blocks.0.self_attn.q.weight": …}}`), converted."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("generator_ema", "generator", "state_dict"):
+    for key in ("generator", "generator_ema", "state_dict"):  # the order StreamDiffusionV2 reads them in
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break

@@ -166,3 +166,34 @@ def test_weights_load_from_a_local_directory_with_the_causal_generator_over_them
     torch.save({"generator": state}, tmp_path / CAUSAL_GENERATOR)
     loaded = make_backend("wan", preset="tiny", weights_dir=str(tmp_path))
     assert torch.equal(loaded.parts.transformer.proj_out.bias, parts.transformer.proj_out.bias + 0.5)
+
+
+def _original_wan_name(key: str) -> str:
+    """diffusers' name of a Wan transformer weight back to the original Wan (and CausVid) one."""
+    renames = [("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+               ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+               ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+               ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+               ("condition_embedder.time_proj", "time_projection.1"), ("attn2", "cross_attn"),
+               ("attn1", "self_attn"), (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."),
+               (".to_v.", ".v."), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
+               (".norm2.", ".norm3.")]
+    for new, old in renames:
+        key = key.replace(new, old)
+    if key == "scale_shift_table":
+        return "head.modulation"
+    return key.replace("scale_shift_table", "modulation")
+
+
+def test_a_causal_generator_in_the_original_wan_names_is_converted_on_load(backend, tmp_path):
+    parts = backend.parts
+    for name in ("transformer", "vae", "text_encoder", "tokenizer"):
+        getattr(parts, name).save_pretrained(tmp_path / name)
+    state = {f"model.{_original_wan_name(k)}": v.clone() for k, v in parts.transformer.state_dict().items()}
+    assert "model.blocks.0.self_attn.q.weight" in state and "model.head.modulation" in state
+    state["model.blocks.1.cross_attn.o.weight"] += 0.25
+    torch.save({"generator": state}, tmp_path / CAUSAL_GENERATOR)
+    loaded = make_backend("wan", preset="tiny", weights_dir=str(tmp_path))
+    got, want = loaded.parts.transformer.state_dict(), parts.transformer.state_dict()
+    assert torch.equal(got["blocks.1.attn2.to_out.0.weight"], want["blocks.1.attn2.to_out.0.weight"] + 0.25)
+    assert all(torch.equal(got[k], want[k]) for k in want if k != "blocks.1.attn2.to_out.0.weight")

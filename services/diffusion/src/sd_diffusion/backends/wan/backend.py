@@ -19,7 +19,8 @@ Per stream:
    of the input frames they were made from, in input order.
 
 Noise comes from a generator per chunk, seeded by (seed, chunk number): a stream is reproducible.
-The prompt's text embedding is computed once per prompt (PromptEmbeddings) and fixed per chunk when
+The prompt's text embedding and its cross-attention keys and values are computed once per prompt
+(PromptEmbeddings, TextContext) and fixed per chunk when
 the chunk's last frame arrives; set_prompt takes effect from the next chunk.
 """
 
@@ -34,7 +35,7 @@ import torch
 
 from sd_diffusion.backends import BackendError, BackendInfo
 from sd_diffusion.backends.wan.config import WanConfig
-from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache
+from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache, TextContext
 from sd_diffusion.backends.wan.vae import StreamingVAE, VAEStream
 from sd_diffusion.backends.wan.weights import PromptEmbeddings, load_parts, random_parts
 
@@ -49,7 +50,7 @@ class Chunk:
     indices: list[int]  # its input frames' indices
     first_latent_id: int  # the stream's number of its first latent frame
     latents: torch.Tensor  # 1 x channels x latent frames x h x w, at `step`'s noise level
-    text: torch.Tensor  # 1 x tokens x text_dim
+    text: TextContext  # its prompt's cross-attention keys and values
     sigmas: list[float]  # the noise level at each step
     timesteps: list[float]  # what the model is told at each step
     generator: torch.Generator
@@ -65,7 +66,7 @@ class WanStream:
     model_width: int
     model_height: int
     prompt: str
-    text: torch.Tensor
+    text: TextContext
     caches: list[list[FrameKVCache]]  # [denoising step][block]
     vae: VAEStream
     noise_scale: float
@@ -104,7 +105,7 @@ class WanBackend:
         self.parts = parts
         self.transformer = CausalWanTransformer(parts.transformer)
         self.vae = StreamingVAE(parts.vae)
-        self.prompts = PromptEmbeddings(parts, config.text_len_tokens)
+        self.prompts = PromptEmbeddings(parts, config.text_len_tokens, prepare=self.transformer.text_context)
         self.info = BackendInfo(name="wan", model=model, device=str(self.device))
 
     # --- the Backend / ChunkedBackend interface ---
@@ -204,7 +205,7 @@ class WanBackend:
             flow = self.transformer(
                 x.to(self.dtype),
                 torch.tensor([c.timesteps[c.step] for c in chunks], device=self.device),
-                torch.cat([c.text for c in chunks]),
+                [c.text for c in chunks],
                 [state.caches[c.step] for c in chunks],
                 [c.first_latent_id for c in chunks],
             ).float()

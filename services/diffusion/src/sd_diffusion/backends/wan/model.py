@@ -12,6 +12,8 @@ output head) with its own self-attention:
   the chunk after them, so positions are re-based whenever the cache rolls and never exceed
   kv_cache_frames + the chunk's latent frames, however long the stream runs.
 
+The prompt's cross-attention keys and values (TextContext) are computed once per prompt, not per call.
+
 One call takes a batch of chunks, each with its own cache (stream batching puts chunks that are at
 different denoising steps in one batch, each reading the cache of its step); contexts of different
 lengths are padded and masked.
@@ -80,6 +82,14 @@ class FrameKVCache:
         self.frame_ids = []
 
 
+@dataclass(frozen=True)
+class TextContext:
+    """A prompt's cross-attention keys and values, one pair per block (1 x text tokens x heads x head_dim)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Batch x tokens x heads x dim in and out; flash-attn when it is there and nothing is masked."""
     if mask is None and flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
@@ -125,13 +135,25 @@ class CausalWanTransformer(nn.Module):
         # the tables repeat each frequency for the pair's two members; one per pair is enough here
         return cos[..., 0::2], sin[..., 1::2]
 
-    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+    def text_context(self, text: torch.Tensor) -> TextContext:
+        """The cross-attention keys and values of a text embedding (1 x tokens x text_dim), every block's."""
+        dit = self.dit
+        text_h = dit.condition_embedder.text_embedder(text.to(dit.patch_embedding.weight.dtype))
+        keys, values = [], []
+        for block in dit.blocks:
+            attn = block.attn2
+            keys.append(attn.norm_k(attn.to_k(text_h)).unflatten(2, (self.heads, -1)))
+            values.append(attn.to_v(text_h).unflatten(2, (self.heads, -1)))
+        return TextContext(keys, values)
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor | list[TextContext],
                 caches: list[list[FrameKVCache]], first_frame_ids: list[int],
                 write_cache: bool = True) -> torch.Tensor:
         """The flow prediction for a batch of chunks.
 
         latents: batch x channels x frames x height x width (one chunk per row, all the same shape);
-        timesteps: batch; text: batch x tokens x text_dim; caches[b]: row b's cache, one per block;
+        timesteps: batch; text: each row's TextContext (or a batch x tokens x text_dim embedding, whose
+        contexts are then computed here); caches[b]: row b's cache, one per block;
         first_frame_ids[b]: the stream's number of row b's first latent frame (kept beside its keys).
         With write_cache the chunk's keys and values join its caches after the call.
         """
@@ -148,8 +170,15 @@ class CausalWanTransformer(nn.Module):
             raise ValueError(f"{pph}x{ppw} tokens per frame exceed the RoPE table of {self.rope_max_seq_len}")
 
         x = dit.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
-        temb, tproj, text_h, _ = dit.condition_embedder(timesteps, text, None)
-        tproj = tproj.unflatten(1, (6, -1))
+        # the timestep embedding as diffusers' condition embedder makes it (its text half is in text_context)
+        cond = dit.condition_embedder
+        t_freq = cond.timesteps_proj(timesteps).to(next(cond.time_embedder.parameters()).dtype)
+        temb = cond.time_embedder(t_freq).type_as(x)
+        tproj = cond.time_proj(cond.act_fn(temb)).unflatten(1, (6, -1))
+        if isinstance(text, torch.Tensor):
+            text = [self.text_context(text[r:r + 1]) for r in range(b)]
+        text_k = [torch.cat([c.keys[i] for c in text]) for i in range(len(dit.blocks))]
+        text_v = [torch.cat([c.values[i] for c in text]) for i in range(len(dit.blocks))]
 
         # positions: row r's cache at 0..n_r-1, its chunk at n_r..n_r+f-1
         ctx_frames = [row[0].frames for row in caches]
@@ -195,7 +224,10 @@ class CausalWanTransformer(nn.Module):
             x = (x.float() + out * gate).type_as(x)
 
             h = block.norm2(x.float()).type_as(x)
-            x = x + block.attn2(h, text_h, None, None)
+            cross = block.attn2
+            q = cross.norm_q(cross.to_q(h)).unflatten(2, (self.heads, -1))
+            out = attention(q, text_k[i], text_v[i], None).flatten(2, 3).type_as(q)
+            x = x + cross.to_out[1](cross.to_out[0](out))
 
             h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
             x = (x.float() + block.ffn(h).float() * c_gate).type_as(x)

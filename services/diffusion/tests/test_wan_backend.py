@@ -197,3 +197,19 @@ def test_a_causal_generator_in_the_original_wan_names_is_converted_on_load(backe
     got, want = loaded.parts.transformer.state_dict(), parts.transformer.state_dict()
     assert torch.equal(got["blocks.1.attn2.to_out.0.weight"], want["blocks.1.attn2.to_out.0.weight"] + 0.25)
     assert all(torch.equal(got[k], want[k]) for k in want if k != "blocks.1.attn2.to_out.0.weight")
+
+
+def test_chunks_of_two_latent_frames_come_back_whole_and_in_order():
+    wide = WanBackend(WanConfig.tiny(chunk_frames=8, num_steps=3))
+    per_push, out, state = _run(wide, _frames(5 + 8 * 2))
+    # three steps: a chunk comes back when the second after it is complete (here: only the first chunk)
+    assert [len(p) for p in per_push] == [0] * 20 + [5]
+    assert sorted(out) == list(range(100, 121))
+    assert all(f.shape == (H, W, 3) for f in out.values())
+    assert all(c.frames <= 4 for step in state.caches for c in step)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_asking_for_cuda_without_one_is_refused():
+    with pytest.raises(BackendError, match="no CUDA device"):
+        make_backend("wan", preset="tiny", device="cuda:0")

@@ -213,3 +213,14 @@ def test_chunks_of_two_latent_frames_come_back_whole_and_in_order():
 def test_asking_for_cuda_without_one_is_refused():
     with pytest.raises(BackendError, match="no CUDA device"):
         make_backend("wan", preset="tiny", device="cuda:0")
+
+
+def test_with_adaptive_sinks_a_scene_cut_replaces_sinks_and_the_stream_goes_on():
+    # a threshold near 1 makes nearly every frame "a new scene" once the cache is full: the hardest case
+    eager = WanBackend(WanConfig.tiny(adapt_sink_threshold=0.99))
+    frames = _frames(13) + [255 - f for f in _frames(12, seed=1)]
+    _, out, state = _run(eager, frames)
+    assert sorted(out) == list(range(100, 125))
+    caches = [c for step in state.caches for c in step]
+    assert all(c.frames == 4 for c in caches)
+    assert any(c.frame_ids[0] != 0 for c in caches)  # some sink gave its place

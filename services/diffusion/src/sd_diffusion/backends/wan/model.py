@@ -51,12 +51,14 @@ class FrameKVCache:
     def append(self, keys: torch.Tensor, values: torch.Tensor, first_id: int) -> None:
         """Adds a chunk's frames; past max_frames the oldest non-sink frames go.
 
-        Adaptive sinks (StreamDiffusionV2's idea): when a single new frame's mean key and value are, on
-        average, less cosine-similar than adapt_threshold to some sink's, the scene has changed and the new
-        frame takes the least similar sink's place (instead of joining the rolling frames).
+        Adaptive sinks (StreamDiffusionV2's idea): once the cache is full, when a single new frame's mean
+        key and value are, on average, less cosine-similar than adapt_threshold to some sink's, the scene
+        has changed and the new frame takes the least similar sink's place (instead of joining the
+        rolling frames). Only a full cache adapts, so every block's cache holds as many frames as the
+        others whatever each decides.
         """
-        n_sink = min(self.sink_frames, self.frames)
-        if self.adapt_threshold > -1 and n_sink and keys.shape[0] == 1:
+        n_sink = self.sink_frames
+        if self.adapt_threshold > -1 and n_sink and keys.shape[0] == 1 and self.frames >= self.max_frames:
             def similarity(cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
                 return F.cosine_similarity(cached[:n_sink].float().mean(1).flatten(1),
                                            new.float().mean(1).flatten(1), dim=-1)
@@ -182,6 +184,8 @@ class CausalWanTransformer(nn.Module):
 
         # positions: row r's cache at 0..n_r-1, its chunk at n_r..n_r+f-1
         ctx_frames = [row[0].frames for row in caches]
+        if any(c.frames != row[0].frames for row in caches for c in row):
+            raise ValueError("a row's caches hold different numbers of frames from block to block")
         n_ctx = max(ctx_frames)
         cos_q, sin_q, cos_k, sin_k = [], [], [], []
         for n in ctx_frames:

@@ -42,7 +42,7 @@ class WanConfig:
     motion_gain: float = 0.1  # s drops by this times the motion d (0..1) ...
     motion_full_scale: float = 0.2  # ... d = the largest frame-to-frame RMS difference (pixels in -1..1) / this
     motion_smoothing: float = 0.1  # ... and s is smoothed: s = new*(1-m) + previous*m
-    noise_scale_min: float = 0.2
+    noise_scale_min: float = 0.65  # keeps the first step (1000s - 100) above the second (500)
     noise_scale_max: float = 0.95
     kv_cache_frames: int = 6  # latent frames of keys/values each block keeps, sinks included
     sink_frames: int = 3  # the stream's first latent frames, kept for ever (attention sinks)
@@ -67,6 +67,9 @@ class WanConfig:
         if not 0.0 < self.noise_scale_min <= self.noise_scale <= self.noise_scale_max < 1.0:
             errors.append(f"noise scales must satisfy 0 < min <= noise_scale <= max < 1, got "
                           f"{self.noise_scale_min}, {self.noise_scale}, {self.noise_scale_max}")
+        if self.num_steps > 1 and 1000 * self.noise_scale_min - 100 <= self.step_list[1]:
+            errors.append(f"noise_scale_min {self.noise_scale_min} would start below the second step "
+                          f"(1000*s - 100 must exceed {self.step_list[1]})")
         if not 0 <= self.sink_frames < self.kv_cache_frames:
             errors.append(f"sink_frames must be within 0..kv_cache_frames-1, got {self.sink_frames} "
                           f"with kv_cache_frames {self.kv_cache_frames}")

@@ -118,12 +118,17 @@ def test_the_streaming_vae_matches_diffusers_one_shot_encode_and_decode(parts):
         assert torch.allclose(torch.cat(frames, dim=2), parts.vae.decode(whole).sample, atol=1e-5)
 
 
-def test_the_1_3b_configuration_on_the_meta_device_counts_1_418_996_800_parameters():
+@pytest.fixture(scope="module")
+def meta_1_3b() -> CausalWanTransformer:
+    with torch.device("meta"):
+        return CausalWanTransformer(build_transformer(WanConfig()))
+
+
+def test_the_1_3b_configuration_on_the_meta_device_counts_1_418_996_800_parameters(meta_1_3b):
     cfg = WanConfig()
     assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ffn_dim, cfg.text_dim, cfg.patch_size,
             cfg.latent_channels) == (30, 12, 128, 8960, 4096, (1, 2, 2), 16)
-    with torch.device("meta"):
-        model = CausalWanTransformer(build_transformer(cfg))
+    model = meta_1_3b
     assert all(p.is_meta for p in model.parameters())
     d = 1536  # 12 heads x 128
     attn = 4 * (d * d + d) + 2 * d  # q, k, v, out with biases, plus the q/k RMS norms' weights
@@ -135,3 +140,14 @@ def test_the_1_3b_configuration_on_the_meta_device_counts_1_418_996_800_paramete
     expected = 30 * block + patch + time_ + text + head
     assert expected == 1_418_996_800  # the notes' "1.419 B": the causal wrapper adds no parameter
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_the_1_3b_model_takes_a_480p_first_chunk_on_the_meta_device(meta_1_3b):
+    # shapes only (meta tensors hold no data): the real sizes go through RoPE, the mask and the cache
+    cfg = WanConfig()
+    with torch.device("meta"):
+        text = meta_1_3b.text_context(torch.empty(1, cfg.text_len_tokens, cfg.text_dim))
+        caches = [FrameKVCache(cfg.kv_cache_frames, cfg.sink_frames) for _ in meta_1_3b.dit.blocks]
+        out = meta_1_3b(torch.empty(1, 16, 2, 60, 104), torch.full((1,), 700.0), [text], [caches], [0])
+    assert out.shape == (1, 16, 2, 60, 104)  # 832x480 pixels: 2 latent frames of 60x104
+    assert all(c.keys.shape == (2, 30 * 52, 12, 128) for c in caches)  # 1,560 tokens a latent frame

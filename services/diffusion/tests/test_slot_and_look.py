@@ -64,8 +64,8 @@ def test_the_look_refuses_what_it_cannot_process():
         look.process(state, scene(0, 160, 90), 0)
     with pytest.raises(BackendError, match="uint8"):
         look.process(state, scene(0, 320, 180).astype(np.float32), 0)
-    with pytest.raises(BackendError, match="unknown diffusion backend 'wan'"):
-        make_backend("wan")
+    with pytest.raises(BackendError, match="unknown diffusion backend 'sd-turbo'; known: look, wan"):
+        make_backend("sd-turbo")
     with pytest.raises(BackendError, match="strength"):
         LookBackend(strength=2.0)
 

@@ -45,22 +45,33 @@ class Backend(Protocol):
 
 @runtime_checkable
 class ChunkedBackend(Protocol):
-    """A model that makes frames a chunk at a time (a causal video model): `push` instead of `process`."""
+    """A causal video model that works on chunks of frames (the wan backend: 1 + 4k frames, then 4).
+
+    `push(state, frame, index)` takes one input frame (H x W x 3 uint8 RGB) and returns the output frames
+    that are now ready, possibly none, as (index, frame) pairs: `index` is the `index` that the input
+    frame this output was made from was pushed with (so the server draws that input's barcode on it),
+    and each frame is H x W x 3 uint8 RGB of the input's size. Across calls every pushed frame comes back
+    exactly once, in push order, some calls later (the chunk must fill and the denoising pipeline run);
+    nothing is returned out of order or twice. The output of an input never depends on a later chunk's
+    inputs. `flush(state)` returns what is still in flight (frames short of a chunk are dropped).
+    """
 
     info: BackendInfo
 
     def new_stream(self, width: int, height: int, prompt: str) -> Any:
-        """Per-stream state for frames of this size."""
+        """Per-stream state for frames of this size (caches, the prompt embedding, frames waiting)."""
 
     def set_prompt(self, state: Any, prompt: str) -> None:
         """Changes the prompt of a running stream from its next chunk on."""
 
     def push(self, state: Any, frame: np.ndarray, index: int) -> list[tuple[int, np.ndarray]]:
-        """Takes input `frame`, the stream's `index`-th; returns the output frames ready now, in order,
-        each with the index of the input it was made from (none until a chunk is complete)."""
+        """The (input index, output frame) pairs ready after this input frame, in input order."""
+
+    def flush(self, state: Any) -> list[tuple[int, np.ndarray]]:
+        """The (input index, output frame) pairs of the chunks still in flight: a stream's end."""
 
 
-BACKENDS = ("look",)
+BACKENDS = ("look", "wan")
 
 
 def make_backend(name: str, **options: Any) -> Backend:
@@ -69,4 +80,15 @@ def make_backend(name: str, **options: Any) -> Backend:
         from sd_diffusion.backends.look import LookBackend
 
         return LookBackend(**options)
+    if name == "wan":
+        try:
+            from sd_diffusion.backends.wan import WanBackend, WanConfig
+        except ImportError as e:
+            raise BackendError(f"the wan backend needs the models extra (pip install 'sd-diffusion[models]'): {e}") from e
+
+        config = WanConfig.from_options(**options)
+        if config.weights_dir is None and options.get("preset", "1.3b") != "tiny":
+            raise BackendError("the wan backend needs weights_dir (a local Wan2.1 directory, see "
+                               "sd_diffusion.backends.wan.weights); random weights only with preset='tiny'")
+        return WanBackend(config)
     raise BackendError(f"unknown diffusion backend {name!r}; known: {', '.join(BACKENDS)}")

@@ -210,6 +210,9 @@ async def test_a_chunked_model_s_frames_are_sent_in_order_spread_out_each_with_i
             chunk, state["held"] = state["held"], []
             return [(i, real.process(state["look"], f, i)) for i, f in chunk]
 
+        def flush(self, state):
+            return []
+
     manager.backend = FourAtATime()
     player = Player(320, 180, fps=30)
     try:
@@ -228,3 +231,28 @@ async def test_a_chunked_model_s_frames_are_sent_in_order_spread_out_each_with_i
         assert s.outputs_dropped <= s.frames_out // 4, (s.outputs_dropped, s.frames_out)
     finally:
         await player.close()
+
+
+async def test_the_wan_backend_streams_through_the_real_service_with_every_barcode_kept(start_diffusion):
+    """The causal video model (a tiny random one: no weights here) behind the real media path: the
+    frames come back a chunk at a time, each with the barcode of the input it was made from."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's convolutions crawl with two threads on two busy cores
+    rt, stub = await start_diffusion(backend="wan", wan_preset="tiny", device="cpu")
+    player = Player(320, 180, fps=15)
+    try:
+        resp = await connect(stub, player)
+        assert resp.backend == "wan" and "random weights" in resp.model and "tests only" in resp.model
+        await player.wait_frames(20, timeout_s=60)
+        ids = [fid for fid, _, _ in player.received]
+        assert None not in ids and all(b > a for a, b in zip(ids, ids[1:])), ids
+        assert set(ids) <= set(player.track.sent)
+        (s,) = (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
+        assert s.barcodes_unread == 0 and s.frames_out >= 20
+        cap = await _capacity(stub)
+        assert cap.backend == "wan" and cap.device == "cpu"
+    finally:
+        await player.close()
+        torch.set_num_threads(threads)

@@ -63,6 +63,10 @@ def build_backend(settings: DiffusionSettings):
     """The backend the settings name, with its own options."""
     if settings.backend == "look":
         return make_backend("look", strength=settings.look_strength, delay_ms=settings.look_delay_ms)
+    if settings.backend == "wan":
+        return make_backend("wan", preset=settings.wan_preset,
+                            weights_dir=None if settings.model_dir is None else str(settings.model_dir),
+                            device=settings.device, num_steps=settings.num_steps)
     return make_backend(settings.backend)
 
 

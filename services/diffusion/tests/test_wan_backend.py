@@ -222,3 +222,18 @@ def test_with_adaptive_sinks_a_scene_cut_replaces_sinks_and_the_stream_goes_on()
     caches = [c for step in state.caches for c in step]
     assert all(c.frames == 4 for c in caches)
     assert any(c.frame_ids[0] != 0 for c in caches)  # some sink gave its place
+
+
+def test_the_service_with_missing_weights_exits_2_naming_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-models"
+    env = dict(os.environ, SD_DIFFUSION_BACKEND="wan", SD_DIFFUSION_MODEL_DIR=str(missing),
+               SD_DIFFUSION_GRPC_PORT="0", SD_DIFFUSION_METRICS_PORT="0", SD_DIFFUSION_LOG_FORMAT="json")
+    run = subprocess.run([sys.executable, "-m", "sd_diffusion"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 2, out
+    assert str(missing) in out and "cannot start" in out and "Traceback" not in out

@@ -107,8 +107,13 @@ class OutputTrack(MediaStreamTrack):
         """Offers the newest chunk (one frame for a frame backend); returns the frames it replaced."""
         dropped = self._last_put if self.slot.put(outputs) else 0
         self._last_put = len(outputs)
-        self.dropped += dropped
+        self._count_dropped(dropped)
         return dropped
+
+    def _count_dropped(self, n: int) -> None:
+        if n:
+            self.dropped += n
+            metrics.OUTPUTS_DROPPED.labels(self._stream.backend.info.name).inc(n)
 
     async def recv(self) -> VideoFrame:
         if self.slot.ready or not self._sending:
@@ -117,9 +122,7 @@ class OutputTrack(MediaStreamTrack):
             except SlotClosed:
                 self.stop()
                 raise MediaStreamError from None
-            if self._sending:  # a newer chunk replaces the rest of this one
-                self.dropped += len(self._sending)
-                metrics.OUTPUTS_DROPPED.labels(self._stream.backend.info.name).inc(len(self._sending))
+            self._count_dropped(len(self._sending))  # a newer chunk replaces the rest of this one
             self._sending, self._previous = deque(chunk), None
         out = self._sending.popleft()
         if self._previous is not None:  # the next frame of a chunk: spaced as its input arrived
@@ -146,6 +149,7 @@ class Stream:
         self.stream_id = stream_id
         self.session_id = session_id
         self.backend = backend
+        self._chunked = isinstance(backend, ChunkedBackend)  # push() a chunk at a time, not process()
         self.prompt = prompt
         self.created = time.monotonic()
         self.state = "connecting"
@@ -234,9 +238,7 @@ class Stream:
                         return
                     raise exc
                 if out:
-                    dropped = self.output.put(out)
-                    if dropped:
-                        metrics.OUTPUTS_DROPPED.labels(self.backend.info.name).inc(dropped)
+                    self.output.put(out)
         except SlotClosed:
             self.output.slot.close()
         except Exception:
@@ -266,7 +268,7 @@ class Stream:
         if frame_id is None:
             self.counters.barcodes_unread += 1
         index, self._index = self._index, self._index + 1
-        if isinstance(self.backend, ChunkedBackend):
+        if self._chunked:
             self._waiting[index] = (frame_id, item.arrived)
             made = []
             for k, image in self.backend.push(self._model_state, rgb, index):

@@ -13,8 +13,17 @@ def test_named_benchmarks():
     smoke = city_benchmark("city-smoke")
     assert smoke.routes == 1 and smoke.route_max_m <= 200
     assert is_city_benchmark("city-20") and not is_city_benchmark("bench2drive220")
-    with pytest.raises(BenchmarkError, match="unknown city benchmark 'city-3'; known: city-20, city-smoke"):
+    with pytest.raises(BenchmarkError, match="unknown city benchmark 'city-3'; known: city-20, city-6, city-smoke"):
         city_benchmark("city-3")
+
+
+def test_city_6_drives_the_first_six_routes_of_city_20():
+    city6, city20 = city_benchmark("city-6"), city_benchmark("city-20")
+    assert city6.routes == 6
+    assert [city6.reset_options(i) for i in range(6)] == [city20.reset_options(i) for i in range(6)]
+    assert [city6.route_id(i) for i in range(6)] == [city20.route_id(i) for i in range(6)]
+    assert (city6.city, city6.step_ticks, city6.render_width, city6.render_height) == (
+        city20.city, city20.step_ticks, city20.render_width, city20.render_height)
 
 
 def test_routes_are_reproducible_from_the_seed():

@@ -137,6 +137,10 @@ def test_duplicate_paths_are_rejected_at_the_second_entry():
      "manifest.json:barcode.cell_px"),
     (lambda d: d["barcode"].update(bits=16), "manifest_value_invalid", "manifest.json:barcode.bits"),
     (lambda d: d["diffusion"].update(enabled=True), "manifest_field_missing", "manifest.json:diffusion.backend"),
+    (lambda d: d["diffusion"].update(plain_from_frame_id=40), "manifest_value_invalid",
+     "manifest.json:diffusion.plain_from_frame_id"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="webrtc", model="m", plain_from_frame_id=-1),
+     "manifest_value_out_of_range", "manifest.json:diffusion.plain_from_frame_id"),
     (lambda d: d["city"].pop("seed"), "manifest_field_missing", "manifest.json:city"),
 ])
 def test_wrong_fields_are_named_precisely(mutate, code, path):

@@ -11,7 +11,7 @@ import pytest
 from sd_common.session_format.scene import City, Renderer
 from sd_common.session_format.synth import DIFFUSION_LAG_FRAMES, SynthConfig, drive, plan_session, synth_session
 from sd_processor.config import ProcessorConfig
-from sd_processor.framelog import PICTURE_UNKNOWN
+from sd_processor.framelog import PICTURE_AFTER_FALLBACK, PICTURE_UNKNOWN, read_frame_log
 
 from .conftest import dropped_ids, log_lines, run, wrap_rad
 
@@ -104,3 +104,39 @@ def test_the_rendered_controls_can_be_the_label(lagging, tmp_path):
     assert json.loads((tmp_path / "segments.json").read_text())["config"]["label_controls"] == "rendered"
     with pytest.raises(ValueError, match="label_controls"):
         ProcessorConfig(label_controls="held")
+
+
+LOST_AT = 60  # the stream is lost here; the game shows its plain render from this frame on
+LOST = SynthConfig(width=320, height=180, duration_s=4.0, seed=22, diffusion=True, diffusion_lost_at=LOST_AT)
+
+
+def test_after_the_stream_is_lost_each_picture_is_the_frames_own_render(tmp_path):
+    truth = synth_session(tmp_path / "s", LOST)
+    manifest = json.loads((truth.session_dir / "manifest.json").read_text())
+    assert manifest["diffusion"]["enabled"] and manifest["diffusion"]["plain_from_frame_id"] == LOST_AT
+    lines = log_lines(truth.session_dir)
+    assert all(lines[f]["diffusion_frame_id"] is None for f in range(LOST_AT, truth.frame_count))
+    result, qc = run(truth.session_dir, tmp_path / "out")
+    assert not result.rejected
+    # only the frames before the first picture came back have no known picture
+    assert dropped_ids(qc, PICTURE_UNKNOWN) == set(range(DIFFUSION_LAG_FRAMES))
+    rows = _rows(qc, tmp_path / "out")
+    before = [r for r, _, _ in rows if r["frame_id"] < LOST_AT]
+    after = [r for r, _, _ in rows if r["frame_id"] >= LOST_AT]
+    assert len(before) >= 20 and len(after) >= 40
+    assert all(r["pictured_frame_id"] == lines[r["frame_id"]]["diffusion_frame_id"] < r["frame_id"] for r in before)
+    for r in after:
+        assert r["pictured_frame_id"] == r["frame_id"]
+        assert r["controls_shown"] == r["controls_rendered"] == lines[r["frame_id"]]["controls"]
+        assert 0 <= r["display_latency_ms"] < 1000 / LOST.fps
+
+
+def test_a_line_naming_a_diffusion_picture_after_the_fallback_is_dropped(tmp_path):
+    truth = synth_session(tmp_path / "s", LOST)
+    log = read_frame_log(truth.session_dir / "frames.jsonl")
+    i = log.index_of[LOST_AT + 5]
+    assert log.pictured(i, True, LOST_AT) == (i, "")
+    log.diffusion_frame_id[i] = LOST_AT  # what the manifest says cannot be on screen any more
+    assert log.pictured(i, True, LOST_AT) == (None, PICTURE_AFTER_FALLBACK)
+    j = log.index_of[LOST_AT - 5]
+    assert log.pictured(j, True, LOST_AT) == (log.index_of[LOST_AT - 5 - DIFFUSION_LAG_FRAMES], "")

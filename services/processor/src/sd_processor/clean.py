@@ -106,10 +106,11 @@ class FrameCleaner:
     """
 
     def __init__(self, log: FrameLog, cfg: CleanConfig, *, detail_size: tuple[int, int] | None = None,
-                 diffusion: bool = False) -> None:
+                 diffusion: bool = False, plain_from: int | None = None) -> None:
         self.log = log
         self.cfg = cfg
         self.diffusion = diffusion
+        self.plain_from = plain_from  # the manifest's diffusion.plain_from_frame_id (FrameLog.pictured)
         self.detail_size = detail_size
         self._sharpness: deque[float] = deque(maxlen=cfg.history_frames)  # of the frames judged for blur
         self._changes: deque[float] = deque(maxlen=cfg.history_frames)  # frame-to-frame thumbnail differences
@@ -120,7 +121,7 @@ class FrameCleaner:
         """Takes the next decoded frame; returns the frames whose verdicts are now final, in order."""
         cand = Candidate(frame, pairing.line, [pairing.reason] if pairing.reason else [])
         if cand.line is not None:
-            cand.pictured, why = self.log.pictured(cand.line, self.diffusion)
+            cand.pictured, why = self.log.pictured(cand.line, self.diffusion, self.plain_from)
             if why and not cand.reasons:
                 cand.reasons.append(why)
         done: list[Candidate] = []

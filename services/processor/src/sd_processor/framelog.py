@@ -38,6 +38,7 @@ LINE_NO_COMMAND = "command_void"
 PICTURE_UNKNOWN = "picture_unknown"
 PICTURE_UNUSABLE = "pictured_frame_unusable"
 PICTURE_AHEAD = "pictured_frame_ahead"
+PICTURE_AFTER_FALLBACK = "diffusion_picture_after_fallback"
 
 _COLUMNS = ("t_render_ms", "t_capture_ms", "sim_t_ms", "x_m", "y_m", "yaw_deg", "cam_x_m", "cam_y_m",
             "cam_z_m", "cam_yaw_deg", "speed_mps", "steer", "throttle", "brake")
@@ -68,14 +69,21 @@ class FrameLog:
         """Whether line ``i`` can be paired and exported."""
         return not self.status[i]
 
-    def pictured(self, i: int, diffusion: bool) -> tuple[int | None, str]:
+    def pictured(self, i: int, diffusion: bool, plain_from: int | None = None) -> tuple[int | None, str]:
         """The line whose world state the picture on screen at line ``i`` shows, or a drop reason.
 
         Without the diffusion view the picture is the render of the frame itself. With it, the picture is
         the diffusion output of the rendered frame named by ``diffusion_frame_id``: unknown when that is
         null (nothing had come back yet, or the returned picture's barcode did not read), unusable when
         that frame's own line is missing or defective, and impossible when it names a later frame.
+        ``plain_from``: the manifest's ``diffusion.plain_from_frame_id``, the first frame the game showed
+        its plain render again after losing the stream; from it on the picture is the frame's own render,
+        and a line that still names a diffusion picture contradicts the manifest.
         """
+        if plain_from is not None and int(self.frame_id[i]) >= plain_from:
+            if int(self.diffusion_frame_id[i]) >= 0:
+                return None, PICTURE_AFTER_FALLBACK
+            return i, LINE_OK
         if not diffusion:
             return i, LINE_OK
         shown = int(self.diffusion_frame_id[i])

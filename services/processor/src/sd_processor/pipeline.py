@@ -215,7 +215,8 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     decoder = FrameDecoder(run.session_dir / VIDEO_NAME, run.plan, cell_px=m.barcode.cell_px,
                            read_barcodes=read_barcodes, threads=cfg.decode_threads)
     detail = (run.plan.width, run.plan.height) if run.plan.upscales else None  # judge blur at the crop's size
-    cleaner = FrameCleaner(log, cfg.clean, detail_size=detail, diffusion=m.diffusion.enabled)
+    cleaner = FrameCleaner(log, cfg.clean, detail_size=detail, diffusion=m.diffusion.enabled,
+                           plain_from=m.diffusion.plain_from_frame_id)
     splicer = Splicer(segment_s=cfg.segment_s, max_gap_frames=cfg.max_gap_frames, max_gap_ms=cfg.max_gap_ms,
                       period_ms=period_ms)
     paired_lines: set[int] = set()

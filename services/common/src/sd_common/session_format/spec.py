@@ -370,6 +370,9 @@ class Diffusion(_Record):
     backend: ShortText | None = None
     prompt: Annotated[str, Field(max_length=4096)] | None = None
     model: ShortText | None = None
+    # The stream was lost mid-drive and the game showed (and recorded) its plain render from this frame
+    # on; null when the diffusion view lasted the whole drive.
+    plain_from_frame_id: Annotated[int, Field(ge=0, le=MAX_FRAME_ID)] | None = None
 
 
 class FileEntry(_Record):
@@ -655,6 +658,10 @@ def manifest_cross_checks(m: Manifest) -> list[Problem]:
                 problems.append(Problem("manifest_field_missing", f"{w}:diffusion.{name}",
                                         f"{w}: diffusion.{name} is missing; it is required when "
                                         f"diffusion.enabled is true"))
+    elif m.diffusion.plain_from_frame_id is not None:
+        problems.append(Problem("manifest_value_invalid", f"{w}:diffusion.plain_from_frame_id",
+                                f"{w}: diffusion.plain_from_frame_id is set but diffusion.enabled is false; "
+                                f"only a drive that showed the diffusion view can fall back from it"))
     if m.city.seed is None and m.city.source is None:
         problems.append(Problem("manifest_field_missing", f"{w}:city",
                                 f"{w}: city has neither seed nor source; give at least one"))

@@ -124,6 +124,7 @@ class SynthConfig:
     fov_deg: float = 100.0
     diffusion: bool = False  # each picture shows the render of an earlier frame (pictured_frame)
     diffusion_every: int = 1  # with diffusion: a new picture every this many frames, repeated in between
+    diffusion_lost_at: int | None = None  # with diffusion: the stream is lost here; the plain render from it on
     infractions: bool = False
     # corruptions
     truncate_video_fraction: float = 0.0
@@ -398,7 +399,7 @@ def pictured_frame(cfg: SynthConfig, i: int) -> int | None:
     The stand-in diffusion service answers ``DIFFUSION_LAG_FRAMES`` frames late and, with
     ``diffusion_every`` above 1, makes a picture of only every that many renders, shown until the next.
     """
-    if not cfg.diffusion or i < DIFFUSION_LAG_FRAMES:
+    if not cfg.diffusion or i < DIFFUSION_LAG_FRAMES or (cfg.diffusion_lost_at is not None and i >= cfg.diffusion_lost_at):
         return None
     every = max(1, cfg.diffusion_every)
     return (i - DIFFUSION_LAG_FRAMES) // every * every
@@ -520,12 +521,13 @@ def write_video(plan: SessionPlan, ticks: list[DriveTick], path: Path) -> list[t
     with VideoWriter(path, w, h, codec="libvpx-vp9" if cfg.wrong_codec else "libvpx", bitrate=plan.bitrate,
                      fps_hint=round(cfg.fps)) as writer:
         for i, tick in enumerate(ticks):
-            shows = pictured_frame(cfg, i) if cfg.diffusion else i
+            plain = not cfg.diffusion or (cfg.diffusion_lost_at is not None and i >= cfg.diffusion_lost_at)
+            shows = i if plain else pictured_frame(cfg, i)
             source = ticks[0 if shows is None else shows]  # before any picture: the first render
             image = renderer.render(source.camera_p, source.camera_r)
             if i in blurred:
                 image = cv2.GaussianBlur(image, (0, 0), blur_sigma)
-            if cfg.diffusion:
+            if not plain:
                 image = cv2.applyColorMap(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLORMAP_TWILIGHT)
             if i in picture["black_frames"]:
                 image = np.zeros_like(image)
@@ -705,7 +707,8 @@ def build_manifest(plan: SessionPlan, session_dir: Path) -> Manifest:
                       mount=MOUNT),
         barcode=BarcodeSpec(cell_px=plan.cell_px),
         diffusion=Diffusion(enabled=True, backend="webrtc", prompt="a rainy evening street, photorealistic",
-                            model="synth-colormap") if cfg.diffusion else Diffusion(enabled=False),
+                            model="synth-colormap", plain_from_frame_id=cfg.diffusion_lost_at)
+        if cfg.diffusion else Diffusion(enabled=False),
         duration_s=round(float(plan.t_capture_ms[-1]) / 1000.0 + 0.5, 3),
         frame_count=plan.frame_count + cfg.frame_count_off,
         files=files,

@@ -105,6 +105,8 @@ export class Game {
   private diffusion: DiffusionLink | null = null;
   /** A diffusion stream being connected (fed with frames before it is live). */
   private diffusionLink: DiffusionLink | null = null;
+  /** The stream this session showed until it was lost, and the first frame shown plain after it. */
+  private diffusionLost: { link: DiffusionLink; plainFromFrameId: number } | null = null;
   diffusionWanted: boolean;
   private upload: UploadProgress | null = null;
   private result: SessionResult | null = null;
@@ -252,6 +254,7 @@ export class Game {
     this.diffusionMessage = null;
     this.diffusion = null;
     this.diffusionLink = null;
+    this.diffusionLost = null;
     this.newWorld();
     this.drives++;
     this.viewMode = recorded ? 'driver' : 'chase';
@@ -396,6 +399,8 @@ export class Game {
     const tRender = performance.now();
     this.view.render(w, this.viewMode, cameraPose(p.x, p.y, p.yaw, this.cfg.mount));
     let diffusionFrameId: number | null = null;
+    const lost = this.rec ? this.diffusion?.lostReason(tRender) : null;
+    if (lost) this.fallBackToPlain(lost);
     if (this.rec && this.diffusion?.live) {
       // The render goes out with its own id, which the service draws on the picture it makes of it.
       this.view.drawBarcode(this.rec.nextFrameId, this.cellPx);
@@ -414,6 +419,22 @@ export class Game {
     this.lastRenderAt = now;
     this.fpsWindow.push(now);
     while (this.fpsWindow.length && now - this.fpsWindow[0] > 1000) this.fpsWindow.shift();
+  }
+
+  /**
+   * The stream died mid-drive: the rest of the drive shows and records the plain render (frames with no
+   * `diffusion_frame_id`), and the manifest names the first such frame (`diffusion.plain_from_frame_id`).
+   */
+  private fallBackToPlain(reason: string): void {
+    const link = this.diffusion!;
+    link.close();
+    const plainFromFrameId = this.rec!.nextFrameId;
+    this.diffusionLost = { link, plainFromFrameId };
+    this.diffusion = null;
+    this.diffusionLink = null;
+    this.diffusionMessage = `Diffusion view lost (${reason}). Showing and recording the plain render from frame ${plainFromFrameId}.`;
+    this.showNotice('Diffusion view lost: showing the plain render.', 4000);
+    console.warn(`diffusion stream lost at frame ${plainFromFrameId}: ${reason}`);
   }
 
   private publishHud(now: number): void {
@@ -450,7 +471,7 @@ export class Game {
       this.setPhase('result');
       return;
     }
-    const diffusionOn = this.diffusion !== null;
+    const shown = this.diffusion ?? this.diffusionLost?.link ?? null;
     this.lastFiles = await assembleSession(log, video, {
       sessionId: this.sessionId,
       playerId: this.client.playerId ?? 'unknown',
@@ -465,13 +486,15 @@ export class Game {
       fovDeg: this.cfg.mount.fov_deg,
       mount: this.cfg.mount,
       cellPx: this.cellPx,
-      diffusion: diffusionOn
-        ? { enabled: true, backend: this.diffusion!.backend, prompt: DIFFUSION_PROMPT, model: this.diffusion!.model ?? 'unknown' }
+      diffusion: shown
+        ? { enabled: true, backend: shown.backend, prompt: DIFFUSION_PROMPT, model: shown.model ?? 'unknown',
+            plain_from_frame_id: this.diffusionLost?.plainFromFrameId ?? null }
         : { enabled: false, backend: null, prompt: null, model: null },
       durationS,
     });
     this.diffusion = null;
     this.diffusionLink = null;
+    this.diffusionLost = null;
     this.result = base;
     await this.uploadLast();
   }

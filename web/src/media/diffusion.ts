@@ -12,6 +12,48 @@ import type { GatewayClient } from '../record/upload';
 
 export const DIFFUSION_PROMPT = 'a New York street on a bright afternoon, photorealistic';
 
+/** How long the stream may send no new frame while the game sends renders before it counts as lost. */
+export const STALL_MS = 2000;
+/** How long a `disconnected` peer connection may take to come back before the stream counts as lost. */
+export const DISCONNECT_GRACE_MS = 2000;
+
+/**
+ * Decides when a live stream is lost: the peer connection failed or closed, stayed disconnected past
+ * DISCONNECT_GRACE_MS, or no new frame came back for STALL_MS while renders were being sent. Times are
+ * `performance.now()` milliseconds; pure, so the rules are tested without a browser.
+ */
+export class StreamWatch {
+  private lastFrameAt: number | null = null;
+  private disconnectedAt: number | null = null;
+  private ended: string | null = null;
+
+  constructor(readonly stallMs = STALL_MS, readonly graceMs = DISCONNECT_GRACE_MS) {}
+
+  /** A new returned frame was presented. */
+  frame(now: number): void {
+    this.lastFrameAt = now;
+  }
+
+  /** The peer connection's `connectionState` changed. */
+  state(state: RTCPeerConnectionState | string, now: number): void {
+    if (state === 'failed' || state === 'closed') this.ended ??= `the connection ${state}`;
+    else if (state === 'disconnected') this.disconnectedAt ??= now;
+    else if (state === 'connected') this.disconnectedAt = null;
+  }
+
+  /** Why the stream is lost at `now`, or null while it is live. */
+  lost(now: number): string | null {
+    if (this.ended) return this.ended;
+    if (this.disconnectedAt !== null && now - this.disconnectedAt >= this.graceMs) {
+      return `the connection stayed disconnected for ${Math.round((now - this.disconnectedAt) / 1000)} s`;
+    }
+    if (this.lastFrameAt !== null && now - this.lastFrameAt >= this.stallMs) {
+      return `no frame came back for ${((now - this.lastFrameAt) / 1000).toFixed(1)} s`;
+    }
+    return null;
+  }
+}
+
 export class DiffusionLink {
   private pc: RTCPeerConnection | null = null;
   readonly video: HTMLVideoElement;
@@ -23,6 +65,8 @@ export class DiffusionLink {
   private sendTrack: CanvasCaptureMediaStreamTrack | null = null;
   /** The barcode strip of the frame on screen, copied out to read it. */
   private readonly stripCanvas: HTMLCanvasElement;
+  /** Whether the stream still delivers (see StreamWatch). */
+  readonly watch = new StreamWatch();
 
   constructor(readonly width: number, readonly height: number) {
     this.video = document.createElement('video');
@@ -38,6 +82,7 @@ export class DiffusionLink {
   async connect(client: GatewayClient, sessionId: string, prompt: string, timeoutMs = 8000): Promise<void> {
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
+    pc.addEventListener('connectionstatechange', () => this.watch.state(pc.connectionState, performance.now()));
     const stream = this.sendCanvas.captureStream(0);
     this.sendTrack = stream.getVideoTracks()[0] as CanvasCaptureMediaStreamTrack;
     pc.addTrack(this.sendTrack, stream);
@@ -46,8 +91,9 @@ export class DiffusionLink {
       pc.ontrack = (e) => {
         this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
         void this.video.play();
-        const count = () => {
+        const count = (now: number) => {
           this.framesSeen = (this.framesSeen ?? 0) + 1;
+          this.watch.frame(now);
           resolve();
           this.video.requestVideoFrameCallback(count);
         };
@@ -79,6 +125,11 @@ export class DiffusionLink {
 
   get live(): boolean {
     return this.pc !== null && this.framesSeen !== null;
+  }
+
+  /** Why the stream is lost now (StreamWatch), or null while it delivers. */
+  lostReason(now = performance.now()): string | null {
+    return this.live ? this.watch.lost(now) : null;
   }
 
   /**

@@ -195,7 +195,11 @@ export interface ManifestInput {
   fovDeg: number;
   mount: { x_m: number; y_m: number; z_m: number; pitch_deg: number; yaw_deg: number; roll_deg: number };
   cellPx: number;
-  diffusion: { enabled: boolean; backend: string | null; prompt: string | null; model: string | null };
+  /** `plain_from_frame_id`: the stream was lost and the plain render was shown from this frame on. */
+  diffusion: {
+    enabled: boolean; backend: string | null; prompt: string | null; model: string | null;
+    plain_from_frame_id?: number | null;
+  };
   durationS: number;
   frameCount: number;
   files: FileEntry[];

@@ -158,6 +158,7 @@ async def run_stream(backend: str, minutes: float, width: int, height: int, fps:
                                "fps_back": round(len(got) / max(1e-6, time.monotonic() - began), 2),
                                "round_trip_ms": _pcts(ages), "lag_frames": _pcts([float(x) for x in lags]),
                                "service_frame_age_p95_ms": round(s.frame_age.p95_ms, 2),
+                               "stage_p95_ms": {k: round(v.p95_ms, 2) for k, v in sorted(s.stages.items())},
                                "inputs_dropped_total": s.inputs_dropped, "rss_bytes": _rss_bytes()})
             print(json.dumps(per_minute[-1]), flush=True)
     finally:

@@ -57,8 +57,19 @@ async def test_frames_come_back_transformed_with_the_barcode_of_the_frame_they_w
         assert s.frames_in >= 45 and s.frames_out >= 45 and s.barcodes_unread == 0
         assert s.frame_age.count > 0 and 0 < s.frame_age.p50_ms <= s.frame_age.p95_ms <= s.frame_age.max_ms
         assert s.model.count > 0 and s.fps_in > 0 and s.fps_out > 0
+        # every stage of the media path is timed per frame; the look backend times no parts of its own
+        assert set(s.stages) == {"queued", "decode", "model", "encode", "send_wait"}, set(s.stages)
+        assert all(v.count > 0 and 0 <= v.p50_ms <= v.p95_ms <= v.max_ms for v in s.stages.values())
+        assert s.stages["model"].count == s.model.count and s.stages["model"].max_ms == s.model.max_ms
+        # the stages of one frame fit in its age (aiortc's own decode and encode make up the rest)
+        assert s.stages["queued"].p50_ms + s.stages["model"].p50_ms <= s.frame_age.max_ms
         metrics = rt.metrics_port
         assert metrics > 0
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        for stage in ("queued", "decode", "model", "encode", "send_wait"):
+            assert f'sd_diffusion_stage_seconds_count{{backend="look",stage="{stage}"}}' in text, stage
         await stub.CloseStream(pb.CloseStreamRequest(stream_id=resp.stream_id), timeout=5)
         cap = await _capacity(stub)
         assert (cap.streams_active, cap.peer_connections) == (0, 0)

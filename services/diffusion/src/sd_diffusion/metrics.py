@@ -17,7 +17,8 @@ FRAME_AGE_SECONDS = Histogram("sd_diffusion_frame_age_seconds",
                               "Input frame arrival to the output made from it being sent",
                               ["backend"], buckets=FRAME_BUCKETS_S)
 STAGE_SECONDS = Histogram("sd_diffusion_stage_seconds",
-                          "Time per frame in each stage of the media path (decode, model, encode)",
+                          "Time per frame in each stage of the media path (sd_diffusion.stream.STAGES) and in "
+                          "the backend's own parts (model.vae_encode, model.denoise, model.vae_decode)",
                           ["backend", "stage"], buckets=FRAME_BUCKETS_S)
 STREAMS_ACTIVE = Gauge("sd_diffusion_streams_active", "Streams holding a slot")
 PEER_CONNECTIONS = Gauge("sd_diffusion_peer_connections", "WebRTC peer connections open")

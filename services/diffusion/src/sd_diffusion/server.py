@@ -53,10 +53,16 @@ class DiffusionService(diffusion_pb2_grpc.DiffusionServiceServicer):
         now = time.monotonic()
         info = self.manager.backend.info
         return pb.GetStatsResponse(
-            streams=[pb.StreamStats(**{k: (pb.LatencySummary(**v) if isinstance(v, dict) else v)
-                                       for k, v in s.stats(now).items()}) for s in self.manager.streams.values()],
+            streams=[_stream_stats(s.stats(now)) for s in self.manager.streams.values()],
             peer_connections=self.manager.peer_connections, backend=info.name, model=info.model,
             gpu_memory_bytes=gpu_memory_bytes(info.device))
+
+
+def _stream_stats(stats: dict) -> pb.StreamStats:
+    """A Stream.stats() dict as the proto message (its latency summaries and per-stage map)."""
+    stages = {name: pb.LatencySummary(**v) for name, v in stats.pop("stages", {}).items()}
+    fields = {k: (pb.LatencySummary(**v) if isinstance(v, dict) else v) for k, v in stats.items()}
+    return pb.StreamStats(**fields, stages=stages)
 
 
 def build_backend(settings: DiffusionSettings):

@@ -55,6 +55,15 @@ class Output:
     frame: VideoFrame
     arrived: float  # the input's arrival
     frame_id: int | None
+    ready: float = 0.0  # time.monotonic() when the model thread had made it
+
+
+# The stages of the media path timed per frame (StreamStats.stages, sd_diffusion_stage_seconds). aiortc's
+# own VP8 decode and encode run inside its track machinery and are not among them (they show in frame_age).
+STAGES = ("queued", "decode", "model", "encode", "send_wait")
+# A backend may time its own parts (the wan backend: vae_encode, denoise, vae_decode) in a dict
+# `stage_s` on the stream state it made; they are recorded as "model.<name>" and the dict is cleared.
+BACKEND_STAGE_PREFIX = "model."
 
 
 def _summary(values: deque[float]) -> dict[str, float]:
@@ -85,6 +94,11 @@ class StreamCounters:
     last_out: float | None = None
     frame_age_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     model_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    stage_s: dict[str, deque[float]] = field(default_factory=dict)  # per stage (STAGES, model.*)
+
+    def stage(self, name: str, seconds: float) -> None:
+        """One frame's (or one call's) time in a stage."""
+        self.stage_s.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
 
 
 class OutputTrack(MediaStreamTrack):
@@ -251,6 +265,7 @@ class Stream:
         backend returns none until its chunk is complete, then the whole chunk)."""
         name = self.backend.info.name
         t0 = time.perf_counter()
+        queued = time.monotonic() - item.arrived  # in the input slot, waiting for the model thread
         frame = item.frame
         w, h = frame.width, frame.height
         luma = _luma(frame)
@@ -289,9 +304,17 @@ class Stream:
                 barcode.draw(image, fid, cell)
             outputs.append(Output(VideoFrame.from_ndarray(image, format="rgb24"), arrived, fid))
         t3 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels(name, "decode").observe(t1 - t0)
-        metrics.STAGE_SECONDS.labels(name, "model").observe(t2 - t1)
-        metrics.STAGE_SECONDS.labels(name, "encode").observe(t3 - t2)
+        ready = time.monotonic()
+        for out in outputs:
+            out.ready = ready
+        timed = [("queued", queued), ("decode", t1 - t0), ("model", t2 - t1), ("encode", t3 - t2)]
+        parts = getattr(self._model_state, "stage_s", None)
+        if isinstance(parts, dict):
+            timed += [(BACKEND_STAGE_PREFIX + k, float(v)) for k, v in parts.items()]
+            parts.clear()
+        for stage, seconds in timed:
+            metrics.STAGE_SECONDS.labels(name, stage).observe(seconds)
+            self.counters.stage(stage, seconds)
         self.counters.model_s.append(t2 - t1)
         return outputs
 
@@ -305,6 +328,9 @@ class Stream:
         c.last_out = now
         age = now - out.arrived
         c.frame_age_s.append(age)
+        if out.ready:
+            c.stage("send_wait", now - out.ready)
+            metrics.STAGE_SECONDS.labels(self.backend.info.name, "send_wait").observe(now - out.ready)
         metrics.FRAME_AGE_SECONDS.labels(self.backend.info.name).observe(age)
         metrics.FRAMES.labels(self.backend.info.name, "out").inc()
 
@@ -321,4 +347,5 @@ class Stream:
                 "outputs_dropped": self.output.dropped, "barcodes_unread": c.barcodes_unread,
                 "fps_in": fps(c.frames_in, c.first_in, c.last_in), "fps_out": fps(c.frames_out, c.first_out, c.last_out),
                 "frame_age": _summary(c.frame_age_s), "model": _summary(c.model_s),
+                "stages": {k: _summary(v) for k, v in sorted(c.stage_s.items())},
                 "age_s": now - self.created, "prompt": self.prompt}

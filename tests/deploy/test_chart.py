@@ -1118,3 +1118,33 @@ def test_diffusion_settings_come_from_values_and_parse_as_the_service_reads_them
         settings = DiffusionSettings()
         got = (settings.backend, settings.max_streams, [s.model_dump(exclude_none=True) for s in settings.ice_servers])
         assert got == want
+
+
+def test_turn_comes_to_the_gateway_and_the_pods_with_its_secret_from_a_secret(monkeypatch):
+    from sd_diffusion.settings import DiffusionSettings
+    from sd_gateway.settings import GatewaySettings
+
+    stun = [{"urls": ["stun:stun.example.org:3478"]}]
+    turn = {"urls": ["turn:turn.example.org:3478", "turns:turn.example.org:5349"], "existingSecret": "coturn",
+            "ttlSeconds": 900}
+    docs = render({"diffusion": {"iceServers": stun, "turn": turn}})
+    deployments = by_component(docs, "Deployment")
+    for svc, prefix, cls in (("gateway", "SD_GATEWAY_", GatewaySettings), ("diffusion", "SD_DIFFUSION_", DiffusionSettings)):
+        env = env_of(docs, deployments[svc])
+        assert env[f"{prefix}TURN_SECRET"] == {"secretKeyRef": {"name": "coturn", "key": "turn-secret"}}, svc
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                if k.startswith(prefix) and isinstance(v, str):
+                    m.setenv(k, v)
+            m.setenv(f"{prefix}TURN_SECRET", "from-the-secret")
+            settings = cls()
+        assert settings.turn_urls == turn["urls"] and settings.turn_ttl_s == 900
+        ice = settings.diffusion_ice_servers if svc == "gateway" else settings.ice_servers
+        assert [s.model_dump(exclude_none=True) for s in ice] == stun
+    # the chart makes no Secret of its own for it: the value never passes through values or the release
+    assert not [d for d in objects(docs, "Secret") if "turn-secret" in (d.get("data") or {})]
+    defaults = render({})
+    for svc in ("gateway", "diffusion"):
+        assert not [k for k in env_of(defaults, by_component(defaults, "Deployment")[svc]) if "TURN" in k]
+    with pytest.raises(Exception, match="diffusion.turn.existingSecret is required"):
+        render({"diffusion": {"turn": {"urls": ["turn:x:3478"]}}})

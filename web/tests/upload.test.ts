@@ -38,6 +38,10 @@ function fakeGateway(opts: { multipartAbove: number; partSize: number; failFirst
       return json(200, { player_id: 'p-1', sessions_total: 1, sessions_uploaded: 1, sessions_rejected: 0, seconds_uploaded: 60 });
     }
     if (url === '/v1/sessions' && method === 'POST') return json(201, { session_id: 's-1', player_id: 'p-1', state: 'OPEN', problems: [], duration_s: 0 });
+    if (url === '/v1/diffusion/ice-servers' && method === 'GET') {
+      return json(200, { ice_servers: [{ urls: ['stun:stun.example.org:3478'], username: null, credential: null },
+        { urls: ['turn:turn.example.org:3478'], username: '1800000000:p-1', credential: 'c2VjcmV0' }], expires_at: 1800000000 });
+    }
     if (url === '/v1/diffusion/offer') {
       return opts.offer503 ? json(503, { error: { code: 'unavailable', message: 'no diffusion service', problems: [] } }) : json(200, {});
     }
@@ -112,6 +116,18 @@ describe('gateway client', () => {
     expect(err.status).toBe(503);
     expect(err.message).toBe('no diffusion service');
     expect(gw.calls.filter((c) => c.url === '/v1/diffusion/offer')).toHaveLength(1);
+  });
+
+  it('passes on the ICE servers the gateway names, TURN credentials included', async () => {
+    const gw = fakeGateway({ multipartAbove: 1e9, partSize: 1 });
+    const client = new GatewayClient({ fetch: gw.fetchImpl, storage: new Store(), sleep: async () => {} });
+    await client.ensurePlayer();
+    expect(await client.diffusionIceServers()).toEqual([
+      { urls: ['stun:stun.example.org:3478'] },
+      { urls: ['turn:turn.example.org:3478'], username: '1800000000:p-1', credential: 'c2VjcmV0' },
+    ]);
+    const call = gw.calls.find((c) => c.url === '/v1/diffusion/ice-servers')!;
+    expect(call.headers.Authorization).toBe('Bearer tok-1');
   });
 
   it('gives up with a clear error when the gateway stays unreachable', async () => {

@@ -47,3 +47,13 @@ Takes (dict "root" $ "settings" $settings). */}}
 {{- with $s.queueUrl }}{{ $_ := set $.settings "SD_STORE_QUEUE_URL" . }}{{ end -}}
 {{- if eq $s.backend "local" }}{{ $_ := set .settings "SD_STORE_ROOT" "/tmp/store" }}{{ end -}}
 {{- end -}}
+
+{{/* Adds the TURN settings but its secret (values.diffusion.turn) to a settings dict, keys <prefix>TURN_*.
+Takes (dict "root" $ "settings" <dict> "prefix" …). */}}
+{{- define "sd.settings.addTurn" -}}
+{{- $turn := .root.Values.diffusion.turn -}}
+{{- if $turn.urls -}}
+{{- $_ := set .settings (print .prefix "TURN_URLS") (join "," $turn.urls) -}}
+{{- $_ = set .settings (print .prefix "TURN_TTL_S") (toString $turn.ttlSeconds) -}}
+{{- end -}}
+{{- end -}}

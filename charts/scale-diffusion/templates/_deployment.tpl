@@ -202,3 +202,14 @@ Secret "<prefix>-aws"; adds nothing under IRSA (no keys configured). Takes the p
 {{- $_ := set . "env" $env -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Adds the TURN secret (values.diffusion.turn) to a pod's env as <prefix>TURN_SECRET, from the existing
+Secret it names, when TURN URLs are configured. Takes (dict "pod" <pod dict of sd.deployment> "prefix" …). */}}
+{{- define "sd.pod.addTurnSecret" -}}
+{{- $turn := .pod.root.Values.diffusion.turn -}}
+{{- if $turn.urls -}}
+{{- $name := required "diffusion.turn.existingSecret is required with diffusion.turn.urls: the TURN secret comes from a Secret, never from values" $turn.existingSecret -}}
+{{- $ref := dict "name" $name "key" $turn.existingSecretKey -}}
+{{- $_ := set .pod "env" (append (.pod.env | default (list)) (dict "name" (print .prefix "TURN_SECRET") "valueFrom" (dict "secretKeyRef" $ref))) -}}
+{{- end -}}
+{{- end -}}

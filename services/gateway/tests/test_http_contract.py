@@ -58,6 +58,7 @@ async def test_documented_statuses_are_exactly_those_answered(start_gw, tmp_path
     UP, MP, CO, OF = (("POST", "/v1/sessions/{session_id}/upload-urls"),
                       ("POST", "/v1/sessions/{session_id}/multipart/complete"),
                       ("POST", "/v1/sessions/{session_id}/complete"), ("POST", "/v1/diffusion/offer"))
+    IC = ("GET", "/v1/diffusion/ice-servers")
     MiB = 1024 * 1024
     gw = await start_gw(max_json_body_bytes=4096, max_session_bytes=20 * MiB,
                         store_overrides={"multipart_threshold_bytes": 5 * MiB, "multipart_part_bytes": 5 * MiB})
@@ -82,12 +83,13 @@ async def test_documented_statuses_are_exactly_those_answered(start_gw, tmp_path
         await seen.call(http, P, 400, json={"client_build": 5})
         await seen.call(http, P, 413, content=big, headers={"Content-Type": "application/json"})
         await seen.call(http, ME, 200, headers=owner)
+        await seen.call(http, IC, 200, headers=owner)
         await seen.call(http, SL, 200, headers=owner)
         await seen.call(http, SL, 400, path="/v1/sessions?page_size=many", headers=owner)
         await seen.call(http, SG, 200, path=at(SG[1], sid), headers=owner)
         await seen.call(http, S, 400, headers=owner, json={"city": "\x07"})
         await seen.call(http, S, 413, headers={**owner, "Content-Type": "application/json"}, content=big)
-        for op in (ME, S, SL, SG, UP, MP, CO, OF):
+        for op in (ME, S, SL, SG, UP, MP, CO, OF, IC):
             path = at(op[1], sid)
             body = OFFER | {"session_id": sid} if op == OF else bodies.get(op, {} if op == S else None)
             await seen.call(http, op, 401, path=path, json=body)

@@ -1,7 +1,8 @@
 /**
  * The diffusion view: a WebRTC stream through the gateway's signaling (POST /v1/diffusion/offer).
  * The rendered frames go out on one track; the diffusion service answers with a stylised stream
- * that the game shows and records instead of its own render. Host candidates only (iceServers: []).
+ * that the game shows and records instead of its own render. ICE: host candidates, plus the STUN/TURN
+ * servers the gateway names (GET /v1/diffusion/ice-servers; none by default).
  * When the gateway answers 503 (no diffusion service, every slot busy), `connect` throws with its reason.
  *
  * The service draws, on each frame it returns, the barcode of the rendered frame it made it from;
@@ -80,7 +81,8 @@ export class DiffusionLink {
 
   /** Offers a stream of the render; resolves when the answer is applied and the first frame arrived. */
   async connect(client: GatewayClient, sessionId: string, prompt: string, timeoutMs = 8000): Promise<void> {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    // Host candidates unless the gateway names STUN/TURN servers (TURN with this player's own credentials).
+    const pc = new RTCPeerConnection({ iceServers: await client.diffusionIceServers() });
     this.pc = pc;
     pc.addEventListener('connectionstatechange', () => this.watch.state(pc.connectionState, performance.now()));
     const stream = this.sendCanvas.captureStream(0);

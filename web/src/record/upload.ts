@@ -215,6 +215,15 @@ export class GatewayClient {
     return this.call('POST', '/v1/diffusion/offer', { session_id: sessionId, sdp_offer: sdpOffer, prompt }, true, false);
   }
 
+  /** The STUN/TURN servers for the diffusion peer connection (TURN credentials are this player's, and expire). */
+  async diffusionIceServers(): Promise<RTCIceServer[]> {
+    const r = await this.call<{ ice_servers: { urls: string[]; username?: string | null; credential?: string | null }[] }>(
+      'GET', '/v1/diffusion/ice-servers');
+    return r.ice_servers.map((s) => ({
+      urls: s.urls, ...(s.username ? { username: s.username } : {}), ...(s.credential ? { credential: s.credential } : {}),
+    }));
+  }
+
   private async targets(sessionId: string, files: { path: string; blob: Blob; sha256: string; contentType: string }[]): Promise<Map<string, UploadTarget>> {
     const body = { files: files.map((f) => ({ path: f.path, size_bytes: f.blob.size, sha256: f.sha256, content_type: f.contentType })) };
     const r = await this.call<{ targets: UploadTarget[] }>('POST', `/v1/sessions/${encodeURIComponent(sessionId)}/upload-urls`, body);

@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated
 
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from sd_common.ice import IceServer, check_turn_urls
 from sd_common.settings import ServiceSettings
 
-
-class IceServer(BaseModel):
-    """One STUN or TURN server, as RTCIceServer: `{"urls": ["turn:host:3478"], "username": …, "credential": …}`."""
-
-    urls: list[str]
-    username: str | None = None
-    credential: str | None = None
+__all__ = ["DiffusionSettings", "IceServer"]
 
 
 class DiffusionSettings(ServiceSettings):
@@ -32,6 +29,11 @@ class DiffusionSettings(ServiceSettings):
     # ICE servers, as JSON (SD_DIFFUSION_ICE_SERVERS='[{"urls": ["stun:stun.example.org:3478"]}]').
     # Empty: host candidates only, which is all a pod reachable from the players' network needs.
     ice_servers: list[IceServer] = Field(default_factory=list)
+    # A TURN relay with time-limited credentials (sd_common.ice): comma-separated turn:/turns: URLs and
+    # the secret the TURN server shares (coturn's static-auth-secret); each stream gets its own.
+    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    turn_ttl_s: int = Field(3600, ge=60, le=7 * 86400)
     # A stream with no input frame for this long is closed and its slot freed (a closed tab, lost ICE).
     idle_timeout_s: float = Field(3.0, gt=0)
     # A stream that never received a frame is closed after this long.
@@ -54,3 +56,10 @@ class DiffusionSettings(ServiceSettings):
     wan_preset: Literal["1.3b", "tiny"] = "1.3b"
     device: str = Field("auto", description="auto (the first GPU, else the CPU), cpu, cuda:N")
     num_steps: int = Field(2, ge=1, le=4, description="denoising steps per chunk")
+
+    @field_validator("turn_urls", mode="before")
+    @classmethod
+    def _split_turn_urls(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [u.strip() for u in v.split(",") if u.strip()]
+        return check_turn_urls(v) if isinstance(v, list) else v

@@ -18,6 +18,7 @@ import structlog
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import vpx
 
+from sd_common.ice import ice_servers_for
 from sd_diffusion import metrics
 from sd_diffusion.backends import Backend
 from sd_diffusion.errors import InvalidOffer, NoFreeSlot, StreamNotFound
@@ -59,9 +60,13 @@ class StreamManager:
     def peer_connections(self) -> int:
         return len(self.peers)
 
-    def _ice(self) -> RTCConfiguration:
+    def _ice(self, stream_id: str) -> RTCConfiguration:
+        """The pod's ICE servers for one stream: the configured ones, and TURN with credentials of its own."""
+        st = self.settings
+        secret = st.turn_secret.get_secret_value() if st.turn_secret else None
+        servers, _ = ice_servers_for(st.ice_servers, st.turn_urls, secret, f"diffusion-{stream_id[:16]}", st.turn_ttl_s)
         return RTCConfiguration(iceServers=[RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-                                            for s in self.settings.ice_servers])
+                                            for s in servers])
 
     # --- create and close ----------------------------------------------------------------------------
 
@@ -78,7 +83,7 @@ class StreamManager:
                              self.settings.busy_retry_after_s)
         self._reserved += 1
         stream_id = uuid.uuid4().hex
-        pc = RTCPeerConnection(self._ice())
+        pc = RTCPeerConnection(self._ice(stream_id))
         stream = Stream(stream_id, session_id, self.backend, prompt)
         try:
             @pc.on("track")

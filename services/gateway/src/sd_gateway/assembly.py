@@ -23,6 +23,7 @@ from sd_gateway.http_api import create_app
 from sd_gateway.server import register
 from sd_gateway.sessions import SessionService
 from sd_gateway.settings import GatewaySettings
+from sd_gateway.ice import IceConfig
 from sd_gateway.signaling import DiffusionSignaling
 from sd_gateway.tokens import DeviceTokens
 
@@ -111,7 +112,8 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
                      web_dir=settings.web_dir, max_json_body_bytes=settings.max_json_body_bytes,
-                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings)])
+                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings)],
+                     ice=IceConfig.from_settings(settings))
     tracing.instrument_asgi_app(app, session_id_in_path=_SESSION_IN_PATH)
     http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))

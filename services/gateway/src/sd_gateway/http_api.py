@@ -26,6 +26,7 @@ from sd_gateway.errors import ERRORS
 from sd_gateway.http_guards import (BodyLimitMiddleware, SecurityHeadersMiddleware, api_reference_html,
                                     content_security_policy)
 from sd_gateway.sessions import FileSpec, SessionService
+from sd_gateway.ice import IceConfig
 from sd_gateway.signaling import DiffusionSignaling
 
 Auth = Annotated[str | None, Header(alias="Authorization")]
@@ -85,6 +86,7 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/sessions/{session_id}/multipart/complete"): (400, 401, 403, 404, 409, 413, 429),
     ("POST", "/v1/sessions/{session_id}/complete"): (400, 401, 403, 404, 409, 429, 503),
     ("POST", "/v1/diffusion/offer"): (400, 401, 403, 404, 413, 503),
+    ("GET", "/v1/diffusion/ice-servers"): (401, 403),
 }
 
 
@@ -199,6 +201,18 @@ class OfferOut(BaseModel):
     model: str = ""
 
 
+class IceServerOut(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServersOut(BaseModel):
+    ice_servers: list[IceServerOut]
+    # When the TURN credentials in it expire (unix seconds); null when it holds none.
+    expires_at: int | None = None
+
+
 def state_name(state: int) -> str:
     """OPEN, UPLOADED, … from the proto enum value."""
     return common_pb2.SessionState.Name(state).removeprefix("SESSION_STATE_")
@@ -222,7 +236,7 @@ _HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allow
 
 def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_origins: list[str],
                local_store=None, web_dir: Path | None = None, max_json_body_bytes: int = 1024 * 1024,
-               csp_connect_origins: list[str] | None = None) -> FastAPI:
+               csp_connect_origins: list[str] | None = None, ice: IceConfig | None = None) -> FastAPI:
     """The gateway's ASGI app. `local_store` set: it also receives uploads for the embedded store."""
     app = FastAPI(title="Scale Diffusion gateway", version="1",
                   description="Player identity, sessions, presigned uploads and diffusion signaling. "
@@ -338,6 +352,15 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         await service.get_session(player, body.session_id)
         ans = await signaling.offer(body.session_id, body.sdp_offer, body.prompt)
         return OfferOut(sdp_answer=ans.sdp_answer, stream_id=ans.stream_id, backend=ans.backend, model=ans.model)
+
+    ice = ice or IceConfig()
+
+    @app.get("/v1/diffusion/ice-servers", response_model=IceServersOut,
+             **_documented("GET", "/v1/diffusion/ice-servers"))
+    async def diffusion_ice_servers(authorization: Auth = None) -> IceServersOut:
+        """The STUN/TURN servers for the game's peer connection; TURN credentials are the player's own."""
+        servers, expires = ice.for_player(await service.authenticate(authorization))
+        return IceServersOut(ice_servers=[IceServerOut(**s.model_dump()) for s in servers], expires_at=expires)
 
     if local_store is not None:
         @app.put("/v1/store/{key:path}", include_in_schema=False)

@@ -9,6 +9,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from pydantic import field_validator
 from typing import Annotated
 
+from sd_common.ice import IceServer, check_turn_urls
 from sd_common.settings import ServiceSettings
 
 
@@ -50,6 +51,20 @@ class GatewaySettings(ServiceSettings):
     # Unset means signaling answers UNAVAILABLE.
     diffusion_target: str | None = None
     diffusion_resolve_every_s: float = Field(10.0, gt=0, description="how often dns:/// targets are resolved again")
+    # The ICE servers the game's peer connection uses (GET /v1/diffusion/ice-servers), as JSON like the
+    # diffusion pods' SD_DIFFUSION_ICE_SERVERS; empty: host candidates only. A TURN relay gets
+    # time-limited per-player credentials from the secret it shares with the TURN server (sd_common.ice).
+    diffusion_ice_servers: list[IceServer] = Field(default_factory=list)
+    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    turn_ttl_s: int = Field(3600, ge=60, le=7 * 86400)
+
+    @field_validator("turn_urls", mode="before")
+    @classmethod
+    def _split_turn_urls(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [u.strip() for u in v.split(",") if u.strip()]
+        return check_turn_urls(v) if isinstance(v, list) else v
 
     @field_validator("diffusion_target")
     @classmethod

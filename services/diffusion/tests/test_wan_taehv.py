@@ -1,8 +1,11 @@
 """The tiny TAEHV-style decoder (backends/wan/taehv.py) on the CPU: frame counts and sizes, causality,
 chunk-by-chunk streaming against one-shot decoding, strict loading from a local file, the published
-taew2_1 layout and size on the meta device. Random weights only; nothing is downloaded."""
+taew2_1 layout and size on the meta device, and the wan backend decoding with it (the ChunkedBackend
+contract, barcodes through the real stream path). Random weights only; nothing is downloaded."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -10,11 +13,19 @@ import pytest
 torch = pytest.importorskip("torch", reason="the wan backend needs the models extra")
 pytest.importorskip("diffusers", reason="the wan backend needs the models extra")
 
+from av import VideoFrame  # noqa: E402
+from diffusion_peers import scene  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from sd_diffusion.backends import BackendError  # noqa: E402
+from sd_common.session_format import barcode  # noqa: E402
+from sd_diffusion.backends import BackendError, ChunkedBackend, make_backend  # noqa: E402
+from sd_diffusion.backends.wan import WanBackend, WanConfig  # noqa: E402
 from sd_diffusion.backends.wan.taehv import (  # noqa: E402
     MemBlock, TGrow, TinyDecoderConfig, TinyVideoDecoder, load_decoder)
+from sd_diffusion.stream import Input, Stream  # noqa: E402
+
+W, H = 40, 36  # as test_wan_backend.py: the backend works at 32x32 and resizes back
+PROMPT = "a photoreal city street sunny afternoon"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,6 +37,11 @@ def _one_thread(one_torch_thread):
 def decoder() -> TinyVideoDecoder:
     torch.manual_seed(0)
     return TinyVideoDecoder(TinyDecoderConfig.tiny()).eval()
+
+
+@pytest.fixture(scope="module")
+def backend() -> WanBackend:
+    return make_backend("wan", preset="tiny", tiny_vae_decoder="random")
 
 
 def _latents(frames: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
@@ -193,3 +209,85 @@ def test_a_file_in_the_published_layout_loads_strictly_into_the_real_size_decode
     assert all(torch.equal(v, state[k].float()) for k, v in real.state_dict().items())
     with torch.inference_mode():
         assert tuple(real(torch.randn(1, 16, 2, 2, 3)).shape) == (1, 3, 5, 16, 24)
+
+
+# --- the wan backend decoding with it -----------------------------------------------------------------------
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    wave = [60 * np.sin((xx + 2 * i) / 7.0)[..., None] * np.array([1.0, 0.6, 0.3]) for i in range(n)]
+    noisy = [128 + w + yy[..., None] + rng.normal(0, 4, (H, W, 3)) for w in wave]
+    return [np.clip(f, 0, 255).astype(np.uint8) for f in noisy]
+
+
+def _run(backend, frames):
+    state = backend.new_stream(W, H, PROMPT)
+    per_push = [backend.push(state, f, 100 + i) for i, f in enumerate(frames)]
+    rest = backend.flush(state)
+    return per_push, dict(p for push in per_push for p in push) | dict(rest)
+
+
+def test_with_the_tiny_decoder_every_frame_comes_back_once_in_order_as_with_the_vae(backend):
+    assert isinstance(backend, ChunkedBackend)
+    assert "TAEHV tiny decoder random" in backend.info.model and backend.vae.tiny_decoder is not None
+    frames = _frames(21)  # 5 + 4 x 4: five chunks
+    per_push, out = _run(backend, frames)
+    vae_per_push, vae_out = _run(WanBackend(WanConfig.tiny()), frames)
+    assert [len(p) for p in per_push] == [len(p) for p in vae_per_push] == [0] * 8 + [5] + [0, 0, 0, 4] * 3
+    assert [i for push in per_push for i, _ in push] == list(range(100, 117))
+    assert sorted(out) == list(range(100, 121))
+    assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in out.values())
+    # the same latents, another decoder: the frames are the tiny decoder's, not the VAE's
+    assert all(not np.array_equal(out[i], vae_out[i]) for i in out)
+    _, again = _run(backend, frames)  # the decoder's memory is per stream: a new stream starts afresh
+    assert all(np.array_equal(out[i], again[i]) for i in out)
+
+
+def test_with_the_tiny_decoder_an_output_never_depends_on_a_later_chunk(backend):
+    frames = _frames(21)
+    changed = frames[:13] + [255 - f for f in frames[13:]]  # chunk 3 (inputs 13..16) on differ
+    _, a = _run(backend, frames)
+    _, b = _run(backend, changed)
+    assert all(np.array_equal(a[100 + i], b[100 + i]) for i in range(13))
+    assert not np.array_equal(a[113], b[113])
+
+
+async def test_through_the_stream_path_every_output_carries_the_barcode_of_its_own_input(backend):
+    width, height = 256, 144
+    stream = Stream("t" * 32, "session", backend, PROMPT)
+    try:
+        cell = barcode.default_cell_px(height)
+        outs = []
+        for fid in range(500, 513):  # 5 + 4 x 2: chunks 0 and 1 come back, chunk 2 is still in flight
+            frame = VideoFrame.from_ndarray(scene(fid, width, height), format="rgb24")
+            frame = frame.reformat(format="yuv420p")  # as a decoder hands it over
+            frame.pts, frame.time_base = 0, Fraction(1, 90000)
+            outs += stream._make(Input(frame, 0.0))
+        assert [o.frame_id for o in outs] == list(range(500, 509))
+        for o in outs:
+            assert (o.frame.width, o.frame.height) == (width, height)
+            assert barcode.read(o.frame.to_ndarray(format="yuv420p")[:height], cell) == o.frame_id
+        assert stream.counters.barcodes_unread == 0
+    finally:
+        await stream.close()
+
+
+def test_the_tiny_decoder_option_is_checked(tmp_path):
+    missing = tmp_path / "taew2_1.pth"
+    with pytest.raises(BackendError, match=f"tiny VAE decoder's weights are missing: {missing}"):
+        make_backend("wan", preset="tiny", tiny_vae_decoder=str(missing))
+    # with real weights asked for too, the decoder file is named first (before any large weights load)
+    with pytest.raises(BackendError, match=f"missing: {missing}"):
+        make_backend("wan", weights_dir=str(tmp_path / "no-weights"), tiny_vae_decoder=str(missing))
+    with pytest.raises(BackendError, match="'random' goes with random weights only"):
+        make_backend("wan", weights_dir=str(tmp_path), tiny_vae_decoder="random")
+    with pytest.raises(BackendError, match="tiny_vae_decoder must be"):
+        make_backend("wan", preset="tiny", tiny_vae_decoder="")
+    # a file of the tiny layout is refused by the real one, naming it
+    torch.manual_seed(0)
+    wrong = tmp_path / "tiny.pth"
+    torch.save(TinyVideoDecoder(TinyDecoderConfig.tiny()).state_dict(), wrong)
+    with pytest.raises(BackendError, match=f"{wrong} does not fit the tiny VAE decoder"):
+        make_backend("wan", preset="tiny", tiny_vae_decoder=str(wrong))

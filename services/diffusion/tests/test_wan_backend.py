@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the wan backend needs the models extra")
-pytest.importorskip("diffusers", reason="the wan backend needs the models extra")
+import torch
 
 from sd_diffusion.backends import BackendError, ChunkedBackend, make_backend  # noqa: E402
 from sd_diffusion.backends.wan import WanBackend, WanConfig  # noqa: E402

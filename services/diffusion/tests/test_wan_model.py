@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the wan backend needs the models extra")
-pytest.importorskip("diffusers", reason="the wan backend needs the models extra")
+import torch
 
 from sd_diffusion.backends.wan.config import WanConfig  # noqa: E402
 from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache  # noqa: E402

@@ -72,7 +72,8 @@ def build_backend(settings: DiffusionSettings):
     if settings.backend == "wan":
         return make_backend("wan", preset=settings.wan_preset,
                             weights_dir=None if settings.model_dir is None else str(settings.model_dir),
-                            device=settings.device, num_steps=settings.num_steps)
+                            device=settings.device, num_steps=settings.num_steps,
+                            tiny_vae_decoder=None if settings.wan_tiny_decoder is None else str(settings.wan_tiny_decoder))
     return make_backend(settings.backend)
 
 

@@ -56,6 +56,8 @@ class DiffusionSettings(ServiceSettings):
     wan_preset: Literal["1.3b", "tiny"] = "1.3b"
     device: str = Field("auto", description="auto (the first GPU, else the CPU), cpu, cuda:N")
     num_steps: int = Field(2, ge=1, le=4, description="denoising steps per chunk")
+    # A TAEHV decoder weights file (taew2_1.pth) that decodes instead of the Wan VAE; unset: the VAE decodes.
+    wan_tiny_decoder: Path | None = None
 
     @field_validator("turn_urls", mode="before")
     @classmethod

@@ -15,8 +15,9 @@ Per stream:
 4. Every denoising step has its own KV caches (one per block): a chunk at step j reads the keys of the
    earlier chunks as they were at step j. So a chunk sees the same context whether its steps ran in a
    batch with other chunks or one after another (`stream_batch=False`), and the two give the same frames.
-5. The finished chunk's frames are resized back to the input size and returned paired with the indices
-   of the input frames they were made from, in input order.
+5. The finished chunk is decoded by the VAE, or by the tiny TAEHV decoder when `tiny_vae_decoder` is
+   set (taehv.py: the same frame counts). Its frames are resized back to the input size and returned
+   paired with the indices of the input frames they were made from, in input order.
 
 Noise comes from a generator per chunk, seeded by (seed, chunk number): a stream is reproducible.
 The prompt's text embedding and its cross-attention keys and values are computed once per prompt
@@ -36,6 +37,7 @@ import torch
 from sd_diffusion.backends import BackendError, BackendInfo
 from sd_diffusion.backends.wan.config import WanConfig
 from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache, TextContext
+from sd_diffusion.backends.wan.taehv import build_tiny_decoder
 from sd_diffusion.backends.wan.vae import StreamingVAE, VAEStream
 from sd_diffusion.backends.wan.weights import PromptEmbeddings, load_parts, random_parts
 
@@ -96,6 +98,10 @@ class WanBackend:
         self.config = config
         self.device = _device(config.device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        # the tiny TAEHV decoder decodes instead of the VAE's own (which still encodes); built first, so a
+        # missing file is named before the large weights load
+        tiny = None if config.tiny_vae_decoder is None else build_tiny_decoder(
+            config.tiny_vae_decoder, config.latent_channels, config.seed).to(self.device, self.dtype)
         if config.weights_dir is not None:
             parts = load_parts(Path(config.weights_dir), self.device, self.dtype)
             model = f"Wan2.1-T2V causal (StreamDiffusionV2-style), weights {config.weights_dir}, {config.num_steps} steps"
@@ -104,7 +110,9 @@ class WanBackend:
             model = f"wan random weights ({config.num_layers} layers x {config.num_heads * config.head_dim}): tests only"
         self.parts = parts
         self.transformer = CausalWanTransformer(parts.transformer)
-        self.vae = StreamingVAE(parts.vae)
+        if tiny is not None:
+            model += f", TAEHV tiny decoder {config.tiny_vae_decoder}"
+        self.vae = StreamingVAE(parts.vae, tiny_decoder=tiny)
         self.prompts = PromptEmbeddings(parts, config.text_len_tokens, prepare=self.transformer.text_context)
         self.info = BackendInfo(name="wan", model=model, device=str(self.device))
 

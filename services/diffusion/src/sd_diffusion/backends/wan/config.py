@@ -52,7 +52,9 @@ class WanConfig:
     seed: int = 0  # the stream's noise generator
     device: str = "auto"  # "auto": cuda:0 when there is one, else cpu
     weights_dir: str | None = None  # a local directory in the layout of weights.py; None: random
-    tiny_vae_decoder: str | None = None  # reserved: a TAEHV-style decoder path (not built yet)
+    # a TAEHV decoder weights file (taew2_1.pth; taehv.py) decodes instead of the VAE, which still encodes;
+    # "random": a random tiny one, with random weights only (tests); None: the VAE decodes
+    tiny_vae_decoder: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -78,8 +80,11 @@ class WanConfig:
                           f"{self.rope_max_seq_len}")
         if self.head_dim % 2 or self.head_dim < 6:
             errors.append(f"head_dim must be even and at least 6 (RoPE's frame/height/width parts), got {self.head_dim}")
-        if self.tiny_vae_decoder is not None:
-            errors.append("tiny_vae_decoder is not built yet: leave it unset")
+        if self.tiny_vae_decoder == "":
+            errors.append("tiny_vae_decoder must be a weights file's path, 'random' or unset, got ''")
+        if self.tiny_vae_decoder == "random" and self.weights_dir is not None:
+            errors.append("tiny_vae_decoder='random' goes with random weights only (the tiny preset, no "
+                          "weights_dir); with real weights give the decoder's weights file (taew2_1.pth)")
         if errors:
             raise BackendError("wan config: " + "; ".join(errors))
 

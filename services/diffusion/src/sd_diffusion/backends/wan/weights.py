@@ -10,6 +10,9 @@ The layout (diffusers' `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` as saved with `save_pr
       causal_generator.pt                            optional: the causal (CausVid / StreamDiffusionV2)
                                                      generator's state dict, loaded over transformer/
 
+The tiny decoder (`tiny_vae_decoder`, TAEHV's taew2_1.pth) is a file of its own, named by its path; taehv.py
+reads it and names what is missing or does not fit.
+
 Nothing is ever fetched: every from_pretrained is local_files_only, and the layout is checked first so
 a missing piece is named (with where it was looked for) before any weight is read.
 """

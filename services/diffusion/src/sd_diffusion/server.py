@@ -67,6 +67,13 @@ def build_backend(settings: DiffusionSettings):
         return make_backend("wan", preset=settings.wan_preset,
                             weights_dir=None if settings.model_dir is None else str(settings.model_dir),
                             device=settings.device, num_steps=settings.num_steps)
+    if settings.backend == "turbo":
+        return make_backend("turbo", preset=settings.turbo_preset,
+                            model_dir=None if settings.model_dir is None else str(settings.model_dir),
+                            tiny_vae_dir=None if settings.turbo_tiny_vae_dir is None
+                            else str(settings.turbo_tiny_vae_dir),
+                            strength=settings.turbo_strength, num_steps=settings.turbo_num_steps,
+                            seed=settings.turbo_seed, device=settings.device, dtype=settings.turbo_dtype)
     return make_backend(settings.backend)
 
 

@@ -54,3 +54,14 @@ class DiffusionSettings(ServiceSettings):
     wan_preset: Literal["1.3b", "tiny"] = "1.3b"
     device: str = Field("auto", description="auto (the first GPU, else the CPU), cpu, cuda:N")
     num_steps: int = Field(2, ge=1, le=4, description="denoising steps per chunk")
+    # The turbo backend (docs/diffusion.md): per-frame few-step image-to-image, an SD-Turbo-class model from
+    # model_dir (stabilityai/sd-turbo's diffusers layout), never downloaded; the "tiny" preset builds a small
+    # random model instead (tests only). It uses device too; num_steps above is wan's.
+    turbo_preset: Literal["sd-turbo", "tiny"] = "sd-turbo"
+    turbo_strength: float = Field(0.5, gt=0.0, le=1.0, description="SDEdit strength: how far into the noise a "
+                                                                   "frame goes")
+    turbo_num_steps: int = Field(1, ge=1, le=4, description="denoising steps (UNet calls) per frame")
+    turbo_seed: int = Field(0, description="the streams' noise, fixed per stream: a still input stays still")
+    turbo_tiny_vae_dir: Path | None = Field(None, description="a local AutoencoderTiny (taesd) that decodes "
+                                                              "instead of the VAE")
+    turbo_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"

@@ -7,7 +7,8 @@ Two parts, each run in this process:
   throughput (output frames per second of wall time); the first frame's time (building the stream's
   state to the first output); peak memory (torch's peak on a GPU, the process's peak RSS on the CPU).
   The wan backend runs with random weights (timings do not depend on weight values): the full 1.3B
-  architecture on a GPU, the tiny test configuration on the CPU, labelled as such.
+  architecture on a GPU, the tiny test configuration on the CPU, labelled as such. The turbo backend
+  runs the SD-Turbo-class model in ``--model-dir``, or without one its tiny random test model.
 * ``stream``: the real service in this process on loopback and one browser-like aiortc peer sending a
   barcoded scene at 30 fps for ``--minutes``; frame age (the service's, input arrival to send) and the
   lag of each returned frame behind the newest sent, per minute, and the process's RSS per minute: the
@@ -53,7 +54,7 @@ def _pcts(values: list[float]) -> dict[str, float]:
             "max": round(float(a.max()), 2), "n": len(a)}
 
 
-def _build(name: str, steps: int, device: str):
+def _build(name: str, steps: int, device: str, model_dir: str | None = None):
     from sd_diffusion.backends import make_backend
 
     if name == "look":
@@ -71,10 +72,19 @@ def _build(name: str, steps: int, device: str):
         backend = WanBackend(config)
         preset = "1.3B" if on_gpu else "tiny (CPU test configuration)"
         return backend, f"wan {preset}, random weights, {steps} steps, {backend.info.device}"
-    raise SystemExit(f"unknown backend {name!r} (look, wan)")
+    if name == "turbo":
+        # An SD-Turbo-class model from --model-dir (stabilityai/sd-turbo's layout); without one, the tests'
+        # tiny random model, on any device.
+        if model_dir:
+            backend = make_backend("turbo", model_dir=model_dir, num_steps=steps, device=device)
+            return backend, f"turbo {model_dir}, {steps} steps, {backend.info.device}"
+        backend = make_backend("turbo", preset="tiny", num_steps=steps, device=device)
+        return backend, f"turbo tiny (the test configuration), random weights, {steps} steps, {backend.info.device}"
+    raise SystemExit(f"unknown backend {name!r} (look, wan, turbo)")
 
 
-def run_backend(name: str, width: int, height: int, steps: int, frames: int, device: str) -> dict:
+def run_backend(name: str, width: int, height: int, steps: int, frames: int, device: str,
+                model_dir: str | None = None) -> dict:
     """One backend at one size and step count: per-frame latency, throughput, first frame, peak memory."""
     from sd_diffusion.backends import ChunkedBackend
 
@@ -88,7 +98,7 @@ def run_backend(name: str, width: int, height: int, steps: int, frames: int, dev
     except ImportError:
         torch = None
     started = time.perf_counter()
-    backend, label = _build(name, steps, device)
+    backend, label = _build(name, steps, device, model_dir)
     built_s = time.perf_counter() - started
     inputs = [scene(i, width, height) for i in range(min(frames, 64))]
     t0 = time.perf_counter()
@@ -131,7 +141,7 @@ async def run_stream(backend: str, minutes: float, width: int, height: int, fps:
     from scale_diffusion.diffusion.v1 import diffusion_pb2_grpc
 
     rt = GrpcRuntime("diffusion", DiffusionSettings(grpc_port=0, metrics_port=0, backend=backend,
-                                                    wan_preset="tiny", shutdown_grace_s=1.0))
+                                                    wan_preset="tiny", turbo_preset="tiny", shutdown_grace_s=1.0))
     register(rt)
     port = await rt.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -187,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--frames", type=int, default=60)
     b.add_argument("--device", default="auto")
     b.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+    b.add_argument("--model-dir", help="the turbo backend's weights (stabilityai/sd-turbo's layout); "
+                                       "without it, its tiny random test model")
     s = sub.add_parser("stream", help="the real service and one peer over loopback WebRTC")
     s.add_argument("--backend", default="look")
     s.add_argument("--minutes", type=float, default=5.0)
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.backends.split(","):
             for size in a.sizes.split(","):
                 for steps in ([1] if name == "look" else [int(x) for x in a.steps.split(",")]):
-                    r = run_backend(name, *_size(size), steps, a.frames, a.device)
+                    r = run_backend(name, *_size(size), steps, a.frames, a.device, a.model_dir)
                     print(json.dumps(r), flush=True)
                     results.append(r)
         out = {**meta, "backend": results}

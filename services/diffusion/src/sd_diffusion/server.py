@@ -74,6 +74,13 @@ def build_backend(settings: DiffusionSettings):
                             weights_dir=None if settings.model_dir is None else str(settings.model_dir),
                             device=settings.device, num_steps=settings.num_steps,
                             tiny_vae_decoder=None if settings.wan_tiny_decoder is None else str(settings.wan_tiny_decoder))
+    if settings.backend == "turbo":
+        return make_backend("turbo", preset=settings.turbo_preset,
+                            model_dir=None if settings.model_dir is None else str(settings.model_dir),
+                            tiny_vae_dir=None if settings.turbo_tiny_vae_dir is None
+                            else str(settings.turbo_tiny_vae_dir),
+                            strength=settings.turbo_strength, num_steps=settings.turbo_num_steps,
+                            seed=settings.turbo_seed, device=settings.device, dtype=settings.turbo_dtype)
     return make_backend(settings.backend)
 
 

@@ -59,6 +59,18 @@ class DiffusionSettings(ServiceSettings):
     # A TAEHV decoder weights file (taew2_1.pth) that decodes instead of the Wan VAE; unset: the VAE decodes.
     wan_tiny_decoder: Path | None = None
 
+    # The turbo backend (docs/diffusion.md): per-frame few-step image-to-image, an SD-Turbo-class model from
+    # model_dir (stabilityai/sd-turbo's diffusers layout), never downloaded; the "tiny" preset builds a small
+    # random model instead (tests only). It uses device too; num_steps above is wan's.
+    turbo_preset: Literal["sd-turbo", "tiny"] = "sd-turbo"
+    turbo_strength: float = Field(0.5, gt=0.0, le=1.0, description="SDEdit strength: how far into the noise a "
+                                                                   "frame goes")
+    turbo_num_steps: int = Field(1, ge=1, le=4, description="denoising steps (UNet calls) per frame")
+    turbo_seed: int = Field(0, description="the streams' noise, fixed per stream: a still input stays still")
+    turbo_tiny_vae_dir: Path | None = Field(None, description="a local AutoencoderTiny (taesd) that decodes "
+                                                              "instead of the VAE")
+    turbo_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
     @field_validator("turn_urls", mode="before")
     @classmethod
     def _split_turn_urls(cls, v: object) -> object:

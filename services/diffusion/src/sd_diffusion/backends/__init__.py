@@ -71,7 +71,7 @@ class ChunkedBackend(Protocol):
         """The (input index, output frame) pairs of the chunks still in flight: a stream's end."""
 
 
-BACKENDS = ("look", "wan")
+BACKENDS = ("look", "wan", "turbo")
 
 
 def make_backend(name: str, **options: Any) -> Backend:
@@ -91,4 +91,12 @@ def make_backend(name: str, **options: Any) -> Backend:
             raise BackendError("the wan backend needs weights_dir (a local Wan2.1 directory, see "
                                "sd_diffusion.backends.wan.weights); random weights only with preset='tiny'")
         return WanBackend(config)
+    if name == "turbo":
+        try:
+            from sd_diffusion.backends.turbo import TurboBackend, TurboConfig
+        except ImportError as e:
+            raise BackendError("the turbo backend needs the models extra (pip install 'sd-diffusion[models]'): "
+                               f"{e}") from e
+
+        return TurboBackend(TurboConfig.from_options(**options))
     raise BackendError(f"unknown diffusion backend {name!r}; known: {', '.join(BACKENDS)}")

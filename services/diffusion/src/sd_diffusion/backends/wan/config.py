@@ -1,7 +1,8 @@
 """The wan backend's configuration: the model's sizes and the streaming schedule, in one frozen dataclass.
 
-`WanConfig()` is Wan2.1-T2V-1.3B as StreamDiffusionV2 runs it; `WanConfig.tiny()` is a model of a few
-thousand parameters with the same structure, for the CPU tests (random weights, no files).
+`WanConfig()` is Wan2.1-T2V-1.3B as StreamDiffusionV2 runs it; `WanConfig.wan_14b()` is Wan2.1-T2V-14B
+(meant for a pipeline over several GPUs, `devices`); `WanConfig.tiny()` is a model of a few thousand
+parameters with the same structure, for the CPU tests (random weights, no files).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from sd_diffusion.backends import BackendError
 
-PRESETS = ("1.3b", "tiny")
+PRESETS = ("1.3b", "14b", "tiny")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ class WanConfig:
         return cls(**{**tiny, **overrides})
 
     @classmethod
+    def wan_14b(cls, **overrides: Any) -> WanConfig:
+        """Wan2.1-T2V-14B: 40 layers of 40 heads x 128 (dim 5120), ffn 13824; the rest as the 1.3B."""
+        return cls(**{**dict(num_layers=40, num_heads=40, ffn_dim=13824), **overrides})
+
+    @classmethod
     def from_options(cls, preset: str = "1.3b", **options: Any) -> WanConfig:
         """make_backend("wan", preset=…, <any field>=…); BackendError names an unknown option."""
         known = {f.name for f in fields(cls)}
@@ -118,6 +124,8 @@ class WanConfig:
                 options[key] = tuple(options[key])
         if preset == "1.3b":
             return cls(**options)
+        if preset == "14b":
+            return cls.wan_14b(**options)
         if preset == "tiny":
             return cls.tiny(**options)
         raise BackendError(f"unknown wan preset {preset!r}; known: {', '.join(PRESETS)}")

@@ -1,19 +1,20 @@
 """The wan transformer's pipeline parallelism on the CPU: two stages on "cpu" against one device (the same
 tensors), the partition arithmetic, chunks in flight on both stages at once, where each stage's parts
-and caches live (a "meta" second stage), and a failing call.
+and caches live (a "meta" second stage), the device list's checks, and the backend over two stages.
 No GPU here: two stages on one CPU show the schedule and the equality, not a speed-up."""
 
 from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the wan backend needs the models extra")
 pytest.importorskip("diffusers", reason="the wan backend needs the models extra")
 
-from sd_diffusion.backends import BackendError  # noqa: E402
-from sd_diffusion.backends.wan import WanConfig  # noqa: E402
+from sd_diffusion.backends import BackendError, make_backend  # noqa: E402
+from sd_diffusion.backends.wan import WanBackend, WanConfig  # noqa: E402
 from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache  # noqa: E402
 from sd_diffusion.backends.wan.pipeline import ModelCall, PipelineParallelWan, stage_bounds  # noqa: E402
 from sd_diffusion.backends.wan.weights import build_transformer  # noqa: E402
@@ -160,3 +161,58 @@ def test_a_failing_call_is_raised_to_its_caller_and_the_pipeline_goes_on():
         assert pipeline.run([calls[1]])[0].shape == calls[1].latents.shape
     with pytest.raises(BackendError, match="closed"):
         pipeline.run([calls[0]])
+
+
+@pytest.mark.parametrize("devices, message", [
+    ("cpu", "needs two devices or more"),
+    ("cpu,cpu,cpu", "3 devices for 2 blocks"),
+    ("auto,cpu", "name every device"),
+    ("gpu0,cpu", "'gpu0' is not a device"),
+    ("meta,cpu", "'meta' is neither cpu nor cuda:N"),
+    ("cpu,cuda:0", "mixes the CPU and GPUs"),
+    ("cuda:0,cuda:0", "cuda:0 named twice"),
+    ("cuda,cuda:1", "give each GPU's index"),
+    ("cuda:98,cuda:99", "(no CUDA device|cuda:98, cuda:99 not there)"),
+])
+def test_a_bad_device_list_is_refused_naming_what_is_wrong(devices, message):
+    with pytest.raises(BackendError, match=f"wan devices '{devices}'.*{message}"):
+        make_backend("wan", preset="tiny", devices=devices)
+
+
+def test_devices_come_from_a_comma_separated_option_or_a_comma_separated_device():
+    assert WanConfig.from_options(preset="tiny", devices=" cuda:0, cuda:1 ").devices == ("cuda:0", "cuda:1")
+    assert WanConfig.from_options(preset="tiny", devices=["cpu", "cpu"]).devices == ("cpu", "cpu")
+    cfg = WanConfig.from_options(preset="tiny", device="cuda:2,cuda:3")  # SD_DIFFUSION_DEVICE as it is
+    assert cfg.devices == ("cuda:2", "cuda:3") and cfg.device == "cuda:2"
+    assert WanConfig.tiny().devices == () and WanConfig.tiny().device == "cpu"
+    assert WanConfig.from_options(preset="14b").num_layers == 40
+
+
+W, H = 40, 36
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    xx = np.arange(W, dtype=np.float32)[None, :, None]
+    return [np.clip(100 + 60 * np.sin((xx + 3 * i) / 6.0) + rng.normal(0, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+            for i in range(n)]
+
+
+def _run(backend, frames):
+    state = backend.new_stream(W, H, "a city street at night")
+    per_push = [backend.push(state, f, i) for i, f in enumerate(frames)]
+    return per_push, dict(p for push in per_push for p in push) | dict(backend.flush(state)), state
+
+
+def test_the_backend_over_two_devices_returns_on_the_stream_batched_pushes_the_frames_of_one_chunk_calls():
+    piped = make_backend("wan", preset="tiny", devices="cpu,cpu")
+    assert piped.pipeline is not None and "pipelined over cpu,cpu (1+1 blocks)" in piped.info.model
+    frames = _frames(17)  # 5 + 4 x 3: four chunks
+    per_push, out, state = _run(piped, frames)
+    # the push contract of stream batching: a chunk comes back when the next one is complete, the last on flush
+    assert [len(p) for p in per_push] == [0] * 8 + [5] + [0, 0, 0, 4] * 2
+    assert [i for p in per_push for i, _ in p] == list(range(13)) and sorted(out) == list(range(17))
+    assert state.model_calls == 1 + 2 + 2 + 2 + 1  # one micro-batch per chunk in flight
+    _, one_by_one, _ = _run(WanBackend(WanConfig.tiny(stream_batch=False)), frames)
+    assert all(np.array_equal(out[i], one_by_one[i]) for i in range(17))  # exactly: the same one-chunk calls
+    piped.pipeline.close()

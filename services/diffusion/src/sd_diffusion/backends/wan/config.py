@@ -51,6 +51,8 @@ class WanConfig:
     # to a sink's replaces that sink (the scene has changed); -1: the sinks never change
     stream_batch: bool = True  # the chunks in flight at different steps run as one batch
     seed: int = 0  # the stream's noise generator
+    devices: tuple[str, ...] = ()  # two or more: the transformer's blocks in a pipeline over them (pipeline.py);
+    # a comma-separated string is split ("cuda:0,cuda:1"); given, it sets device to its first; empty: `device`
     device: str = "auto"  # "auto": cuda:0 when there is one, else cpu
     weights_dir: str | None = None  # a local directory in the layout of weights.py; None: random
     tiny_vae_decoder: str | None = None  # reserved: a TAEHV-style decoder path (not built yet)
@@ -71,6 +73,10 @@ class WanConfig:
         if self.num_steps > 1 and 1000 * self.noise_scale_min - 100 <= self.step_list[1]:
             errors.append(f"noise_scale_min {self.noise_scale_min} would start below the second step "
                           f"(1000*s - 100 must exceed {self.step_list[1]})")
+        if isinstance(self.devices, str):
+            object.__setattr__(self, "devices", tuple(d.strip() for d in self.devices.split(",") if d.strip()))
+        if self.devices:  # the pipeline's first device is the one the VAE, the text encoder and the inputs use
+            object.__setattr__(self, "device", self.devices[0])
         if not 0 <= self.sink_frames < self.kv_cache_frames:
             errors.append(f"sink_frames must be within 0..kv_cache_frames-1, got {self.sink_frames} "
                           f"with kv_cache_frames {self.kv_cache_frames}")
@@ -119,7 +125,9 @@ class WanConfig:
         if unknown:
             raise BackendError(f"unknown wan backend option(s) {', '.join(unknown)}; known: preset, "
                                f"{', '.join(sorted(known))}")
-        for key in ("patch_size", "vae_dim_mult", "vae_temporal_downsample", "step_list"):
+        if "," in str(options.get("device", "")) and "devices" not in options:  # SD_DIFFUSION_DEVICE=cuda:0,cuda:1
+            options["devices"] = options.pop("device")
+        for key in ("patch_size", "vae_dim_mult", "vae_temporal_downsample", "step_list", "devices"):
             if key in options and isinstance(options[key], list):
                 options[key] = tuple(options[key])
         if preset == "1.3b":

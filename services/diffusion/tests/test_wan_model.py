@@ -1,6 +1,6 @@
 """The wan backend's model parts on the CPU: the causal transformer against diffusers' own forward, the
-rolling KV cache, the streaming VAE against diffusers' one-shot encode/decode, the 1.3B size on the meta
-device. Tiny random models from config objects; nothing is downloaded."""
+rolling KV cache, the streaming VAE against diffusers' one-shot encode/decode, the 1.3B and 14B sizes on
+the meta device. Tiny random models from config objects; nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -146,3 +146,30 @@ def test_the_1_3b_model_takes_a_480p_first_chunk_on_the_meta_device(meta_1_3b):
         out = meta_1_3b(torch.empty(1, 16, 2, 60, 104), torch.full((1,), 700.0), [text], [caches], [0])
     assert out.shape == (1, 16, 2, 60, 104)  # 832x480 pixels: 2 latent frames of 60x104
     assert all(c.keys.shape == (2, 30 * 52, 12, 128) for c in caches)  # 1,560 tokens a latent frame
+
+
+def _wan_parameters(d: int, ffn: int, layers: int, text_dim: int = 4096, freq_dim: int = 256,
+                    channels: int = 16, patch: int = 1 * 2 * 2) -> int:
+    """Wan2.1's transformer parameter count from its layer shapes (the same sum as the 1.3B test's, by width)."""
+    attn = 4 * (d * d + d) + 2 * d  # q, k, v, out with biases, plus the q/k RMS norms' weights
+    block = 2 * attn + 2 * d + (d * ffn + ffn + ffn * d + d) + 6 * d  # self, cross, norm2, ffn, modulation
+    embed = (channels * patch * d + d) + (freq_dim * d + d) + (d * d + d) + (d * 6 * d + 6 * d)  # patch, time
+    text = (text_dim * d + d) + (d * d + d)
+    head = (d * channels * patch + channels * patch) + 2 * d
+    return layers * block + embed + text + head
+
+
+def test_the_14b_configuration_on_the_meta_device_counts_14_288_491_584_parameters():
+    cfg = WanConfig.from_options(preset="14b")
+    assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ffn_dim, cfg.text_dim, cfg.freq_dim, cfg.patch_size,
+            cfg.latent_channels) == (40, 40, 128, 13824, 4096, 256, (1, 2, 2), 16)  # Wan2.1-T2V-14B's config
+    with torch.device("meta"):
+        model = CausalWanTransformer(build_transformer(cfg))
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)
+    assert _wan_parameters(1536, 8960, 30) == 1_418_996_800  # the sum, checked on the 1.3B's published count
+    expected = _wan_parameters(5120, 13824, 40)
+    # the published Wan2.1-T2V-14B transformer: 1,095 tensors, 14,288,491,584 elements
+    assert expected == 14_288_491_584
+    assert sum(p.numel() for p in params) == expected and len(params) == 1095
+    assert model.heads * model.head_dim == 5120 and len(model.dit.blocks) == 40

@@ -53,7 +53,7 @@ class DiffusionSettings(ServiceSettings):
     # The wan backend (docs/diffusion.md): weights from this local directory, never downloaded; the
     # "tiny" preset builds a small random model instead (tests only, and it says so in its model name).
     model_dir: Path | None = None
-    wan_preset: Literal["1.3b", "tiny"] = "1.3b"
+    wan_preset: Literal["1.3b", "14b", "tiny"] = "1.3b"
     device: str = Field("auto", description="auto (the first GPU, else the CPU), cpu, cuda:N")
     num_steps: int = Field(2, ge=1, le=4, description="denoising steps per chunk")
     # A TAEHV decoder weights file (taew2_1.pth) that decodes instead of the Wan VAE; unset: the VAE decodes.

@@ -19,6 +19,11 @@ Per stream:
    set (taehv.py: the same frame counts). Its frames are resized back to the input size and returned
    paired with the indices of the input frames they were made from, in input order.
 
+With `devices` (two or more) the transformer's blocks are a pipeline over them (pipeline.py) and a
+step's chunks go into it as one micro-batch each, in flight on different stages at once, instead of
+one batch: the frames are then exactly those of `stream_batch=False` (the same one-chunk calls, on the
+same caches), returned on the same pushes as with stream batching.
+
 Noise comes from a generator per chunk, seeded by (seed, chunk number): a stream is reproducible.
 The prompt's text embedding and its cross-attention keys and values are computed once per prompt
 (PromptEmbeddings, TextContext) and fixed per chunk when
@@ -38,6 +43,7 @@ from sd_diffusion.backends import BackendError, BackendInfo
 from sd_diffusion.backends.wan.config import WanConfig
 from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache, TextContext
 from sd_diffusion.backends.wan.taehv import build_tiny_decoder
+from sd_diffusion.backends.wan.pipeline import ModelCall, PipelineParallelWan, resolve_devices
 from sd_diffusion.backends.wan.vae import StreamingVAE, VAEStream
 from sd_diffusion.backends.wan.weights import PromptEmbeddings, load_parts, random_parts
 
@@ -96,22 +102,31 @@ class WanBackend:
 
     def __init__(self, config: WanConfig) -> None:
         self.config = config
-        self.device = _device(config.device)
+        devices = resolve_devices(config.devices, config.num_layers) if config.devices else []
+        self.device = devices[0] if devices else _device(config.device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         # the tiny TAEHV decoder decodes instead of the VAE's own (which still encodes); built first, so a
         # missing file is named before the large weights load
         tiny = None if config.tiny_vae_decoder is None else build_tiny_decoder(
             config.tiny_vae_decoder, config.latent_channels, config.seed).to(self.device, self.dtype)
+        load_to = torch.device("cpu") if devices else self.device  # the pipeline places the transformer itself
         if config.weights_dir is not None:
-            parts = load_parts(Path(config.weights_dir), self.device, self.dtype)
+            parts = load_parts(Path(config.weights_dir), load_to, self.dtype)
             model = f"Wan2.1-T2V causal (StreamDiffusionV2-style), weights {config.weights_dir}, {config.num_steps} steps"
         else:
-            parts = random_parts(config, self.device, self.dtype, seed=config.seed)
+            parts = random_parts(config, load_to, self.dtype, seed=config.seed)
             model = f"wan random weights ({config.num_layers} layers x {config.num_heads * config.head_dim}): tests only"
         self.parts = parts
         self.transformer = CausalWanTransformer(parts.transformer)
         if tiny is not None:
             model += f", TAEHV tiny decoder {config.tiny_vae_decoder}"
+        self.pipeline: PipelineParallelWan | None = None
+        if devices:
+            parts.vae.to(self.device)
+            parts.text_encoder.to(self.device)
+            self.pipeline = PipelineParallelWan(self.transformer, devices)
+            sizes = "+".join(str(st.stop - st.start) for st in self.pipeline.stages)
+            model += f", pipelined over {','.join(config.devices)} ({sizes} blocks)"
         self.vae = StreamingVAE(parts.vae, tiny_decoder=tiny)
         self.prompts = PromptEmbeddings(parts, config.text_len_tokens, prepare=self.transformer.text_context)
         self.info = BackendInfo(name="wan", model=model, device=str(self.device))
@@ -203,21 +218,23 @@ class WanBackend:
         state.in_flight.append(chunk)
 
     def _tick(self, state: WanStream) -> Ready:
-        """One model call per shape group: every chunk in flight advances one step; finished ones are decoded."""
+        """One model call per shape group (per chunk in a pipeline): every chunk in flight advances one step;
+        finished ones are decoded."""
         cfg = self.config
-        groups: dict[tuple[int, ...], list[Chunk]] = {}
-        for chunk in state.in_flight:
-            groups.setdefault(tuple(chunk.latents.shape), []).append(chunk)
-        for chunks in groups.values():
-            x = torch.cat([c.latents for c in chunks])
-            flow = self.transformer(
-                x.to(self.dtype),
-                torch.tensor([c.timesteps[c.step] for c in chunks], device=self.device),
-                [c.text for c in chunks],
-                [state.caches[c.step] for c in chunks],
-                [c.first_latent_id for c in chunks],
-            ).float()
-            state.model_calls += 1
+        groups: dict[object, list[Chunk]] = {}
+        for chunk in state.in_flight:  # one batch per shape; in a pipeline one micro-batch per chunk (see above)
+            groups.setdefault(chunk.number if self.pipeline else tuple(chunk.latents.shape), []).append(chunk)
+        calls = [ModelCall(torch.cat([c.latents for c in chunks]).to(self.dtype),
+                           torch.tensor([c.timesteps[c.step] for c in chunks], device=self.device),
+                           [c.text for c in chunks],
+                           [state.caches[c.step] for c in chunks],
+                           [c.first_latent_id for c in chunks])
+                 for chunks in groups.values()]
+        # the calls are independent: the chunks in flight are at different steps, so read different caches
+        flows = self.pipeline.run(calls) if self.pipeline else [self.transformer(*call) for call in calls]
+        state.model_calls += len(calls)
+        for chunks, flow in zip(groups.values(), flows):
+            flow = flow.float()
             for row, chunk in enumerate(chunks):
                 x0 = chunk.latents[0:1] - chunk.sigmas[chunk.step] * flow[row:row + 1]
                 chunk.step += 1

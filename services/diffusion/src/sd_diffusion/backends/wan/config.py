@@ -1,7 +1,8 @@
 """The wan backend's configuration: the model's sizes and the streaming schedule, in one frozen dataclass.
 
-`WanConfig()` is Wan2.1-T2V-1.3B as StreamDiffusionV2 runs it; `WanConfig.tiny()` is a model of a few
-thousand parameters with the same structure, for the CPU tests (random weights, no files).
+`WanConfig()` is Wan2.1-T2V-1.3B as StreamDiffusionV2 runs it; `WanConfig.wan_14b()` is Wan2.1-T2V-14B
+(meant for a pipeline over several GPUs, `devices`); `WanConfig.tiny()` is a model of a few thousand
+parameters with the same structure, for the CPU tests (random weights, no files).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from sd_diffusion.backends import BackendError
 
-PRESETS = ("1.3b", "tiny")
+PRESETS = ("1.3b", "14b", "tiny")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class WanConfig:
     # to a sink's replaces that sink (the scene has changed); -1: the sinks never change
     stream_batch: bool = True  # the chunks in flight at different steps run as one batch
     seed: int = 0  # the stream's noise generator
+    devices: tuple[str, ...] = ()  # two or more: the transformer's blocks in a pipeline over them (pipeline.py);
+    # a comma-separated string is split ("cuda:0,cuda:1"); given, it sets device to its first; empty: `device`
     device: str = "auto"  # "auto": cuda:0 when there is one, else cpu
     weights_dir: str | None = None  # a local directory in the layout of weights.py; None: random
     # a TAEHV decoder weights file (taew2_1.pth; taehv.py) decodes instead of the VAE, which still encodes;
@@ -72,6 +75,10 @@ class WanConfig:
         if self.num_steps > 1 and 1000 * self.noise_scale_min - 100 <= self.step_list[1]:
             errors.append(f"noise_scale_min {self.noise_scale_min} would start below the second step "
                           f"(1000*s - 100 must exceed {self.step_list[1]})")
+        if isinstance(self.devices, str):
+            object.__setattr__(self, "devices", tuple(d.strip() for d in self.devices.split(",") if d.strip()))
+        if self.devices:  # the pipeline's first device is the one the VAE, the text encoder and the inputs use
+            object.__setattr__(self, "device", self.devices[0])
         if not 0 <= self.sink_frames < self.kv_cache_frames:
             errors.append(f"sink_frames must be within 0..kv_cache_frames-1, got {self.sink_frames} "
                           f"with kv_cache_frames {self.kv_cache_frames}")
@@ -111,6 +118,11 @@ class WanConfig:
         return cls(**{**tiny, **overrides})
 
     @classmethod
+    def wan_14b(cls, **overrides: Any) -> WanConfig:
+        """Wan2.1-T2V-14B: 40 layers of 40 heads x 128 (dim 5120), ffn 13824; the rest as the 1.3B."""
+        return cls(**{**dict(num_layers=40, num_heads=40, ffn_dim=13824), **overrides})
+
+    @classmethod
     def from_options(cls, preset: str = "1.3b", **options: Any) -> WanConfig:
         """make_backend("wan", preset=…, <any field>=…); BackendError names an unknown option."""
         known = {f.name for f in fields(cls)}
@@ -118,11 +130,15 @@ class WanConfig:
         if unknown:
             raise BackendError(f"unknown wan backend option(s) {', '.join(unknown)}; known: preset, "
                                f"{', '.join(sorted(known))}")
-        for key in ("patch_size", "vae_dim_mult", "vae_temporal_downsample", "step_list"):
+        if "," in str(options.get("device", "")) and "devices" not in options:  # SD_DIFFUSION_DEVICE=cuda:0,cuda:1
+            options["devices"] = options.pop("device")
+        for key in ("patch_size", "vae_dim_mult", "vae_temporal_downsample", "step_list", "devices"):
             if key in options and isinstance(options[key], list):
                 options[key] = tuple(options[key])
         if preset == "1.3b":
             return cls(**options)
+        if preset == "14b":
+            return cls.wan_14b(**options)
         if preset == "tiny":
             return cls.tiny(**options)
         raise BackendError(f"unknown wan preset {preset!r}; known: {', '.join(PRESETS)}")

@@ -21,7 +21,7 @@ lengths are padded and masked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +86,49 @@ class FrameKVCache:
 
 @dataclass(frozen=True)
 class TextContext:
-    """A prompt's cross-attention keys and values, one pair per block (1 x text tokens x heads x head_dim)."""
+    """A prompt's cross-attention keys and values, one pair per block (1 x text tokens x heads x head_dim),
+    each on its block's device."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+
+
+@dataclass
+class Activations:
+    """One call between the input embedding and the output head: what the blocks read, and the hidden states.
+
+    forward is embed, then run_blocks over every block, then head. A pipeline stage (pipeline.py) runs
+    a range of blocks and hands this on with `to(next device)`; the caches and text contexts it names
+    are not moved: each block's live on that block's device.
+    """
+
+    x: torch.Tensor  # batch x tokens x dim: the hidden states
+    temb: torch.Tensor  # batch x dim: the timestep embedding (the head's modulation)
+    tproj: torch.Tensor  # batch x 6 x dim: the blocks' modulation
+    rope: tuple[torch.Tensor, ...]  # cos_q, sin_q, cos_k, sin_k (batch x tokens x 1 x dim/2)
+    mask: torch.Tensor | None  # batch x 1 x queries x keys (True: seen); None: nothing hidden
+    text: list[TextContext]  # each row's
+    caches: list[list[FrameKVCache]]  # [row][block]
+    first_frame_ids: list[int]
+    write_cache: bool
+    frames: int  # latent frames of each row's chunk
+    pph: int  # tokens per frame, down
+    ppw: int  # and across
+    ctx_frames: list[int]  # latent frames each row's caches held when the call began
+
+    @property
+    def per_frame(self) -> int:
+        return self.pph * self.ppw
+
+    @property
+    def n_ctx(self) -> int:
+        return max(self.ctx_frames)
+
+    def to(self, device: torch.device) -> Activations:
+        """The tensors on `device` (the next stage's); the rest as it is."""
+        mask = None if self.mask is None else self.mask.to(device)
+        return replace(self, x=self.x.to(device), temb=self.temb.to(device), tproj=self.tproj.to(device),
+                       rope=tuple(t.to(device) for t in self.rope), mask=mask)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -144,8 +183,9 @@ class CausalWanTransformer(nn.Module):
         keys, values = [], []
         for block in dit.blocks:
             attn = block.attn2
-            keys.append(attn.norm_k(attn.to_k(text_h)).unflatten(2, (self.heads, -1)))
-            values.append(attn.to_v(text_h).unflatten(2, (self.heads, -1)))
+            h = text_h.to(attn.to_k.weight.device)  # a pipeline's later stages keep their blocks' keys
+            keys.append(attn.norm_k(attn.to_k(h)).unflatten(2, (self.heads, -1)))
+            values.append(attn.to_v(h).unflatten(2, (self.heads, -1)))
         return TextContext(keys, values)
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor | list[TextContext],
@@ -158,6 +198,19 @@ class CausalWanTransformer(nn.Module):
         contexts are then computed here); caches[b]: row b's cache, one per block;
         first_frame_ids[b]: the stream's number of row b's first latent frame (kept beside its keys).
         With write_cache the chunk's keys and values join its caches after the call.
+
+        The three parts (embed, run_blocks, head) are what a pipeline stage runs a share of (pipeline.py).
+        """
+        act = self.embed(latents, timesteps, text, caches, first_frame_ids, write_cache)
+        return self.head(self.run_blocks(act, 0, len(self.dit.blocks)))
+
+    def embed(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor | list[TextContext],
+              caches: list[list[FrameKVCache]], first_frame_ids: list[int],
+              write_cache: bool = True) -> Activations:
+        """The input side of forward (same arguments): patch and timestep embeddings, RoPE tables, the mask.
+
+        The caches' frame counts are read from block 0's; each block checks its own when it runs (in a
+        pipeline the later blocks may still be writing the previous chunk's keys at this point).
         """
         dit = self.dit
         b, _, f, hgt, wid = latents.shape
@@ -179,20 +232,16 @@ class CausalWanTransformer(nn.Module):
         tproj = cond.time_proj(cond.act_fn(temb)).unflatten(1, (6, -1))
         if isinstance(text, torch.Tensor):
             text = [self.text_context(text[r:r + 1]) for r in range(b)]
-        text_k = [torch.cat([c.keys[i] for c in text]) for i in range(len(dit.blocks))]
-        text_v = [torch.cat([c.values[i] for c in text]) for i in range(len(dit.blocks))]
 
         # positions: row r's cache at 0..n_r-1, its chunk at n_r..n_r+f-1
         ctx_frames = [row[0].frames for row in caches]
-        if any(c.frames != row[0].frames for row in caches for c in row):
-            raise ValueError("a row's caches hold different numbers of frames from block to block")
         n_ctx = max(ctx_frames)
         cos_q, sin_q, cos_k, sin_k = [], [], [], []
         for n in ctx_frames:
             cq, sq = self._rope(torch.arange(n, n + f, device=device), pph, ppw)
             ck, sk = self._rope(torch.arange(0, n_ctx, device=device), pph, ppw)  # padding rows: unused
             cos_q.append(cq), sin_q.append(sq), cos_k.append(torch.cat([ck, cq])), sin_k.append(torch.cat([sk, sq]))
-        cos_q, sin_q, cos_k, sin_k = (torch.stack(t) for t in (cos_q, sin_q, cos_k, sin_k))
+        rope = tuple(torch.stack(t) for t in (cos_q, sin_q, cos_k, sin_k))
 
         # the mask: frame-causal inside the chunk, the cache fully visible, padding hidden
         q_frame = torch.arange(n_tokens, device=device) // per_frame
@@ -205,8 +254,23 @@ class CausalWanTransformer(nn.Module):
                 ctx[:, : n * per_frame] = True
                 rows.append(torch.cat([ctx, own], dim=1))
             mask = torch.stack(rows)[:, None]
+        return Activations(x, temb, tproj, rope, mask, list(text), caches, list(first_frame_ids), write_cache,
+                           f, pph, ppw, ctx_frames)
 
-        for i, block in enumerate(dit.blocks):
+    def run_blocks(self, act: Activations, start: int, stop: int) -> Activations:
+        """Blocks start..stop-1 on act.x (on their device, where their caches and text keys are); act, updated."""
+        dit = self.dit
+        x = act.x
+        b, device = x.shape[0], x.device
+        f, per_frame, n_ctx = act.frames, act.per_frame, act.n_ctx
+        cos_q, sin_q, cos_k, sin_k = act.rope
+        tproj = act.tproj
+        for i in range(start, stop):
+            block = dit.blocks[i]
+            if any(row[i].frames != n for row, n in zip(act.caches, act.ctx_frames)):
+                raise ValueError("a row's caches hold different numbers of frames from block to block")
+            text_k = torch.cat([c.keys[i] for c in act.text])
+            text_v = torch.cat([c.values[i] for c in act.text])
             shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + tproj.float()).chunk(6, dim=1)
             h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
 
@@ -216,31 +280,39 @@ class CausalWanTransformer(nn.Module):
             v = attn.to_v(h).unflatten(2, (self.heads, -1))
             ctx_k = torch.zeros(b, n_ctx * per_frame, self.heads, self.head_dim, dtype=k.dtype, device=device)
             ctx_v = torch.zeros_like(ctx_k)
-            for r, row in enumerate(caches):
+            for r, row in enumerate(act.caches):
                 cache = row[i]
                 if cache.frames:
                     ctx_k[r, : cache.frames * per_frame] = cache.keys.flatten(0, 1)
                     ctx_v[r, : cache.frames * per_frame] = cache.values.flatten(0, 1)
             keys = rotate(torch.cat([ctx_k, k], dim=1), cos_k, sin_k)
             values = torch.cat([ctx_v, v], dim=1)
-            out = attention(rotate(q, cos_q, sin_q), keys, values, mask).flatten(2, 3).type_as(q)
+            out = attention(rotate(q, cos_q, sin_q), keys, values, act.mask).flatten(2, 3).type_as(q)
             out = attn.to_out[1](attn.to_out[0](out))
             x = (x.float() + out * gate).type_as(x)
 
             h = block.norm2(x.float()).type_as(x)
             cross = block.attn2
             q = cross.norm_q(cross.to_q(h)).unflatten(2, (self.heads, -1))
-            out = attention(q, text_k[i], text_v[i], None).flatten(2, 3).type_as(q)
+            out = attention(q, text_k, text_v, None).flatten(2, 3).type_as(q)
             x = x + cross.to_out[1](cross.to_out[0](out))
 
             h = (block.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
             x = (x.float() + block.ffn(h).float() * c_gate).type_as(x)
 
-            if write_cache:
-                for r, row in enumerate(caches):
+            if act.write_cache:
+                for r, row in enumerate(act.caches):
                     row[i].append(k[r].unflatten(0, (f, per_frame)), v[r].unflatten(0, (f, per_frame)),
-                                  first_frame_ids[r])
+                                  act.first_frame_ids[r])
+        act.x = x
+        return act
 
+    def head(self, act: Activations) -> torch.Tensor:
+        """The output side of forward: the final norm and projection, unpatchified to the latents' shape."""
+        dit = self.dit
+        x, temb = act.x, act.temb
+        b, f, pph, ppw = x.shape[0], act.frames, act.pph, act.ppw
+        p_t, p_h, p_w = self.patch_size
         shift, scale = (dit.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (dit.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         x = dit.proj_out(x)

@@ -261,6 +261,11 @@ async def test_the_wan_backend_streams_through_the_real_service_with_every_barco
         assert set(ids) <= set(player.track.sent)
         (s,) = (await stub.GetStats(pb.GetStatsRequest(), timeout=5)).streams
         assert s.barcodes_unread == 0 and s.frames_out >= 20
+        # the backend's own parts, timed per push: the VAE on every chunk, the model on every step
+        parts = {k: v for k, v in s.stages.items() if k.startswith("model.")}
+        assert set(parts) == {"model.vae_encode", "model.denoise", "model.vae_decode"}, set(s.stages)
+        assert all(v.count > 0 and v.max_ms > 0 for v in parts.values())
+        assert parts["model.denoise"].max_ms <= s.stages["model"].max_ms
         cap = await _capacity(stub)
         assert cap.backend == "wan" and cap.device == "cpu"
     finally:

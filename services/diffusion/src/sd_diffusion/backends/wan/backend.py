@@ -32,6 +32,7 @@ the chunk's last frame arrives; set_prompt takes effect from the next chunk.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class WanStream:
     latent_frames: int = 0
     model_calls: int = 0
     noise_scales: list[float] = field(default_factory=list)  # s per chunk (the tests read it)
+    # seconds in each part since the server last read them (sd_diffusion.stream records and clears them)
+    stage_s: dict[str, float] = field(default_factory=dict)
 
 
 def _device(name: str) -> torch.device:
@@ -205,8 +208,10 @@ class WanBackend:
         state.noise_scale, state.last_frame = s, pixels[-1]
         state.noise_scales.append(s)
 
+        t0 = time.perf_counter()
         x = torch.from_numpy(pixels).permute(3, 0, 1, 2)[None].to(self.device, self.dtype)
         latents = self.vae.encode(state.vae, x)
+        self._timed(state, "vae_encode", t0)
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + state.chunks)
         noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=torch.float32)
         sigmas = [s] + [t / 1000.0 for t in cfg.timesteps[1:]]
@@ -231,7 +236,9 @@ class WanBackend:
                            [c.first_latent_id for c in chunks])
                  for chunks in groups.values()]
         # the calls are independent: the chunks in flight are at different steps, so read different caches
+        t0 = time.perf_counter()
         flows = self.pipeline.run(calls) if self.pipeline else [self.transformer(*call) for call in calls]
+        self._timed(state, "denoise", t0)
         state.model_calls += len(calls)
         for chunks, flow in zip(groups.values(), flows):
             flow = flow.float()
@@ -250,8 +257,16 @@ class WanBackend:
             ready += self._decode(state, chunk)
         return ready
 
+    def _timed(self, state: WanStream, part: str, t0: float) -> None:
+        """Adds the time since t0 to the part (after the device finished its queued work, on a GPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        state.stage_s[part] = state.stage_s.get(part, 0.0) + time.perf_counter() - t0
+
     def _decode(self, state: WanStream, chunk: Chunk) -> Ready:
+        t0 = time.perf_counter()
         pixels = self.vae.decode(state.vae, chunk.latents)[0].permute(1, 2, 3, 0).float().cpu().numpy()
+        self._timed(state, "vae_decode", t0)
         frames = np.clip((pixels + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
         if len(frames) != len(chunk.indices):
             raise BackendError(f"the VAE decoded {len(frames)} frames for a chunk of {len(chunk.indices)}")

@@ -27,7 +27,7 @@ protos: $(BIN)/python
 $(VENV)/.installed: $(BIN)/python constraints.txt tests/requirements.txt $(PYPROJECTS)
 	$(PIP) grpcio-tools
 	$(BIN)/python services/common/src/sd_common/protogen.py --protos protos --out services/common/src
-	$(PIP) -e 'services/common[media,city]' $(foreach s,$(SERVICES),-e services/$(s)) -e 'services/diffusion[models]' -r tests/requirements.txt
+	$(PIP) -e 'services/common[media,city]' $(foreach s,$(SERVICES),-e services/$(s)) -e 'services/diffusion[models,standin]' -r tests/requirements.txt
 	touch $@
 
 # Debian packages: needs root (as on CI and the dev machines); otherwise says what to install.

@@ -58,6 +58,7 @@ EVERYTHING: dict[str, Any] = {
         "corsOrigins": ["https://play.example.com", "https://beta.example.com"],
         "tokenSecret": {"existingSecret": "gw-token", "existingSecretKey": "key"},
         "database": {"existingSecret": "gw-db", "existingSecretKey": "url"},
+        "hostedDiffusion": {"provider": "mirage", "apiKey": {"existingSecret": "decart", "existingSecretKey": "key"}},
         "env": {"SD_GATEWAY_EXTRA": 7},
         "extraEnv": [{"name": "FROM_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "podAnnotations": {"team": "play"},
@@ -83,7 +84,8 @@ EVERYTHING: dict[str, Any] = {
 SECRETS_AS_VALUES: dict[str, Any] = {
     "aws": {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "s3cr3t"},
     "gateway": {"tokenSecret": {"value": "a-device-token-signing-key-of-40-bytes!!"},
-                "database": {"url": "postgresql+psycopg://gw:pw@db:5432/gateway"}},
+                "database": {"url": "postgresql+psycopg://gw:pw@db:5432/gateway"},
+                "hostedDiffusion": {"provider": "mirage", "apiKey": {"value": "dk-example-key"}}},
     "ingest": {"database": {"url": "postgresql+psycopg://in:pw@db:5432/ingest"}},
 }
 # What every installation must give: with the default S3 store, the queue of its object-created events
@@ -575,7 +577,7 @@ def test_cors_origins_are_comma_separated():
 # output may be used as a value. Everything else a per-service template hands to a shared one is data
 # (maps and lists), never a YAML fragment rendered by one template and pasted by another.
 SCALAR_TEMPLATES = {"sd.name", "sd.fullname", "sd.componentName", "sd.grpcTarget", "sd.chart", "sd.image",
-                  "sd.serviceAccountName", "sd.envPrefix", "sd.awsSecretName"}
+                  "sd.serviceAccountName", "sd.envPrefix", "sd.awsSecretName", "sd.hostedDiffusion"}
 
 
 def test_templates_pass_data_between_them_not_yaml_text():
@@ -778,6 +780,7 @@ def test_existing_secrets_are_referenced_and_not_created():
     gw, ingest = env_of(docs, deployments["gateway"]), env_of(docs, deployments["ingest"])
     assert gw["SD_GATEWAY_TOKEN_SECRET"] == {"secretKeyRef": {"name": "gw-token", "key": "key"}}
     assert gw["SD_GATEWAY_DATABASE_URL"] == {"secretKeyRef": {"name": "gw-db", "key": "url"}}
+    assert gw["SD_GATEWAY_MIRAGE_API_KEY"] == {"secretKeyRef": {"name": "decart", "key": "key"}}
     assert ingest["SD_INGEST_DATABASE_URL"] == {"secretKeyRef": {"name": "ingest-db", "key": "database-url"}}
 
 
@@ -787,6 +790,7 @@ def test_secrets_given_as_values_are_stored_in_chart_secrets_and_referenced():
     for svc, var, value_key in [
         ("gateway", "SD_GATEWAY_TOKEN_SECRET", ("gateway", "tokenSecret", "value")),
         ("gateway", "SD_GATEWAY_DATABASE_URL", ("gateway", "database", "url")),
+        ("gateway", "SD_GATEWAY_MIRAGE_API_KEY", ("gateway", "hostedDiffusion", "apiKey", "value")),
         ("ingest", "SD_INGEST_DATABASE_URL", ("ingest", "database", "url")),
         ("processor", "AWS_SECRET_ACCESS_KEY", ("aws", "secretAccessKey")),
     ]:
@@ -795,6 +799,21 @@ def test_secrets_given_as_values_are_stored_in_chart_secrets_and_referenced():
         for part in value_key:
             want = want[part]
         assert secret_data(docs, ref["name"])[ref["key"]] == want, var
+
+
+def test_hosted_diffusion_is_off_by_default_and_on_needs_a_key():
+    plain = scenario("defaults")[0]
+    defaults = env_of(plain, by_component(plain, "Deployment")["gateway"])
+    assert not any(k.startswith("SD_GATEWAY_MIRAGE") or k == "SD_GATEWAY_HOSTED_DIFFUSION" for k in defaults)
+    unquoted = render({"gateway": {"hostedDiffusion": {"provider": False}}})  # YAML's `provider: off`
+    assert "SD_GATEWAY_HOSTED_DIFFUSION" not in env_of(unquoted, by_component(unquoted, "Deployment")["gateway"])
+    with pytest.raises(helm.HelmRenderError, match="hostedDiffusion.apiKey"):
+        render({"gateway": {"hostedDiffusion": {"provider": "mirage"}}})
+    docs, _, _ = scenario("secrets-as-values")
+    gw = env_of(docs, by_component(docs, "Deployment")["gateway"])
+    assert (gw["SD_GATEWAY_HOSTED_DIFFUSION"], gw["SD_GATEWAY_MIRAGE_MODEL"], gw["SD_GATEWAY_MIRAGE_REALTIME_URL"]) == (
+        "mirage", "mirage_v2", "wss://api3.decart.ai/v1/stream")
+    assert not any("dk-example-key" in str(cm["data"]) for cm in objects(docs, "ConfigMap"))  # only in the Secret
 
 
 def test_a_token_secret_too_short_for_the_gateway_is_refused():

@@ -89,3 +89,12 @@ app.kubernetes.io/part-of: scale-diffusion
 {{- printf "%s-aws" (include "sd.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The gateway's hosted diffusion provider ("mirage"), or "" when it is off (an unquoted `off` in YAML
+is false, which also means off). Takes the root context. */}}
+{{- define "sd.hostedDiffusion" -}}
+{{- $p := toString .Values.gateway.hostedDiffusion.provider -}}
+{{- if not (has $p (list "off" "false" "" "<nil>")) -}}
+{{- $p -}}
+{{- end -}}
+{{- end -}}

@@ -142,6 +142,24 @@ def test_duplicate_paths_are_rejected_at_the_second_entry():
     (lambda d: d["diffusion"].update(enabled=True, backend="webrtc", model="m", plain_from_frame_id=-1),
      "manifest_value_out_of_range", "manifest.json:diffusion.plain_from_frame_id"),
     (lambda d: d["city"].pop("seed"), "manifest_field_missing", "manifest.json:city"),
+    (lambda d: d["diffusion"].update(pairing="latency"), "manifest_value_invalid", "manifest.json:diffusion.pairing"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="mirage", model="m", pairing="guess"),
+     "manifest_value_invalid", "manifest.json:diffusion.pairing"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="mirage", model="m", pairing="latency",
+                                     pairing_latency_ms=180.0), "manifest_field_missing",
+     "manifest.json:diffusion.pairing_error_ms"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="mirage", model="m", pairing="latency",
+                                     pairing_error_ms=20), "manifest_field_missing",
+     "manifest.json:diffusion.pairing_latency_ms"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="mirage", model="m", pairing="latency",
+                                     pairing_latency_ms=180.0, pairing_error_ms=-1), "manifest_value_out_of_range",
+     "manifest.json:diffusion.pairing_error_ms"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="webrtc", model="m", pairing="barcode",
+                                     pairing_error_ms=12.5), "manifest_value_invalid",
+     "manifest.json:diffusion.pairing_error_ms"),
+    (lambda d: d["diffusion"].update(enabled=True, backend="mirage", model="m", pairing="latency",
+                                     pairing_latency_ms=180.0, pairing_error_ms=20, pairing_samples=1.5),
+     "manifest_value_invalid", "manifest.json:diffusion.pairing_samples"),
 ])
 def test_wrong_fields_are_named_precisely(mutate, code, path):
     doc = valid_manifest()
@@ -149,6 +167,16 @@ def test_wrong_fields_are_named_precisely(mutate, code, path):
     problems = problems_of(doc)
     assert (code, path) in [(p.code, p.path) for p in problems], problems
     assert all(p.message.startswith("manifest.json") for p in problems)
+
+
+def test_a_latency_pairing_with_its_error_is_valid():
+    doc = valid_manifest()
+    doc["diffusion"] = {"enabled": True, "backend": "mirage", "prompt": "p", "model": "mirage_v2",
+                        "pairing": "latency", "pairing_latency_ms": 182.5, "pairing_error_ms": 41, "pairing_samples": 0}
+    m = parse_manifest(json.dumps(doc).encode())
+    assert (m.diffusion.pairing, m.diffusion.pairing_latency_ms, m.diffusion.pairing_error_ms) == ("latency", 182.5, 41)
+    doc["diffusion"].update(pairing="barcode", pairing_error_ms=0)
+    assert parse_manifest(json.dumps(doc).encode()).diffusion.pairing == "barcode"
 
 
 def test_nan_is_not_a_number_here():

@@ -160,6 +160,8 @@ async def test_documented_statuses_are_exactly_those_answered(start_gw, tmp_path
     for op, errors in OPERATION_ERRORS.items():
         expected = {SUCCESS.get(op, 200), *errors}
         assert documented[op] == expected, op
+        if op == ("POST", "/v1/diffusion/hosted-token"):
+            continue  # needs a provider: test_hosted_diffusion.py sees each of its statuses against the stand-in
         if op == OF:  # success needs a diffusion service; this gateway has none (test_grpc_api's relay test sees 200)
             expected -= {200}
         assert seen.statuses[op] == expected, (op, sorted(seen.statuses[op]), sorted(expected))

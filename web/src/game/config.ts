@@ -1,4 +1,5 @@
 /** Game settings from the page URL, e.g. `?autopilot=1&seed=7&duration_s=32&size=640x360`. */
+import { DEFAULT_LATENCY_ERROR_MS, DEFAULT_LATENCY_MS } from '../media/hosted';
 import { CARLA_FRONT_CAMERA, type CameraMount } from '../sim/camera';
 
 /** The city played when the URL names none: the real East Village (web/public/cities/east-village.json). */
@@ -27,6 +28,14 @@ export interface GameConfig {
   /** Render as fast as possible and report the frame rate (bench/game_bench). */
   bench: boolean;
   diffusion: boolean;
+  /**
+   * Who serves the diffusion view: 'gateway', the gateway's diffusion pods (`?diffusion=1`), or 'mirage',
+   * the hosted provider the gateway mints tokens for (`?diffusion=mirage`, docs/diffusion.md "Hosted (Mirage)").
+   */
+  diffusionProvider: 'gateway' | 'mirage';
+  /** The hosted model's latency to assume until barcode reads measure it, and its error (`?diffusion_latency_ms=`, `?diffusion_latency_error_ms=`). */
+  diffusionLatencyMs: number;
+  diffusionLatencyErrorMs: number;
   cars: number;
   pedestrians: number;
   gatewayUrl: string;
@@ -68,6 +77,7 @@ export function parseConfig(search: string, randomSeed: () => number = () => Mat
   mount.fov_deg = float(q.get('fov'), mount.fov_deg, 20, 150);
   const bench = flag(q.get('bench'), false);
   const city = q.get('city') || DEFAULT_CITY;
+  const hosted = q.get('diffusion') === 'mirage';
   return {
     seed: int(q.get('seed'), randomSeed(), 0, 2 ** 31 - 1),
     citySeed: int(q.get('city_seed'), 1, 0, 2 ** 31 - 1),
@@ -82,7 +92,10 @@ export function parseConfig(search: string, randomSeed: () => number = () => Mat
     record: flag(q.get('record'), true),
     upload: flag(q.get('upload'), !bench),
     bench,
-    diffusion: flag(q.get('diffusion'), false),
+    diffusion: hosted || flag(q.get('diffusion'), false),
+    diffusionProvider: hosted ? 'mirage' : 'gateway',
+    diffusionLatencyMs: float(q.get('diffusion_latency_ms'), DEFAULT_LATENCY_MS, 0, 5000),
+    diffusionLatencyErrorMs: float(q.get('diffusion_latency_error_ms'), DEFAULT_LATENCY_ERROR_MS, 0, 5000),
     cars: int(q.get('cars'), 40, 0, 400),
     pedestrians: int(q.get('peds'), 40, 0, 400),
     gatewayUrl: q.get('gateway') ?? '',

@@ -15,6 +15,7 @@ import { driveScore } from '../sim/score';
 import { SIM_DT_S, World } from '../sim/world';
 import { CanvasRecorder, bitrateFor } from '../media/recorder';
 import { DIFFUSION_PROMPT, DiffusionLink } from '../media/diffusion';
+import { HostedLink, type DiffusionStream } from '../media/hosted';
 import { GameView, type ViewMode } from '../render/view';
 import type { GameConfig } from './config';
 import { listCities, loadCity, type LoadedCity } from './cityLoader';
@@ -102,11 +103,11 @@ export class Game {
   private notice: { text: string; until: number } | null = null;
   private diffusionMessage: string | null = null;
   /** The live diffusion stream of this session, if any. */
-  private diffusion: DiffusionLink | null = null;
+  private diffusion: DiffusionStream | null = null;
   /** A diffusion stream being connected (fed with frames before it is live). */
-  private diffusionLink: DiffusionLink | null = null;
+  private diffusionLink: DiffusionStream | null = null;
   /** The stream this session showed until it was lost, and the first frame shown plain after it. */
-  private diffusionLost: { link: DiffusionLink; plainFromFrameId: number } | null = null;
+  private diffusionLost: { link: DiffusionStream; plainFromFrameId: number } | null = null;
   diffusionWanted: boolean;
   private upload: UploadProgress | null = null;
   private result: SessionResult | null = null;
@@ -297,7 +298,11 @@ export class Game {
   }
 
   private async connectDiffusion(sessionId: string): Promise<void> {
-    const link = new DiffusionLink(this.cfg.width, this.cfg.height);
+    // `?diffusion=mirage`: the hosted provider, reached directly with a token from the gateway (media/hosted.ts).
+    const link: DiffusionStream = this.cfg.diffusionProvider === 'mirage'
+      ? new HostedLink(this.cfg.width, this.cfg.height,
+        { defaultLatencyMs: this.cfg.diffusionLatencyMs, defaultErrorMs: this.cfg.diffusionLatencyErrorMs })
+      : new DiffusionLink(this.cfg.width, this.cfg.height);
     this.diffusionLink = link;
     try {
       await link.connect(this.client, sessionId, DIFFUSION_PROMPT);
@@ -404,7 +409,7 @@ export class Game {
     if (this.rec && this.diffusion?.live) {
       // The render goes out with its own id, which the service draws on the picture it makes of it.
       this.view.drawBarcode(this.rec.nextFrameId, this.cellPx);
-      this.diffusion.send(this.canvas);
+      this.diffusion.send(this.canvas, this.rec.nextFrameId);
       this.view.drawVideo(this.diffusion.video);
       diffusionFrameId = this.diffusion.shownFrameId();
     }
@@ -488,7 +493,7 @@ export class Game {
       cellPx: this.cellPx,
       diffusion: shown
         ? { enabled: true, backend: shown.backend, prompt: DIFFUSION_PROMPT, model: shown.model ?? 'unknown',
-            plain_from_frame_id: this.diffusionLost?.plainFromFrameId ?? null }
+            plain_from_frame_id: this.diffusionLost?.plainFromFrameId ?? null, ...shown.pairingSummary?.() }
         : { enabled: false, backend: null, prompt: null, model: null },
       durationS,
     });

@@ -195,10 +195,15 @@ export interface ManifestInput {
   fovDeg: number;
   mount: { x_m: number; y_m: number; z_m: number; pitch_deg: number; yaw_deg: number; roll_deg: number };
   cellPx: number;
-  /** `plain_from_frame_id`: the stream was lost and the plain render was shown from this frame on. */
+  /**
+   * `plain_from_frame_id`: the stream was lost and the plain render was shown from this frame on;
+   * `pairing*`: how frames' diffusion_frame_id were found (a hosted model's link, media/hosted.ts).
+   */
   diffusion: {
     enabled: boolean; backend: string | null; prompt: string | null; model: string | null;
     plain_from_frame_id?: number | null;
+    pairing?: 'barcode' | 'latency'; pairing_latency_ms?: number | null; pairing_error_ms?: number;
+    pairing_samples?: number;
   };
   durationS: number;
   frameCount: number;

@@ -1,8 +1,8 @@
 /**
  * The gateway's HTTP API as the game uses it (docs/api.md): an anonymous player whose device token
  * is kept in localStorage, sessions, presigned uploads (single PUT or multipart, every request
- * retried with backoff so an upload resumes after a dropped connection), completion, and the
- * diffusion signaling offer. No DOM: fetch, storage and sleep are injected so tests run it in Node.
+ * retried with backoff so an upload resumes after a dropped connection), completion, the
+ * diffusion signaling offer and the hosted diffusion token. No DOM: fetch, storage and sleep are injected so tests run it in Node.
  */
 import { MANIFEST_NAME, type SessionFile } from './session';
 
@@ -53,6 +53,15 @@ export interface CompleteResult {
   accepted: boolean;
   problems: Problem[];
   session: SessionView;
+}
+
+/** The gateway's answer to POST /v1/diffusion/hosted-token: what the game needs to stream to the provider. */
+export interface HostedToken {
+  provider: string;
+  model: string;
+  realtime_url: string;
+  token: string;
+  expires_at: string;
 }
 
 interface UploadTarget {
@@ -222,6 +231,14 @@ export class GatewayClient {
     return r.ice_servers.map((s) => ({
       urls: s.urls, ...(s.username ? { username: s.username } : {}), ...(s.credential ? { credential: s.credential } : {}),
     }));
+  }
+
+  /**
+   * A short-lived client token of the gateway's hosted diffusion provider (docs/diffusion.md "Hosted
+   * (Mirage)"); GatewayError 409 when the gateway has none, 502/503 when the provider failed. Asked once.
+   */
+  hostedToken(sessionId: string): Promise<HostedToken> {
+    return this.call('POST', '/v1/diffusion/hosted-token', { session_id: sessionId }, true, false);
   }
 
   private async targets(sessionId: string, files: { path: string; blob: Blob; sha256: string; contentType: string }[]): Promise<Map<string, UploadTarget>> {

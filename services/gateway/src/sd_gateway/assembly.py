@@ -19,6 +19,7 @@ from sd_common.objectstore.local import LocalObjectStore
 from sd_common.secret_files import load_or_create_secret
 from sd_common.settings import StoreSettings
 from sd_gateway.database import GatewayDatabase
+from sd_gateway.hosted import HostedDiffusion
 from sd_gateway.http_api import create_app
 from sd_gateway.server import register
 from sd_gateway.sessions import SessionService
@@ -101,6 +102,12 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
     rt.on_stop(store.close)
     signaling = DiffusionSignaling(settings.diffusion_target, resolve_every_s=settings.diffusion_resolve_every_s)
     rt.on_stop(signaling.close)
+    hosted = HostedDiffusion(
+        settings.hosted_diffusion, api_key=settings.mirage_api_key, api_url=settings.mirage_api_url,
+        realtime_url=settings.mirage_realtime_url, model=settings.mirage_model,
+        token_ttl_s=settings.mirage_token_ttl_s, timeout_s=settings.mirage_timeout_s,
+        tokens_per_minute=settings.hosted_tokens_per_minute, tokens_burst=settings.hosted_tokens_burst)
+    rt.on_stop(hosted.close)
     service = SessionService(
         settings, db, store, DeviceTokens(secret, settings.token_ttl_days * 86400),
         url_expiry_s=store_settings.url_expiry_s,
@@ -112,8 +119,9 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
                      web_dir=settings.web_dir, max_json_body_bytes=settings.max_json_body_bytes,
-                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings)],
-                     ice=IceConfig.from_settings(settings))
+                     csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings),
+                                          *hosted.connect_origins()],
+                     ice=IceConfig.from_settings(settings), hosted=hosted)
     tracing.instrument_asgi_app(app, session_id_in_path=_SESSION_IN_PATH)
     http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))

@@ -51,6 +51,12 @@ class Unavailable(GatewayError):
     http_status, grpc_code, code = 503, grpc.StatusCode.UNAVAILABLE, "unavailable"
 
 
+class BadGateway(GatewayError):
+    """A provider the gateway calls for the player (the hosted diffusion's token endpoint) answered wrongly."""
+
+    http_status, grpc_code, code = 502, grpc.StatusCode.UNAVAILABLE, "bad_gateway"
+
+
 class Busy(Unavailable):
     """Every diffusion stream is taken: HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED with `retry-after-s`."""
 

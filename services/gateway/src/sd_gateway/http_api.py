@@ -23,6 +23,7 @@ from sd_common.error_mapping import http_error_body, http_headers
 from sd_common.metrics import HttpMetricsMiddleware
 from sd_gateway.database import SessionRecord
 from sd_gateway.errors import ERRORS
+from sd_gateway.hosted import HostedDiffusion
 from sd_gateway.http_guards import (BodyLimitMiddleware, SecurityHeadersMiddleware, api_reference_html,
                                     content_security_policy)
 from sd_gateway.sessions import FileSpec, SessionService
@@ -61,10 +62,11 @@ _STATUS_TEXT = {
     401: "Missing, forged or expired device token, or its player no longer exists",
     403: "Another player's session, or a disabled player",
     404: "No such session",
-    409: "The session is already complete",
+    409: "The session is already complete; or (hosted-token) hosted diffusion is off on this gateway",
     413: "A file, the session's files together, or the request body over its limit",
     429: "Rate limited; retry after `Retry-After` seconds",
-    503: "A dependency (the object store, the diffusion service) cannot serve now",
+    502: "The hosted diffusion provider refused or answered wrongly (the reason says which)",
+    503: "A dependency (the object store, the diffusion service, the hosted provider) cannot serve now",
 }
 
 
@@ -87,6 +89,7 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/sessions/{session_id}/complete"): (400, 401, 403, 404, 409, 429, 503),
     ("POST", "/v1/diffusion/offer"): (400, 401, 403, 404, 413, 503),
     ("GET", "/v1/diffusion/ice-servers"): (401, 403),
+    ("POST", "/v1/diffusion/hosted-token"): (400, 401, 403, 404, 409, 413, 429, 502, 503),
 }
 
 
@@ -213,6 +216,18 @@ class IceServersOut(BaseModel):
     expires_at: int | None = None
 
 
+class HostedTokenIn(BaseModel):
+    session_id: str
+
+
+class HostedTokenOut(BaseModel):
+    provider: str = Field(description="the hosted diffusion provider: mirage")
+    model: str = Field(description="the provider's model, for the realtime URL's `model` parameter")
+    realtime_url: str = Field(description="the provider's WebSocket signaling URL, without query")
+    token: str = Field(description="a short-lived client token, the realtime URL's `api_key` parameter")
+    expires_at: datetime
+
+
 def state_name(state: int) -> str:
     """OPEN, UPLOADED, … from the proto enum value."""
     return common_pb2.SessionState.Name(state).removeprefix("SESSION_STATE_")
@@ -236,8 +251,10 @@ _HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allow
 
 def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_origins: list[str],
                local_store=None, web_dir: Path | None = None, max_json_body_bytes: int = 1024 * 1024,
-               csp_connect_origins: list[str] | None = None, ice: IceConfig | None = None) -> FastAPI:
+               csp_connect_origins: list[str] | None = None, ice: IceConfig | None = None,
+               hosted: HostedDiffusion | None = None) -> FastAPI:
     """The gateway's ASGI app. `local_store` set: it also receives uploads for the embedded store."""
+    hosted = hosted or HostedDiffusion("off")
     app = FastAPI(title="Scale Diffusion gateway", version="1",
                   description="Player identity, sessions, presigned uploads and diffusion signaling. "
                               "Every error answers `ErrorOut`.",
@@ -361,6 +378,16 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         """The STUN/TURN servers for the game's peer connection; TURN credentials are the player's own."""
         servers, expires = ice.for_player(await service.authenticate(authorization))
         return IceServersOut(ice_servers=[IceServerOut(**s.model_dump()) for s in servers], expires_at=expires)
+
+    @app.post("/v1/diffusion/hosted-token", response_model=HostedTokenOut,
+              **_documented("POST", "/v1/diffusion/hosted-token"))
+    async def hosted_token(body: HostedTokenIn, authorization: Auth = None) -> HostedTokenOut:
+        """A client token of the hosted diffusion provider, for the game to stream to it directly."""
+        player = await service.authenticate(authorization)
+        await service.get_session(player, body.session_id)
+        t = await hosted.mint(player, body.session_id)
+        return HostedTokenOut(provider=t.provider, model=t.model, realtime_url=t.realtime_url, token=t.token,
+                              expires_at=t.expires_at)
 
     if local_store is not None:
         @app.put("/v1/store/{key:path}", include_in_schema=False)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import NoDecode, SettingsConfigDict
-from pydantic import field_validator
-from typing import Annotated
+from pydantic import field_validator, model_validator
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from sd_common.ice import IceServer, check_turn_urls
 from sd_common.settings import ServiceSettings
@@ -16,7 +17,8 @@ from sd_common.settings import ServiceSettings
 class GatewaySettings(ServiceSettings):
     """Listening addresses, identity, limits and neighbours of the gateway."""
 
-    model_config = SettingsConfigDict(env_prefix="SD_GATEWAY_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting's error must not echo the inputs, which hold the secrets.
+    model_config = SettingsConfigDict(env_prefix="SD_GATEWAY_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     grpc_port: int = Field(50051, ge=0, le=65535)
     http_host: str = "127.0.0.1"
@@ -72,6 +74,32 @@ class GatewaySettings(ServiceSettings):
         from sd_gateway.signaling import parse_targets  # raises ValueError naming a bad entry
         parse_targets(v)
         return v
+    # Hosted diffusion (docs/diffusion.md, "Hosted (Mirage)"): "mirage" lets the game stream to Decart's
+    # Mirage directly, with a short-lived client token the gateway mints from the API key below for
+    # each drive (POST /v1/diffusion/hosted-token). "off": that endpoint answers 409.
+    hosted_diffusion: Literal["off", "mirage"] = "off"
+    # Server-side only: sent to the token endpoint, never logged, never in a response.
+    mirage_api_key: SecretStr | None = None
+    mirage_api_url: str = Field("https://api.decart.ai", description="token endpoint base: POST <url>/v1/client/tokens")
+    mirage_realtime_url: str = Field("wss://api3.decart.ai/v1/stream", description="the game's WebSocket signaling")
+    mirage_model: str = Field("mirage_v2", min_length=1, max_length=128)
+    mirage_token_ttl_s: int = Field(60, ge=1, le=3600, description="client token lifetime (the provider allows 1-3600)")
+    mirage_timeout_s: float = Field(5.0, gt=0, description="deadline of one call to the token endpoint")
+    # Per-player limit on minted tokens (a token bucket, like the others): each one can open a paid stream.
+    hosted_tokens_per_minute: float = Field(6.0, gt=0)
+    hosted_tokens_burst: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_hosted(self) -> "GatewaySettings":
+        if self.hosted_diffusion == "mirage":
+            if self.mirage_api_key is None or not self.mirage_api_key.get_secret_value().strip():
+                raise ValueError("SD_GATEWAY_HOSTED_DIFFUSION=mirage needs SD_GATEWAY_MIRAGE_API_KEY")
+            for name, schemes in (("mirage_api_url", ("http", "https")), ("mirage_realtime_url", ("ws", "wss"))):
+                parts = urlsplit(getattr(self, name))
+                if parts.scheme not in schemes or not parts.netloc:
+                    raise ValueError(f"SD_GATEWAY_{name.upper()} must be a {' or '.join(schemes)} URL")
+        return self
+
     # Built web game (web/dist) served at /; unset or missing means a page that says how to build it.
     web_dir: Path | None = None
 

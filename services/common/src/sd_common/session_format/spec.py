@@ -54,6 +54,7 @@ JSONL_LINE_MAX_BYTES = 64 * 1024
 MAX_LISTED_FILES = 32
 MAX_DURATION_S = 3600.0
 MAX_INFRACTIONS_PER_FRAME = 16
+MAX_PAIRING_MS = 60_000.0  # diffusion.pairing_latency_ms and pairing_error_ms
 
 BARCODE_DATA_BITS = 20
 BARCODE_MARKER = (1, 0)
@@ -373,6 +374,14 @@ class Diffusion(_Record):
     # The stream was lost mid-drive and the game showed (and recorded) its plain render from this frame
     # on; null when the diffusion view lasted the whole drive.
     plain_from_frame_id: Annotated[int, Field(ge=0, le=MAX_FRAME_ID)] | None = None
+    # How frames' diffusion_frame_id were found (§3): null or "barcode", read from the barcode on each
+    # picture; "latency", estimated, for a hosted model that does not keep the barcode, as the render sent
+    # pairing_latency_ms before the picture, within pairing_error_ms.
+    pairing: Literal["barcode", "latency"] | None = None
+    pairing_error_ms: _number(0, MAX_PAIRING_MS) | None = None
+    pairing_latency_ms: _number(0, MAX_PAIRING_MS) | None = None
+    # Barcode reads the latency was measured from; 0: none read, the game's configured latency was used.
+    pairing_samples: Annotated[int, Field(ge=0, le=MAX_FRAME_ID + 1)] | None = None
 
 
 class FileEntry(_Record):
@@ -662,10 +671,31 @@ def manifest_cross_checks(m: Manifest) -> list[Problem]:
         problems.append(Problem("manifest_value_invalid", f"{w}:diffusion.plain_from_frame_id",
                                 f"{w}: diffusion.plain_from_frame_id is set but diffusion.enabled is false; "
                                 f"only a drive that showed the diffusion view can fall back from it"))
+    problems += _pairing_problems(m.diffusion)
     if m.city.seed is None and m.city.source is None:
         problems.append(Problem("manifest_field_missing", f"{w}:city",
                                 f"{w}: city has neither seed nor source; give at least one"))
     return problems
+
+
+def _pairing_problems(d: Diffusion) -> list[Problem]:
+    """The diffusion.pairing* fields agree with each other and with diffusion.enabled."""
+    w = MANIFEST_NAME
+    named = [n for n in ("pairing", "pairing_error_ms", "pairing_latency_ms", "pairing_samples")
+             if getattr(d, n) is not None]
+    if not d.enabled:
+        return [Problem("manifest_value_invalid", f"{w}:diffusion.{n}",
+                        f"{w}: diffusion.{n} is set but diffusion.enabled is false; only pictures of the "
+                        f"diffusion view are paired") for n in named]
+    if d.pairing == "latency":
+        return [Problem("manifest_field_missing", f"{w}:diffusion.{n}",
+                        f"{w}: diffusion.{n} is missing; a latency pairing states the latency it used and "
+                        f"its error") for n in ("pairing_latency_ms", "pairing_error_ms") if getattr(d, n) is None]
+    if d.pairing_error_ms:
+        return [Problem("manifest_value_invalid", f"{w}:diffusion.pairing_error_ms",
+                        f"{w}: diffusion.pairing_error_ms is {_fmt(d.pairing_error_ms)} but the pairing is by "
+                        f"barcode, which reads each id exactly; give 0, or pairing \"latency\"")]
+    return []
 
 
 def iter_records(path: Path, model: type[_R]) -> Iterator[_R]:

@@ -81,6 +81,39 @@ def diffusion_drive(stack, processed):
     return _short_drive(stack, "diffusion", "10", "6", "--diffusion")
 
 
+@pytest.fixture(scope="session")
+def lost_diffusion_drive(stack, processed):
+    """A 12 s drive with the diffusion view on whose stream the diffusion service ends a few seconds in
+    (CloseStream, as when its pod goes away): the game must go on with the plain render. Returns the
+    drive and the service's stats once the drive ended."""
+    import grpc
+    from scale_diffusion.diffusion.v1 import diffusion_pb2 as pb
+    from scale_diffusion.diffusion.v1 import diffusion_pb2_grpc
+
+    out = ARTIFACTS / "diffusion-lost"
+    drive = subprocess.Popen(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(out),
+                              "--seed", "12", "--duration", "12", "--size", f"{SIZE[0]}x{SIZE[1]}", "--diffusion"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    closed: dict = {}
+    with grpc.insecure_channel(f"127.0.0.1:{50054 + stack['offset']}") as channel:
+        stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+        deadline = time.monotonic() + 120
+        while not closed and drive.poll() is None and time.monotonic() < deadline:
+            for st in stub.GetStats(pb.GetStatsRequest(), timeout=10).streams:
+                # the countdown (3 s) sends at most ~15 frames at this backend's 5 fps: 40 is well into the drive
+                if st.state == "streaming" and st.frames_out >= 40:
+                    stub.CloseStream(pb.CloseStreamRequest(stream_id=st.stream_id), timeout=10)
+                    closed = {"stream_id": st.stream_id, "frames_out": st.frames_out}
+                    break
+            time.sleep(0.2)
+        stdout, stderr = drive.communicate(timeout=180)
+        after = stub.GetStats(pb.GetStatsRequest(), timeout=10)
+    assert drive.returncode == 0, f"{stdout}\n{stderr}"
+    assert closed, "the drive ended before its stream had sent 40 frames"
+    result = json.loads((out / "result.json").read_text())
+    return {"result": result, "sid": result["result"]["sessionId"], "closed": closed, "after": after}
+
+
 def _short_drive(stack, name: str, seed: str, duration_s: str, *flags: str) -> dict:
     out = ARTIFACTS / name
     run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(out),

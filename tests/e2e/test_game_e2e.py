@@ -133,6 +133,55 @@ def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, d
     _pictured_state_is_exported(stack, result["result"]["sessionId"], lines)
 
 
+def test_a_stream_lost_mid_drive_leaves_the_plain_render_recorded_and_named(stack, lost_diffusion_drive):
+    """The diffusion service ends the stream a few seconds into the drive: the game shows and records its
+    plain render from the next frame on, says so, and names that frame in the manifest; the processor
+    exports the frames before it with the state of the render their pictures show, and those after it
+    with their own; the service keeps no peer connection."""
+    from sd_common.session_format.validate import validate_session
+
+    result = lost_diffusion_drive["result"]
+    assert result["verdict"] == "accepted", result
+    assert result["diffusionMessage"].startswith("Diffusion view on"), result["diffusionMessage"]  # while driving
+    assert result["diffusionMessageAtEnd"].startswith("Diffusion view lost ("), result["diffusionMessageAtEnd"]
+    after = lost_diffusion_drive["after"]
+    assert after.peer_connections == 0 and all(s.state == "closed" for s in after.streams), after
+    sid = lost_diffusion_drive["sid"]
+    session = stack["state"] / "store" / "raw" / sid
+    manifest = json.loads((session / "manifest.json").read_text())
+    plain_from = manifest["diffusion"]["plain_from_frame_id"]
+    assert manifest["diffusion"]["enabled"] is True and isinstance(plain_from, int), manifest["diffusion"]
+    rows = [json.loads(line) for line in (session / "frames.jsonl").read_text().splitlines()]
+    lines = {r["frame_id"]: r for r in rows}
+    before = [r for r in rows if r["frame_id"] < plain_from]
+    plain = [r for r in rows if r["frame_id"] >= plain_from]
+    first = next(i for i, r in enumerate(before) if r["diffusion_frame_id"] is not None)
+    assert all(r["diffusion_frame_id"] is not None for r in before[first:])  # the stream, until it was lost
+    assert len(before) - first >= 10 and len(plain) >= 20, (len(before), first, len(plain))
+    assert all(r["diffusion_frame_id"] is None for r in plain)
+    report = validate_session(session, deep=True)
+    assert report.ok, report.to_dict()
+    done = stack["state"] / "store" / "processed" / sid / "_SUCCESS.json"
+    deadline = time.monotonic() + PROCESSED_TIMEOUT_S
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert done.exists(), f"the drive was not processed within {PROCESSED_TIMEOUT_S:.0f} s"
+    qc = json.loads((done.parent / "qc_report.json").read_text())
+    assert not qc["rejected"] and qc["segment_details"], qc["problems"]
+    judged = {"diffusion": 0, "plain": 0}
+    for seg in qc["segment_details"]:
+        for f, p in zip(seg["frame_ids"], seg["pictured_frame_ids"]):
+            if f >= plain_from:
+                assert p == f, seg
+                judged["plain"] += 1
+            else:
+                assert p == lines[f]["diffusion_frame_id"] < f, seg
+                judged["diffusion"] += 1
+    assert judged["plain"] >= 20 and judged["diffusion"] >= 1, judged
+    print(f"\nstream ended after {lost_diffusion_drive['closed']['frames_out']} frames; plain render from frame "
+          f"{plain_from}; {judged} frames in segments; {qc['segments']}")
+
+
 def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None:
     """The processor pairs every picture with the state of the render it shows, and exports it with the
     controls of both moments; the backend's known delay makes every picture at least that old.

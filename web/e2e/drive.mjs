@@ -85,6 +85,7 @@ try {
     await page.screenshot({ path: join(a.out, 'result-after-retry.png') });
   }
   const result = { phase: snap.phase, verdict, afterRetry, problemsShown: problems, result: snap.result, error: snap.error, diffusionMessage: driving.diffusionMessage,
+    diffusionMessageAtEnd: snap.diffusionMessage,
     startScreen,
     hudWhileDriving: { command: driving.command, speed_kmh: driving.speed_kmh, fps: driving.fps, recording: driving.recording, attribution: drivingAttribution },
     wall_s: (Date.now() - started) / 1000 };

@@ -74,6 +74,39 @@ class CleanConfig:
     max_steer_rate_per_s: float = 20.0  # |d steer / dt| (steer in [-1, 1]) above this is not a player
 
 
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay rule (sd_processor.replay): logged states against the states the logged events give.
+
+    Free-running replay (from the first frame, and again after a contact once resynchronised): a line's
+    position may differ by `position_tolerance_m` plus `heading_rounding_rad` per metre driven since the
+    replay was last anchored on a logged pose (that pose's heading is logged to 0.001 degrees, 1.7e-5 rad,
+    which turns everything after it by up to half that), its heading by `yaw_tolerance_deg` and its speed
+    by `speed_tolerance_mps`; its controls may differ from the replayed mapper's by `controls_tolerance`.
+    The log rounds positions to 0.1 mm, headings to 0.001 degrees, speeds and controls to 4 decimals, and
+    the engines' trigonometric functions differ by about 1e-14 m over a session: each tolerance is about
+    twenty times what those explain (docs/verification.md).
+
+    In a contact (from a line logging a collision): each interval is judged from the line before, re-anchored
+    on its logged pose and speed, by `anchored_position_tolerance_m` and `anchored_yaw_rate_dps` times its
+    duration (the wheel angle the world froze while the car was blocked is unknown); the free replay resumes
+    once the anchored intervals meet the free tolerances for `resync_s` at more than `resync_min_speed_mps`.
+    A contact that has not resynchronised after `max_contact_s` is judged a deviation.
+    """
+
+    enabled: bool = True
+    position_tolerance_m: float = 0.01
+    heading_rounding_rad: float = 2e-5
+    yaw_tolerance_deg: float = 0.01
+    speed_tolerance_mps: float = 0.001
+    controls_tolerance: float = 0.0001
+    anchored_position_tolerance_m: float = 0.05
+    anchored_yaw_rate_dps: float = 90.0
+    resync_s: float = 1.0
+    resync_min_speed_mps: float = 0.5
+    max_contact_s: float = 5.0
+
+
 LABEL_CONTROLS = ("shown", "rendered")
 
 
@@ -101,6 +134,7 @@ class ProcessorConfig:
     # exported either way; they differ only with the diffusion view, which shows an earlier render.
     label_controls: str = "shown"
     clean: CleanConfig = field(default_factory=CleanConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self) -> None:
         if not (16 <= self.output_width <= 4096 and 16 <= self.output_height <= 4096):

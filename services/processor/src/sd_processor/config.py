@@ -107,6 +107,29 @@ class ReplayConfig:
     max_contact_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class MotionConfig:
+    """The video-motion rule (sd_processor.motion): the video's turns against the logged camera turns.
+
+    Farneback flow between consecutive output pictures scaled to `flow_width` pixels wide; a pixel counts
+    where the earlier picture's squared Sobel gradient is at least `min_gradient2` (levels^2) and its
+    normalised image row is at least `min_abs_y` from the horizon; a pair needs `min_textured_share` of
+    such pixels. A segment with at least `min_pairs` judged pairs is rejected when the RMS difference of
+    the video's and the log's per-pair turns exceeds `residual_floor_deg` plus `residual_share` times the
+    RMS of the logged turns (measurements: docs/verification.md).
+    """
+
+    enabled: bool = True
+    flow_width: int = 64
+    min_gradient2: float = 400.0
+    min_abs_y: float = 0.12
+    min_textured_share: float = 0.02
+    min_pairs: int = 20
+    trim_share: float = 0.05
+    residual_floor_deg: float = 0.15
+    residual_share: float = 0.5
+
+
 LABEL_CONTROLS = ("shown", "rendered")
 
 
@@ -135,6 +158,7 @@ class ProcessorConfig:
     label_controls: str = "shown"
     clean: CleanConfig = field(default_factory=CleanConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
     def __post_init__(self) -> None:
         if not (16 <= self.output_width <= 4096 and 16 <= self.output_height <= 4096):

@@ -50,6 +50,8 @@ from .export import (
 )
 from .framelog import FrameLog, apply_latency_probes, read_frame_log
 from .geometry import CropError, CropPlan, plan_crop
+from .motion import MotionMeter, segment_motion
+from .motion import segment_reasons as motion_reasons
 from .qc import (
     R_NOT_IN_VIDEO,
     R_SEGMENT_REJECTED,
@@ -128,6 +130,7 @@ class _Run:
     qc: QcReport | None = None
     keys: set[str] = field(default_factory=set)
     replay: ReplayResult | None = None  # the logged states against the logged events (None: rule off)
+    motion: MotionMeter | None = None  # the video's turns between consecutive pictures (None: rule off)
 
 
 def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorConfig | None = None,
@@ -227,8 +230,13 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     align_reasons: Counter = Counter()
     report_every = max(1, total // 50)
 
+    if cfg.motion.enabled:
+        run.motion = MotionMeter(run.plan, cfg.motion)
+
     def settle(cands) -> None:
         for cand in cands:
+            if run.motion is not None:
+                run.motion.push(cand.frame.y, cand.pictured)
             if cand.good:
                 f = cand.frame
                 cand.jpeg = encode_jpeg(f.y, f.u, f.v, cfg.jpeg_quality)
@@ -272,6 +280,9 @@ def _close_segment(run: _Run, seg: Segment) -> None:
                               min_segment_s=cfg.min_segment_s)
     if run.replay is not None:  # the states exported are the pictured ones; the frames shown, too
         reasons += run.replay.segment_reasons(seg.lines + seg.pictured_lines)
+    if run.motion is not None:
+        stats = segment_motion(log, run.motion.take(seg.pictured_lines), cfg.motion.trim_share)
+        reasons += motion_reasons(stats, cfg.motion)
     folder = route_folder(run.session_id, seg.index)
     record = describe_segment(folder, seg, log, reasons)
     qc.segments.append(record)

@@ -5,7 +5,7 @@ checked by Vitest). What never passes through a trigonometric function (speed, g
 latch and the mapped controls) must agree bit for bit on every tick (a SHA-256 over every tick's float64
 bytes). sin, cos, tan and atan of V8 and of the C library differ in the last bit on a few per cent of
 arguments, so heading, wheel angle and position are held to a stated epsilon on the sampled ticks;
-measured, the largest difference is about 3e-14 m and 2e-16 rad (docs/processing.md, "Replay").
+measured, the largest difference is about 3e-14 m and 2e-16 rad (docs/verification.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Where JavaScript and Python differ the port follows JavaScript: ``%`` is C's fmo
 ``Math.sin``/``cos``/``tan``/``atan`` become the ``math`` module's (the C library's): the speed,
 the gear and the controls never pass through them and agree bit for bit with every engine; the
 heading, the wheel angle and the position may differ from a browser's in the last bit of a step
-(see docs/processing.md, "Replay").
+(see docs/verification.md).
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ class ReplayConfig:
     which turns everything after it by up to half that), its heading by `yaw_tolerance_deg` and its speed
     by `speed_tolerance_mps`; its controls may differ from the replayed mapper's by `controls_tolerance`.
     The log rounds positions to 0.1 mm, headings to 0.001 degrees, speeds and controls to 4 decimals, and
-    the engines' trigonometric functions differ by about 1e-14 m over a session: each tolerance is about
-    twenty times what those explain (docs/verification.md).
+    the engines' trigonometric functions differ by about 1e-14 m over a session: the tolerances are 2
+    (controls) to 70 (position) times what those explain (docs/verification.md).
 
     In a contact (from a line logging a collision): each interval is judged from the line before, re-anchored
     on its logged pose and speed, by `anchored_position_tolerance_m` and `anchored_yaw_rate_dps` times its

@@ -17,7 +17,7 @@ import pytest
 from sd_common.session_format.synth import SynthConfig, synth_session
 from sd_processor.config import ProcessorConfig, ReplayConfig
 from sd_processor.framelog import read_frame_log
-from sd_processor.replay import ANCHORED, JUDGED, UNJUDGED, replay_session
+from sd_processor.replay import ANCHORED, JUDGED, STEPPED, UNJUDGED, replay_session
 
 from .conftest import rewrite_file, rewrite_lines, run
 
@@ -55,7 +55,10 @@ def test_a_crash_is_anchored_on_the_log_and_replayed_again_once_free(tmp_path):
     hits = [i for i, f in enumerate(frames) if any(x["kind"] == "collision_static" for x in f["infractions"])]
     assert hits and r.mode[hits[0]] == UNJUDGED and (r.mode[:hits[0]] == JUDGED).all()
     assert r.mode[hits[0] + 1] == ANCHORED
-    assert (r.mode[-60:] == JUDGED).all()  # free again: the last two seconds are a plain replay
+    # Once free of the wall, every interval is held to the free tolerances again (from the line before).
+    after = r.mode[hits[0]:]
+    assert (after[np.argmax(after == STEPPED):] == STEPPED).all() and (after == STEPPED).sum() > 200
+    assert np.nanmax(r.position_m[r.mode == STEPPED]) < 1e-3 and np.nanmax(r.speed_mps[r.mode == STEPPED]) < 1e-4
     # The car stood against the wall (logged speed 0) while the player held the throttle.
     assert sum(1 for f in frames[hits[0]:] if f["speed_mps"] == 0 and f["controls"]["throttle"] > 0.5) > 20
 
@@ -69,6 +72,18 @@ def test_a_crash_with_its_collision_erased_does_not_follow_from_the_inputs(tmp_p
     assert r.unreplayable is None and (r.mode != ANCHORED).all()
     assert r.pose_bad.any()  # the replayed car drives on through the building; the logged one stopped
     assert not r.controls_bad.any()  # the inputs themselves are the drive's
+
+
+def test_after_a_contact_an_edited_pose_is_still_caught(tmp_path):
+    def shift(f):
+        if 400 <= f["frame_id"] < 403:  # well after the crash, while the car drives away
+            f["vehicle"]["x_m"] = round(f["vehicle"]["x_m"] + 0.05, 4)
+        return f
+
+    log, r, _ = _drive("keyboard_crash", tmp_path, shift)
+    assert (r.mode[395:410] == STEPPED).all()
+    # Interval by interval, the jumps into and out of the shifted stretch are what shows.
+    assert list(np.flatnonzero(r.pose_bad)) == [400, 403]
 
 
 @pytest.fixture(scope="module")

@@ -87,11 +87,13 @@ class ReplayConfig:
     the engines' trigonometric functions differ by about 1e-14 m over a session: the tolerances are 2
     (controls) to 70 (position) times what those explain (docs/verification.md).
 
-    In a contact (from a line logging a collision): each interval is judged from the line before, re-anchored
-    on its logged pose and speed, by `anchored_position_tolerance_m` and `anchored_yaw_rate_dps` times its
-    duration (the wheel angle the world froze while the car was blocked is unknown); the free replay resumes
-    once the anchored intervals meet the free tolerances for `resync_s` at more than `resync_min_speed_mps`.
-    A contact that has not resynchronised after `max_contact_s` is judged a deviation.
+    In a contact (from a line logging a collision): the replay is re-anchored on each line's logged pose
+    and speed, and a line's pose must lie within `anchored_position_tolerance_m` of the way replayed from
+    the line before, its heading within `anchored_yaw_rate_dps` times the interval (the wheel angle the
+    world froze while the car was blocked is unknown). Once the intervals meet the free tolerances for
+    `resync_s` at more than `resync_min_speed_mps`, every later interval is held to the free tolerances,
+    still from the line before. A contact that has not resynchronised after `max_contact_s` is judged a
+    deviation.
     """
 
     enabled: bool = True

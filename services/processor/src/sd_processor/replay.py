@@ -8,16 +8,18 @@ pose and speed with the logged ones, and the controls the replayed mapper gives 
 logged controls. What the replay cannot know is what the world did to the car: a collision restores
 the pose of the step before and stops it, a pedestrian hit slows it. From a line that logs a
 collision the replay is re-anchored on the log at every line (the pose and speed a line states, the
-wheel angle and the mapper replayed) and each interval is judged from the line before, with a looser
-tolerance, until the replayed and logged motion agree again for ``resync_s``; then the replay runs free
-from there. Tolerances and their justification: docs/verification.md.
+wheel angle and the mapper replayed) and each interval is judged from the line before: loosely while
+the car may be blocked, until the replayed and logged motion agree again for ``resync_s``, and with the
+free tolerances from then on. (It cannot run free again: the logged speed it restarts from is rounded,
+and that error turns the replayed path a little more in every bend.) Tolerances and their
+justification: docs/verification.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +37,13 @@ S_UNREPLAYABLE = "inputs_not_replayable"
 COLLISIONS = frozenset({"collision_static", "collision_vehicle", "collision_pedestrian"})
 
 # Per line: how the replay judged it.
-JUDGED = 0  # compared with the free-running replay
-ANCHORED = 1  # in a contact: compared with one interval from the line before
+JUDGED = 0  # compared with the replay running free from the first line
+ANCHORED = 1  # in a contact: the logged pose must lie on the way replayed from the line before
 UNJUDGED = 2  # unusable line, or a collision line (the world changed the state since the line before)
+STEPPED = 3  # after a contact: compared with the replay of one interval from the line before
+
+# Phases of the replay.
+FREE, CONTACT, LOCAL = "free", "contact", "local"
 
 
 @dataclass
@@ -52,7 +58,6 @@ class ReplayResult:
     yaw_deg: np.ndarray | None = None
     speed_mps: np.ndarray | None = None
     controls: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
 
     def segment_reasons(self, lines: list[int]) -> list[str]:
         """The replay's reasons to reject a segment whose frames name (or picture) these lines."""
@@ -67,17 +72,6 @@ class ReplayResult:
         if self.controls_bad[lo:hi].any():
             reasons.append(S_CONTROLS)
         return reasons
-
-    def worst(self, lines: list[int]) -> dict[str, float]:
-        """The largest deviations over the span of these lines (for reports and measurements)."""
-        if self.unreplayable is not None or not lines:
-            return {}
-        lo, hi = min(lines), max(lines) + 1
-        out = {}
-        for name in ("position_m", "yaw_deg", "speed_mps", "controls"):
-            col = getattr(self, name)[lo:hi]
-            out[name] = float(np.nanmax(col)) if np.isfinite(col).any() else 0.0
-        return out
 
 
 def read_events(path: Path) -> tuple[list[tuple[int, str, str, str, float]], str | None]:
@@ -160,7 +154,7 @@ def replay_log(log: FrameLog, events: list[tuple[int, str, str, str, float]], co
     current = None  # the controls of step `step`, once the events before it are applied
     previous = dynamics.Controls()  # the controls of the step before
     path_m = 0.0  # driven since the last anchor: the anchor's rounded heading displaces by this much
-    anchored = False
+    phase = FREE
     agree_s = 0.0  # in a contact: how long the anchored intervals have agreed
     contact_since = 0.0
     prev_state = None
@@ -182,7 +176,7 @@ def replay_log(log: FrameLog, events: list[tuple[int, str, str, str, float]], co
             before = (car.x, car.y)
             dynamics.step_vehicle(car, current, dynamics.SIM_DT_S)
             path_m += math.hypot(car.x - before[0], car.y - before[1])
-            if anchored:
+            if phase == CONTACT:
                 trail.append((car.x, car.y, car.yaw))
             previous, current = current, None
             step += 1
@@ -204,13 +198,16 @@ def replay_log(log: FrameLog, events: list[tuple[int, str, str, str, float]], co
         dv = abs(abs(car.v) - speed)
         res.position_m[i], res.yaw_deg[i], res.speed_mps[i] = dpos, dyaw, dv
         t_s = step * dynamics.SIM_DT_S
-        collided = int(log.frame_id[i]) in collisions
-        if not anchored and not collided:
+        within = dpos <= cfg.position_tolerance_m + cfg.heading_rounding_rad * path_m and \
+            dyaw <= cfg.yaw_tolerance_deg and dv <= cfg.speed_tolerance_mps
+        if int(log.frame_id[i]) in collisions:
+            phase, agree_s, contact_since = CONTACT, 0.0, t_s
+        elif phase == FREE:
             res.mode[i] = JUDGED
-            res.pose_bad[i] = dpos > cfg.position_tolerance_m + cfg.heading_rounding_rad * path_m or \
-                dyaw > cfg.yaw_tolerance_deg or dv > cfg.speed_tolerance_mps
-        elif collided:
-            anchored, agree_s, contact_since = True, 0.0, t_s
+            res.pose_bad[i] = not within
+        elif phase == LOCAL:
+            res.mode[i] = STEPPED
+            res.pose_bad[i] = not within
         else:
             # A blocked step restores the pose before it and stops the car: the logged pose may lie anywhere
             # on the replayed way from the line before (at its start when every step was blocked).
@@ -221,13 +218,12 @@ def replay_log(log: FrameLog, events: list[tuple[int, str, str, str, float]], co
             ok = off_path <= cfg.anchored_position_tolerance_m and turn <= cfg.anchored_yaw_rate_dps * dt_s
             res.position_m[i], res.yaw_deg[i] = off_path, turn
             res.pose_bad[i] = not ok or t_s - contact_since > cfg.max_contact_s and agree_s < cfg.resync_s
-            tight = dpos <= cfg.position_tolerance_m and dyaw <= cfg.yaw_tolerance_deg and \
-                dv <= cfg.speed_tolerance_mps and speed > cfg.resync_min_speed_mps
-            agree_s = agree_s + dt_s if tight else 0.0
+            agree_s = agree_s + dt_s if within and speed > cfg.resync_min_speed_mps else 0.0
             if agree_s >= cfg.resync_s:
-                anchored = False  # the replay runs free again from this line's state
-        if anchored:
-            # Re-anchor on the logged state; the gear from the direction the car logged moving in.
+                phase = LOCAL
+        if phase != FREE:
+            # Re-anchor on the logged state (the speed it logs is rounded, so the replay cannot run free from
+            # it: the error would grow with every turn); the gear from the direction the car logged moving in.
             if prev_state is not None and speed > 0.05:
                 px, py = prev_state[1], prev_state[2]
                 ahead = (x - px) * math.cos(yaw) + (y - py) * math.sin(yaw)

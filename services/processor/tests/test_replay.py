@@ -57,7 +57,7 @@ def test_a_crash_is_anchored_on_the_log_and_replayed_again_once_free(tmp_path):
     assert r.mode[hits[0] + 1] == ANCHORED
     # Once free of the wall, every interval is held to the free tolerances again (from the line before).
     after = r.mode[hits[0]:]
-    assert (after[np.argmax(after == STEPPED):] == STEPPED).all() and (after == STEPPED).sum() > 200
+    assert (after[np.argmax(after == STEPPED):] == STEPPED).all() and (after == STEPPED).sum() > 150
     assert np.nanmax(r.position_m[r.mode == STEPPED]) < 1e-3 and np.nanmax(r.speed_mps[r.mode == STEPPED]) < 1e-4
     # The car stood against the wall (logged speed 0) while the player held the throttle.
     assert sum(1 for f in frames[hits[0]:] if f["speed_mps"] == 0 and f["controls"]["throttle"] > 0.5) > 20

@@ -92,7 +92,9 @@ class ReplayConfig:
     the line before, its heading within `anchored_yaw_rate_dps` times the interval (the wheel angle the
     world froze while the car was blocked is unknown). Once the intervals meet the free tolerances for
     `resync_s` at more than `resync_min_speed_mps`, every later interval is held to the free tolerances,
-    still from the line before. A contact that has not resynchronised after `max_contact_s` is judged a
+    still from the line before. `resync_s` exceeds the 1.5 s after which the game logs a new contact with
+    an object it touched (infractions.ts COLLISION_REARM_S): agreeing that long, the car touched nothing,
+    so its next contact is logged. A contact that has not resynchronised after `max_contact_s` is judged a
     deviation.
     """
 
@@ -104,9 +106,9 @@ class ReplayConfig:
     controls_tolerance: float = 0.0001
     anchored_position_tolerance_m: float = 0.05
     anchored_yaw_rate_dps: float = 90.0
-    resync_s: float = 1.0
+    resync_s: float = 2.0
     resync_min_speed_mps: float = 0.5
-    max_contact_s: float = 5.0
+    max_contact_s: float = 10.0
 
 
 @dataclass(frozen=True)

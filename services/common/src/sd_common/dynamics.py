@@ -17,9 +17,7 @@ heading, the wheel angle and the position may differ from a browser's in the las
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 SIM_DT_S = 1 / 60
 SIM_HZ = 60
@@ -291,11 +289,6 @@ class ControlMapper:
 def step_of_sim_ms(sim_t_ms: float) -> int:
     """The index of the step that starts at a logged simulation time (logged to 3 decimals)."""
     return int(round(sim_t_ms * SIM_HZ / 1000.0))
-
-
-def steered_by(events: Iterable[Mapping[str, Any]]) -> list[tuple[int, str, str, str, float]]:
-    """(step, device, kind, code, value) of events that carry their ``step``, in order."""
-    return [(int(e["step"]), e["device"], e["kind"], e["code"], float(e["value"])) for e in events]
 
 
 def replay(start: VehicleState, events: list[tuple[int, str, str, str, float]], steps: int,

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from sd_common.session_format import barcode
+from sd_common import dynamics
 from sd_common.session_format.commands import register
 from sd_common.session_format.scene import ROAD_HALF_WIDTH_M
 from sd_common.session_format.spec import RoadOption
@@ -25,8 +26,6 @@ from sd_common.session_format.synth import (
     TRUTH_NAME,
     SynthConfig,
     SynthTruth,
-    _State,
-    _step,
     plan_session,
     synth_session,
 )
@@ -123,18 +122,29 @@ def test_truth_lives_beside_the_session_and_round_trips(clean):
         "events.jsonl", "frames.jsonl", "latency.jsonl", "manifest.json", "video.webm"]
 
 
-def test_logged_controls_reproduce_the_logged_motion(drive):
+def test_the_logged_events_drive_the_logged_motion_through_the_games_dynamics(drive):
     frames = frames_of(drive)
-    dt = 1 / drive.config["fps"]
-    worst = 0.0
-    for a, b in itertools.pairwise(frames):
-        st = _State(a["vehicle"]["x_m"], a["vehicle"]["y_m"], math.radians(a["vehicle"]["yaw_deg"]), a["speed_mps"])
-        c = a["controls"]
-        _step(st, c["steer"], c["throttle"], c["brake"], dt)
-        yaw_err = (math.degrees(st.yaw) - b["vehicle"]["yaw_deg"] + 180) % 360 - 180
-        worst = max(worst, math.hypot(st.x - b["vehicle"]["x_m"], st.y - b["vehicle"]["y_m"]), abs(yaw_err) / 10,
-                    abs(st.v - b["speed_mps"]))
-    assert worst < 0.02
+    events = [json.loads(line) for line in (drive.session_dir / "events.jsonl").read_text().splitlines()]
+    steps = [(dynamics.step_of_sim_ms(e["sim_t_ms"]), e["device"], e["kind"], e["code"], e["value"]) for e in events]
+    first = frames[0]["vehicle"]
+    start = dynamics.make_vehicle(first["x_m"], first["y_m"], math.radians(first["yaw_deg"]))
+    at = {dynamics.step_of_sim_ms(f["sim_t_ms"]): f for f in frames}
+    worst = {"position": 0.0, "yaw": 0.0, "speed": 0.0, "controls": 0.0}
+    car = start
+    for i, car, c in dynamics.replay(start, steps, max(at) + 1):
+        f = at.get(i)  # the frame at step i logs the controls of step i, and the state before it
+        if f is not None:
+            logged = f["controls"]
+            worst["controls"] = max(worst["controls"], *(abs(getattr(c, k) - logged[k]) for k in logged))
+        f = at.get(i + 1)
+        if f is not None:
+            v = f["vehicle"]
+            worst["position"] = max(worst["position"], math.hypot(car.x - v["x_m"], car.y - v["y_m"]))
+            worst["yaw"] = max(worst["yaw"], abs(math.degrees(dynamics.wrap_angle(car.yaw - math.radians(v["yaw_deg"])))))
+            worst["speed"] = max(worst["speed"], abs(abs(car.v) - f["speed_mps"]))
+    # Nothing but the log's rounding: 0.1 mm, 0.001 degrees, 4 decimals.
+    assert worst["position"] < 1e-4 and worst["yaw"] <= 5e-4 and worst["speed"] <= 5e-5 and worst["controls"] <= 5e-5, worst
+    assert max(f["speed_mps"] for f in frames) > 5  # it did drive
 
 
 def test_camera_pose_is_the_vehicle_pose_through_the_mount(drive):
@@ -361,6 +371,20 @@ def test_event_and_latency_logs_are_checked(session):
     rewrite_manifest(session)
     found = codes(validate_session(session))
     assert {"event_value_invalid", "latency_value_out_of_range", "latency_frame_not_logged"} <= found
+
+
+def test_an_events_simulation_time_is_optional_but_never_goes_back(session):
+    lines = (session / "events.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    with open(session / "events.jsonl", "a") as f:
+        f.write(json.dumps({**last, "sim_t_ms": 1e9}) + "\n")  # beyond two hours: out of range
+        f.write(json.dumps({k: v for k, v in last.items() if k != "sim_t_ms"}) + "\n")  # absent: allowed
+    rewrite_manifest(session)
+    assert codes(validate_session(session, deep=False)) == {"event_value_out_of_range"}
+    with open(session / "events.jsonl", "a") as f:
+        f.write(json.dumps({**last, "sim_t_ms": 0.0}) + "\n")  # before the lines above
+    rewrite_manifest(session)
+    assert "event_time_not_monotonic" in codes(validate_session(session, deep=False))
 
 
 def test_duration_must_agree_with_the_video(session):

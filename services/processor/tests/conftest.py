@@ -105,6 +105,26 @@ def rewrite_video(session_dir: Path, edit) -> None:
     (session_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def rewrite_file(session_dir: Path, name: str, data: bytes) -> None:
+    """Replaces one file of a session and re-hashes the manifest, as an uploader that edited it would."""
+    from sd_common.session_format.spec import file_sha256
+
+    path = session_dir / name
+    path.write_bytes(data)
+    manifest = json.loads((session_dir / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == name:
+            entry["size_bytes"], entry["sha256"] = path.stat().st_size, file_sha256(path)
+    (session_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def rewrite_lines(session_dir: Path, name: str, edit) -> None:
+    """Rewrites a JSONL file of a session line by line through ``edit`` (object -> object) and re-hashes it."""
+    lines = [json.loads(line) for line in (session_dir / name).read_text().splitlines()]
+    out = [edit(i, obj) for i, obj in enumerate(lines)]
+    rewrite_file(session_dir, name, "".join(json.dumps(o, separators=(",", ":")) + "\n" for o in out).encode())
+
+
 def warm_up_picture(planes: np.ndarray) -> np.ndarray:
     """The picture a canvas recorder starts with before the first render: black, no barcode."""
     out = np.zeros_like(planes)

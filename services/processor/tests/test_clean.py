@@ -88,7 +88,7 @@ def test_a_frozen_picture_while_the_car_moves_is_frozen_but_not_while_it_stands(
 @pytest.mark.parametrize("knob,reason", [("blur_frames", "blurred"), ("black_frames", "black"),
                                          ("overexposed_frames", "overexposed"), ("flicker_frames", "flicker")])
 def test_generator_picture_knobs_trip_their_rule(tmp_path, knob, reason):
-    truth = synth_session(tmp_path / "s", SynthConfig(width=256, height=144, duration_s=4.0, seed=12)
+    truth = synth_session(tmp_path / "s", SynthConfig(width=256, height=144, duration_s=4.0, seed=13)
                           .with_corruption(knob, 4))
     result, qc = run(truth.session_dir, tmp_path / "out")
     spoiled = set(truth.blurred_frame_ids) if knob == "blur_frames" else set(truth.picture_frame_ids[knob])

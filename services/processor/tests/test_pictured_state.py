@@ -16,7 +16,7 @@ from sd_processor.framelog import PICTURE_AFTER_FALLBACK, PICTURE_UNKNOWN, read_
 from .conftest import dropped_ids, log_lines, run, wrap_rad
 
 # A new picture every second render, five frames late: each picture is on screen for two frames.
-CFG = SynthConfig(width=320, height=180, duration_s=4.0, seed=21, diffusion=True, diffusion_every=2)
+CFG = SynthConfig(width=320, height=180, duration_s=4.0, seed=23, diffusion=True, diffusion_every=2)
 
 
 @pytest.fixture(scope="module")

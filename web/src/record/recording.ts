@@ -69,8 +69,12 @@ export class Recording {
     this.pending = null;
   }
 
+  /**
+   * Logs a raw event the world has just been given: with the simulation time it takes effect at (the
+   * step that starts then is the first to see it), so that a replay applies it where the game did.
+   */
   event(ev: InputEvent): void {
-    this.log.addEvent(ev);
+    this.log.addEvent(ev, this.world.sim_t_ms);
   }
 
   probe(kind: string, sent_ms: number, received_ms: number, frameId: number | null = null): void {

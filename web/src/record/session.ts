@@ -86,6 +86,7 @@ export class SessionLog {
   private readonly frameIds = new Set<number>();
   private last: { id: number; render: number; capture: number; sim: number } | null = null;
   private lastEventT = 0;
+  private lastEventSim = 0;
   private lastLatencyT = 0;
 
   get frameCount(): number {
@@ -148,13 +149,20 @@ export class SessionLog {
     this.last = { id: f.frame_id, render, capture, sim };
   }
 
-  addEvent(ev: InputEvent): void {
+  /** `simMs`: the simulation time the event takes effect at (`sim_t_ms`, docs/session-format.md §7). */
+  addEvent(ev: InputEvent, simMs?: number): void {
     const t = Math.max(this.lastEventT, clampNum(ev.t_ms, 0, MAX_T_MS, 3, 'event.t_ms'));
     this.lastEventT = t;
-    this.events.push(JSON.stringify({
+    const line: Record<string, unknown> = {
       t_ms: t, device: ev.device, kind: ev.kind, code: ev.code.slice(0, 64) || 'unknown',
       value: clampNum(ev.value, -1, 1, 4, 'event.value'),
-    }));
+    };
+    if (simMs !== undefined) {
+      const sim = Math.max(this.lastEventSim, clampNum(simMs, 0, MAX_T_MS, 3, 'event.sim_t_ms'));
+      this.lastEventSim = sim;
+      line.sim_t_ms = sim;
+    }
+    this.events.push(JSON.stringify(line));
   }
 
   addLatency(p: LatencyProbe): void {

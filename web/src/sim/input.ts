@@ -32,6 +32,21 @@ const THROTTLE_RAMP = 1.8;
 const BRAKE_RAMP = 3.0;
 const PEDAL_RELEASE = 5.0;
 
+/** Decimals of an event's value in events.jsonl (docs/session-format.md §7). */
+export const EVENT_VALUE_DIGITS = 4;
+
+/**
+ * An event's value as events.jsonl states it: rounded to EVENT_VALUE_DIGITS decimals, within [-1, 1].
+ * The mapper applies exactly this value, so that the logged events replay the drive exactly (an
+ * analog stick's 1e-5 would otherwise be lost in the log and the replayed path drift from the driven one).
+ */
+export function eventValue(v: number): number {
+  if (!Number.isFinite(v)) return 0;
+  const f = 10 ** EVENT_VALUE_DIGITS;
+  const r = Math.round(v * f) / f;
+  return r === 0 ? 0 : clamp(r, -1, 1);
+}
+
 function approach(v: number, target: number, up: number, down: number): number {
   if (target > v) return Math.min(target, v + up);
   return Math.max(target, v - down);
@@ -45,15 +60,15 @@ export class ControlMapper {
   private kb: Controls = { steer: 0, throttle: 0, brake: 0 };
   private last: Controls = { steer: 0, throttle: 0, brake: 0 };
 
-  /** Applies one raw event to the held state. */
+  /** Applies one raw event to the held state (its value as the log states it: `eventValue`). */
   apply(ev: InputEvent): void {
     if (ev.device === 'keyboard') {
       if (ev.kind === 'keydown') this.keys.add(ev.code);
       else if (ev.kind === 'keyup') this.keys.delete(ev.code);
     } else if (ev.kind === 'axis') {
-      this.axes.set(ev.code, ev.value);
+      this.axes.set(ev.code, eventValue(ev.value));
     } else if (ev.kind === 'button') {
-      this.buttons.set(ev.code, ev.value);
+      this.buttons.set(ev.code, eventValue(ev.value));
     }
   }
 

@@ -74,6 +74,66 @@ class CleanConfig:
     max_steer_rate_per_s: float = 20.0  # |d steer / dt| (steer in [-1, 1]) above this is not a player
 
 
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay rule (sd_processor.replay): logged states against the states the logged events give.
+
+    Free-running replay (from the first frame, and again after a contact once resynchronised): a line's
+    position may differ by `position_tolerance_m` plus `heading_rounding_rad` per metre driven since the
+    replay was last anchored on a logged pose (that pose's heading is logged to 0.001 degrees, 1.7e-5 rad,
+    which turns everything after it by up to half that), its heading by `yaw_tolerance_deg` and its speed
+    by `speed_tolerance_mps`; its controls may differ from the replayed mapper's by `controls_tolerance`.
+    The log rounds positions to 0.1 mm, headings to 0.001 degrees, speeds and controls to 4 decimals, and
+    the engines' trigonometric functions differ by about 1e-14 m over a session: the tolerances are 2
+    (controls) to 70 (position) times what those explain (docs/verification.md).
+
+    In a contact (from a line logging a collision): the replay is re-anchored on each line's logged pose
+    and speed, and a line's pose must lie within `anchored_position_tolerance_m` of the way replayed from
+    the line before, its heading within `anchored_yaw_rate_dps` times the interval (the wheel angle the
+    world froze while the car was blocked is unknown). Once the intervals meet the free tolerances for
+    `resync_s` at more than `resync_min_speed_mps`, every later interval is held to the free tolerances,
+    still from the line before. `resync_s` exceeds the 1.5 s after which the game logs a new contact with
+    an object it touched (infractions.ts COLLISION_REARM_S): agreeing that long, the car touched nothing,
+    so its next contact is logged. A contact that has not resynchronised after `max_contact_s` is judged a
+    deviation.
+    """
+
+    enabled: bool = True
+    position_tolerance_m: float = 0.01
+    heading_rounding_rad: float = 2e-5
+    yaw_tolerance_deg: float = 0.01
+    speed_tolerance_mps: float = 0.001
+    controls_tolerance: float = 0.0001
+    anchored_position_tolerance_m: float = 0.05
+    anchored_yaw_rate_dps: float = 90.0
+    resync_s: float = 2.0
+    resync_min_speed_mps: float = 0.5
+    max_contact_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """The video-motion rule (sd_processor.motion): the video's turns against the logged camera turns.
+
+    Farneback flow between consecutive output pictures scaled to `flow_width` pixels wide; a pixel counts
+    where the earlier picture's squared Sobel gradient is at least `min_gradient2` (levels^2) and its
+    normalised image row is at least `min_abs_y` from the horizon; a pair needs `min_textured_share` of
+    such pixels. A segment with at least `min_pairs` judged pairs is rejected when the RMS difference of
+    the video's and the log's per-pair turns exceeds `residual_floor_deg` plus `residual_share` times the
+    RMS of the logged turns (measurements: docs/verification.md).
+    """
+
+    enabled: bool = True
+    flow_width: int = 64
+    min_gradient2: float = 400.0
+    min_abs_y: float = 0.12
+    min_textured_share: float = 0.02
+    min_pairs: int = 20
+    trim_share: float = 0.05
+    residual_floor_deg: float = 0.15
+    residual_share: float = 0.5
+
+
 LABEL_CONTROLS = ("shown", "rendered")
 
 
@@ -101,6 +161,8 @@ class ProcessorConfig:
     # exported either way; they differ only with the diffusion view, which shows an earlier render.
     label_controls: str = "shown"
     clean: CleanConfig = field(default_factory=CleanConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
     def __post_init__(self) -> None:
         if not (16 <= self.output_width <= 4096 and 16 <= self.output_height <= 4096):

@@ -50,6 +50,8 @@ from .export import (
 )
 from .framelog import FrameLog, apply_latency_probes, read_frame_log
 from .geometry import CropError, CropPlan, plan_crop
+from .motion import MotionMeter, segment_motion
+from .motion import segment_reasons as motion_reasons
 from .qc import (
     R_NOT_IN_VIDEO,
     R_SEGMENT_REJECTED,
@@ -58,6 +60,7 @@ from .qc import (
     segments_document,
     success_document,
 )
+from .replay import ReplayResult, replay_session
 from .splice import Segment, Splicer
 
 # Problems after which nothing of the session is used. Everything else drops frames, not sessions.
@@ -126,6 +129,8 @@ class _Run:
     plan: CropPlan | None = None
     qc: QcReport | None = None
     keys: set[str] = field(default_factory=set)
+    replay: ReplayResult | None = None  # the logged states against the logged events (None: rule off)
+    motion: MotionMeter | None = None  # the video's turns between consecutive pictures (None: rule off)
 
 
 def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorConfig | None = None,
@@ -148,6 +153,8 @@ def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorCon
     m = run.manifest
     run.log = read_frame_log(run.session_dir / FRAMES_NAME)
     probes_used = apply_latency_probes(run.log, run.session_dir / LATENCY_NAME)
+    if run.cfg.replay.enabled:
+        run.replay = replay_session(run.session_dir, run.log, run.cfg.replay)
     try:
         run.plan = plan_crop(width=m.recording.width, height=m.recording.height, fx=m.camera.intrinsics.fx,
                              fy=m.camera.intrinsics.fy, cx=m.camera.intrinsics.cx, cy=m.camera.intrinsics.cy,
@@ -223,8 +230,13 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     align_reasons: Counter = Counter()
     report_every = max(1, total // 50)
 
+    if cfg.motion.enabled:
+        run.motion = MotionMeter(run.plan, cfg.motion)
+
     def settle(cands) -> None:
         for cand in cands:
+            if run.motion is not None:
+                run.motion.push(cand.frame.y, cand.pictured)
             if cand.good:
                 f = cand.frame
                 cand.jpeg = encode_jpeg(f.y, f.u, f.v, cfg.jpeg_quality)
@@ -266,6 +278,11 @@ def _close_segment(run: _Run, seg: Segment) -> None:
     cfg, log, qc = run.cfg, run.log, run.qc
     reasons = segment_reasons(log, seg.lines, duration_s=seg.duration_s, holes=seg.holes, cfg=cfg.clean,
                               min_segment_s=cfg.min_segment_s)
+    if run.replay is not None:  # the states exported are the pictured ones; the frames shown, too
+        reasons += run.replay.segment_reasons(seg.lines + seg.pictured_lines)
+    if run.motion is not None:
+        stats = segment_motion(log, run.motion.take(seg.pictured_lines), cfg.motion.trim_share)
+        reasons += motion_reasons(stats, cfg.motion)
     folder = route_folder(run.session_id, seg.index)
     record = describe_segment(folder, seg, log, reasons)
     qc.segments.append(record)

@@ -478,6 +478,9 @@ class InputEvent(_Record):
     kind: Literal["keydown", "keyup", "axis", "button"]
     code: Annotated[str, Field(min_length=1, max_length=64)]
     value: _number(-1, 1)
+    # The simulation time the event took effect at: the game's step starting then was the first to see
+    # it. Optional (older clients do not write it); without it a replay cannot know the step.
+    sim_t_ms: _number(0, MAX_DURATION_S * 1000 * 2) | None = None
 
 
 class LatencyProbe(_Record):

@@ -29,8 +29,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .. import dynamics
 from . import barcode
-from .scene import BLOCK_PITCH_M, LANE_OFFSET_M, ROAD_HALF_WIDTH_M, City, Renderer, angles, rotation
+from .scene import BLOCK_PITCH_M, LANE_OFFSET_M, ROAD_HALF_WIDTH_M, City, Renderer, rotation
 from .spec import (
     EVENTS_NAME,
     FRAMES_NAME,
@@ -60,11 +61,6 @@ from .video import VideoWriter
 SESSION_DIR_NAME = "session"
 TRUTH_NAME = "truth.json"
 
-WHEELBASE_M = 2.8
-MAX_STEER_RAD = math.radians(35.0)
-THROTTLE_ACCEL_MPS2 = 4.0
-BRAKE_DECEL_MPS2 = 8.0
-DRAG_PER_S = 0.03
 CRUISE_MPS = 9.0
 TURN_MPS = 4.5
 
@@ -268,44 +264,41 @@ def _make_route(rng: np.random.Generator, min_length_m: float) -> _Route:
     return route
 
 
-@dataclass
-class _State:
-    x: float
-    y: float
-    yaw: float  # radians, CCW from east
-    v: float
-
-
-def _controls(route: _Route, st: _State, s: float, rng: np.random.Generator) -> tuple[float, float, float]:
+def _controls(route: _Route, car: dynamics.VehicleState, s: float, rng: np.random.Generator
+              ) -> tuple[float, float, float]:
     """Pure pursuit for the wheel and a speed controller for the pedals, as a steady player drives."""
-    lookahead = max(6.0, 0.8 * st.v)
+    p = dynamics.SEDAN
+    lookahead = max(6.0, 0.8 * car.v)
     target = route.point_at(s + lookahead)
-    dx, dy = target[0] - st.x, target[1] - st.y
-    fwd = math.cos(st.yaw) * dx + math.sin(st.yaw) * dy
-    left = -math.sin(st.yaw) * dx + math.cos(st.yaw) * dy
+    dx, dy = target[0] - car.x, target[1] - car.y
+    fwd = math.cos(car.yaw) * dx + math.sin(car.yaw) * dy
+    left = -math.sin(car.yaw) * dx + math.cos(car.yaw) * dy
     alpha = math.atan2(left, fwd)
-    delta_left = math.atan(2 * WHEELBASE_M * math.sin(alpha) / lookahead)
-    steer = float(np.clip(-delta_left / MAX_STEER_RAD + rng.normal(0, 0.005), -1, 1))
+    delta_left = math.atan(2 * p.wheelbase_m * math.sin(alpha) / lookahead)
+    # The game turns input -1 (left) into the largest wheel angle the speed allows (dynamics.steer_limit).
+    steer = float(np.clip(-delta_left / dynamics.steer_limit(p, car.v) + rng.normal(0, 0.005), -1, 1))
     near_turn = any(-8.0 < c - s < 30.0 for c, o in route.crossings if o in (RoadOption.LEFT, RoadOption.RIGHT))
     v_target = TURN_MPS if near_turn else CRUISE_MPS
     if s > route.length_m - 15:
         v_target = 0.0
-    accel = float(np.clip(1.5 * (v_target - st.v), -6.0, 3.0))
+    accel = float(np.clip(1.5 * (v_target - car.v), -6.0, 3.0))
     if accel >= -0.2:
-        throttle = float(np.clip((accel + DRAG_PER_S * st.v) / THROTTLE_ACCEL_MPS2, 0, 1))
+        speed = abs(car.v)
+        resist = p.drag_per_mass_pm * car.v * speed + (p.rolling_resistance_mps2 if speed > 0.01 else 0.0)
+        engine = min(p.max_accel_mps2, p.power_per_mass_wpkg / speed if speed > 0.5 else math.inf)
+        throttle = float(np.clip((accel + resist) / engine, 0, 1))
         brake = 0.0
     else:
-        throttle, brake = 0.0, float(np.clip(-accel / BRAKE_DECEL_MPS2, 0, 1))
+        throttle, brake = 0.0, float(np.clip(-accel / p.max_brake_mps2, 0, 1))
     return steer, throttle, brake
 
 
-def _step(st: _State, steer: float, throttle: float, brake: float, dt: float) -> None:
-    """Kinematic bicycle model; positive steer turns right (clockwise)."""
-    accel = THROTTLE_ACCEL_MPS2 * throttle - BRAKE_DECEL_MPS2 * brake - DRAG_PER_S * st.v
-    st.x += st.v * math.cos(st.yaw) * dt
-    st.y += st.v * math.sin(st.yaw) * dt
-    st.yaw += -st.v / WHEELBASE_M * math.tan(steer * MAX_STEER_RAD) * dt
-    st.v = max(0.0, st.v + accel * dt)
+def _stick(steer: float) -> float:
+    """The stick position whose input the game maps (past its dead zone) to ``steer``."""
+    if steer == 0:
+        return 0.0
+    dz = dynamics.GAMEPAD_DEAD_ZONE
+    return math.copysign(abs(steer) * (1 - dz) + dz, steer)
 
 
 def _command(route: _Route, s: float) -> RoadOption:
@@ -434,6 +427,8 @@ def plan_session(cfg: SynthConfig) -> SessionPlan:
     w, h, fps = cfg.width, cfg.height, cfg.fps
     if w % 2 or h % 2:
         raise ValueError(f"width and height must be even, got {w}x{h}")
+    if not 0 < fps <= dynamics.SIM_HZ:
+        raise ValueError(f"fps {fps} must be in (0, {dynamics.SIM_HZ}]: the game renders at most one frame a step")
     n = max(1, round(cfg.duration_s * fps))
     if n > MAX_FRAME_ID:
         raise ValueError(f"{n} frames exceed the barcode's {MAX_FRAME_ID + 1}")
@@ -464,7 +459,12 @@ def plan_session(cfg: SynthConfig) -> SessionPlan:
 
 @dataclass(frozen=True)
 class DriveTick:
-    """The car at one rendered frame: where it is, what the player pressed, what the route says."""
+    """The car at one rendered frame: where it is, what the player pressed, what the route says.
+
+    ``sim_step`` steps of the game's dynamics (60 Hz) lie behind it; ``sent`` are the gamepad values the
+    player changed right after this frame was shown, which the step that follows is the first to see;
+    steer, throttle and brake are the controls that step applied (what the game logs).
+    """
 
     s_m: float  # arc length along the route
     x_m: float
@@ -478,28 +478,62 @@ class DriveTick:
     vehicle_r: np.ndarray
     camera_p: np.ndarray
     camera_r: np.ndarray
+    sim_step: int = 0
+    sent: tuple[tuple[str, float], ...] = ()
+
+
+def sim_step_of_frame(fps: float, i: int) -> int:
+    """The simulation step the game shows at rendered frame ``i`` of a session rendered at ``fps``."""
+    return round(i * dynamics.SIM_HZ / fps)
 
 
 def drive(plan: SessionPlan) -> list[DriveTick]:
-    """A steady player's drive along the plan's route; the controls' noise has its own stream."""
+    """A steady player's drive along the plan's route, on the game's dynamics, from the gamepad.
+
+    At each rendered frame the player looks at the car and moves the stick and the triggers where a
+    change is worth it (more than 0.02); the game's ControlMapper and 60 Hz vehicle step
+    (:mod:`sd_common.dynamics`) drive the car from those events, as the game does, so the logged poses
+    follow from the logged events exactly. The controls' noise has its own stream.
+    """
     route, fps = plan.route, plan.config.fps
     rng = stream(plan.config.seed, "drive")
     mount_r = rotation(MOUNT.yaw_deg, MOUNT.pitch_deg, MOUNT.roll_deg)
     mount_t = np.array([MOUNT.x_m, MOUNT.y_m, MOUNT.z_m])
-    st = _State(float(route.points[0][0]), float(route.points[0][1]), 0.0, 0.0)
     d0 = route.points[1] - route.points[0]
-    st.yaw = math.atan2(d0[1], d0[0])
-    hint, s_prev = 0, 0.0
+    car = dynamics.make_vehicle(float(route.points[0][0]), float(route.points[0][1]), math.atan2(d0[1], d0[0]))
+    mapper = dynamics.ControlMapper()
+    held = {dynamics.STEER_AXIS: 0.0, dynamics.THROTTLE_BUTTON: 0.0, dynamics.BRAKE_BUTTON: 0.0}
+    hint, s_prev, step = 0, 0.0, 0
     ticks: list[DriveTick] = []
-    for _ in range(plan.frame_count):
-        s, hint = route.project(np.array([st.x, st.y]), hint)
+    for i in range(plan.frame_count):
+        s, hint = route.project(np.array([car.x, car.y]), hint)
         s = max(s, s_prev)
         s_prev = s
-        steer, throttle, brake = _controls(route, st, s, rng)
-        vehicle_r = rotation(math.degrees(st.yaw), 0.0, 0.0)
-        ticks.append(DriveTick(s, st.x, st.y, st.yaw, st.v, steer, throttle, brake, _command(route, s),
-                               vehicle_r, np.array([st.x, st.y, 0.0]) + vehicle_r @ mount_t, vehicle_r @ mount_r))
-        _step(st, steer, throttle, brake, 1.0 / fps)
+        steer, throttle, brake = _controls(route, car, s, rng)
+        sent = []
+        for code, value in ((dynamics.STEER_AXIS, _stick(steer)), (dynamics.THROTTLE_BUTTON, throttle),
+                            (dynamics.BRAKE_BUTTON, brake)):
+            value = dynamics.event_value(value)
+            if abs(value - held[code]) > 0.02 or (value == 0 and held[code] != 0 and code != dynamics.STEER_AXIS):
+                kind = "axis" if code.startswith("axis") else "button"
+                mapper.apply("gamepad", kind, code, value)
+                held[code] = value
+                sent.append((code, value))
+        yaw_deg = dynamics.wrap_deg(car.yaw * 180 / math.pi)
+        vehicle_r = rotation(yaw_deg, 0.0, 0.0)
+        pose = (s, car.x, car.y, car.yaw, abs(car.v))
+        camera_p = np.array([car.x, car.y, 0.0]) + vehicle_r @ mount_t
+        # The steps up to the next frame; the first one's controls are this frame's (docs/session-format.md §6.2).
+        until = sim_step_of_frame(fps, i + 1)  # above `step`: plan_session keeps fps at most 60
+        controls = None
+        while step < until:
+            c = mapper.step(dynamics.SIM_DT_S)
+            if controls is None:
+                controls = c
+            dynamics.step_vehicle(car, c, dynamics.SIM_DT_S)
+            step += 1
+        ticks.append(DriveTick(*pose, controls.steer, controls.throttle, controls.brake, _command(route, s),
+                               vehicle_r, camera_p, vehicle_r @ mount_r, sim_step_of_frame(fps, i), tuple(sent)))
     return ticks
 
 
@@ -569,20 +603,30 @@ def damage_video(plan: SessionPlan, path: Path) -> None:
 # --- logs: frames.jsonl, events.jsonl, latency.jsonl ------------------------------------------------
 
 
-def _pose_dict(x: float, y: float, z: float, r: np.ndarray) -> dict[str, float]:
-    yaw, pitch, roll = angles(r)
-    return {"x_m": round(x, 3), "y_m": round(y, 3), "z_m": round(z, 3), "yaw_deg": round(_wrap(yaw), 3),
-            "pitch_deg": round(pitch, 3), "roll_deg": round(roll, 3)}
+def _num(v: float, digits: int) -> float:
+    """A number as the game's log writes it (session.ts ``num``): rounded half up, never -0."""
+    f = 10.0 ** digits
+    r = dynamics.js_round(v * f) / f
+    return 0.0 if r == 0 else r
 
 
-def _wrap(deg: float) -> float:
-    w = (deg + 180.0) % 360.0 - 180.0
-    return 180.0 if w == -180.0 else w
+def _vehicle_pose(t: DriveTick) -> dict[str, float]:
+    """camera.ts ``vehiclePose``, rounded as session.ts writes it."""
+    return {"x_m": _num(t.x_m, 4), "y_m": _num(t.y_m, 4), "z_m": 0.0,
+            "yaw_deg": _num(dynamics.wrap_deg(t.yaw_rad * 180 / math.pi), 3), "pitch_deg": 0.0, "roll_deg": 0.0}
+
+
+def _camera_pose(t: DriveTick) -> dict[str, float]:
+    """camera.ts ``cameraPose`` with the mount, rounded as session.ts writes it."""
+    c, s, m = math.cos(t.yaw_rad), math.sin(t.yaw_rad), MOUNT
+    return {"x_m": _num(t.x_m + c * m.x_m - s * m.y_m, 4), "y_m": _num(t.y_m + s * m.x_m + c * m.y_m, 4),
+            "z_m": _num(m.z_m, 4), "yaw_deg": _num(dynamics.wrap_deg(t.yaw_rad * 180 / math.pi + m.yaw_deg), 3),
+            "pitch_deg": _num(m.pitch_deg, 3), "roll_deg": _num(m.roll_deg, 3)}
 
 
 def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
     """frames.jsonl, line by line, with the log corruptions the plan picked."""
-    cfg, route, fps = plan.config, plan.route, plan.config.fps
+    cfg, route = plan.config, plan.route
     nan_lines, range_lines, command_lines, repeat_lines, garbage = (plan.picked(k) for k in (
         "nan_controls", "out_of_range_controls", "bad_command", "repeated_frame_ids", "garbage_lines"))
     infraction_frame = plan.frame_count // 2 if cfg.infractions else -1
@@ -594,12 +638,11 @@ def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
             "frame_id": i - 1 if i in repeat_lines else i,
             "t_render_ms": round(plan.page_ms(plan.t_render_ms[i]), 3),
             "t_capture_ms": round(plan.page_ms(plan.t_capture_ms[i]), 3),
-            "sim_t_ms": round(i * 1000.0 / fps, 3),
-            "vehicle": _pose_dict(t.x_m, t.y_m, 0.0, t.vehicle_r),
-            "camera": _pose_dict(*(float(c) for c in t.camera_p), t.camera_r),
-            "speed_mps": round(t.speed_mps, 4),
-            "controls": {"steer": round(t.steer, 4), "throttle": round(t.throttle, 4),
-                         "brake": round(t.brake, 4)},
+            "sim_t_ms": _num(t.sim_step * 1000 / dynamics.SIM_HZ, 3),
+            "vehicle": _vehicle_pose(t),
+            "camera": _camera_pose(t),
+            "speed_mps": _num(t.speed_mps, 4),
+            "controls": {"steer": _num(t.steer, 4), "throttle": _num(t.throttle, 4), "brake": _num(t.brake, 4)},
             "command": int(t.command),
             "route": {"progress": round(min(1.0, t.s_m / route.length_m), 6),
                       "distance_remaining_m": round(max(0.0, route.length_m - t.s_m), 3)},
@@ -617,23 +660,24 @@ def frame_lines(plan: SessionPlan, ticks: list[DriveTick]) -> Iterator[str]:
 
 
 def input_events(plan: SessionPlan, ticks: list[DriveTick]) -> list[dict[str, Any]]:
-    """events.jsonl: the gamepad changes a player made (each a little before its frame) and one horn press."""
+    """events.jsonl: the gamepad changes the player made (each a little after the frame it answers) and
+    one horn press (a key the game ignores), each with the simulation time it took effect at."""
     rng = stream(plan.config.seed, "events")
+    horn_down, horn_up = plan.frame_count // 3, min(plan.frame_count - 1, plan.frame_count // 3 + 6)
     events: list[dict[str, Any]] = []
-    last_sent = {"axis0": 0.0, "button7": 0.0, "button6": 0.0}
+    last_t = 0.0
     for i, t in enumerate(ticks):
-        for code, value in (("axis0", t.steer), ("button7", t.throttle), ("button6", t.brake)):
-            if abs(value - last_sent[code]) > 0.02 or (i == 0 and value):
-                kind = "axis" if code.startswith("axis") else "button"
-                t_ms = plan.page_ms(max(0.0, plan.t_render_ms[i] - rng.uniform(2, 12)))
-                events.append({"t_ms": round(t_ms, 3), "device": "gamepad", "kind": kind, "code": code,
-                               "value": round(value, 4)})
-                last_sent[code] = value
-    horn_t = float(plan.t_render_ms[plan.frame_count // 3])
-    for t_ms, kind, value in ((horn_t, "keydown", 1), (horn_t + 180.0, "keyup", 0)):
-        events.append({"t_ms": round(plan.page_ms(t_ms), 3), "device": "keyboard", "kind": kind, "code": "KeyH",
-                       "value": value})
-    events.sort(key=lambda e: e["t_ms"])
+        sim_ms = _num(t.sim_step * 1000 / dynamics.SIM_HZ, 3)
+        lines = [("gamepad", "axis" if code.startswith("axis") else "button", code, value) for code, value in t.sent]
+        if i == horn_down:
+            lines.append(("keyboard", "keydown", "KeyH", 1))
+        if i == horn_up:
+            lines.append(("keyboard", "keyup", "KeyH", 0))
+        for device, kind, code, value in lines:
+            # As the game's log does, a time never goes back (an event is logged when it is handled).
+            last_t = max(last_t, round(plan.page_ms(plan.t_render_ms[i] + rng.uniform(1, 8)), 3))
+            events.append({"t_ms": last_t, "device": device, "kind": kind, "code": code, "value": value,
+                           "sim_t_ms": sim_ms})
     return events
 
 

@@ -399,8 +399,20 @@ def _check_time_order(ctx: _Context, name: str, prefix: str, model: type[BaseMod
 
 
 def _check_events(ctx: _Context) -> None:
-    if EVENTS_NAME in ctx.readable:
-        ctx.stats.events_logged = _check_time_order(ctx, EVENTS_NAME, "event", InputEvent)
+    if EVENTS_NAME not in ctx.readable:
+        return
+    latest = {"sim_t_ms": -math.inf}
+
+    def sim_order(number: int, rec: InputEvent) -> None:
+        if rec.sim_t_ms is None:
+            return
+        if rec.sim_t_ms < latest["sim_t_ms"]:
+            ctx.out.add(Problem("event_time_not_monotonic", f"{EVENTS_NAME}:{number}",
+                                f"{EVENTS_NAME} line {number}: sim_t_ms {rec.sim_t_ms} is before "
+                                f"{latest['sim_t_ms']} on an earlier line; write lines in time order"))
+        latest["sim_t_ms"] = max(latest["sim_t_ms"], rec.sim_t_ms)
+
+    ctx.stats.events_logged = _check_time_order(ctx, EVENTS_NAME, "event", InputEvent, sim_order)
 
 
 def _check_latency(ctx: _Context) -> None:

@@ -8,12 +8,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, MISSING, MULTIPART_BYTES, PROCESSED_TIMEOUT_S, SIZE, WEB,
+from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, HOSTED_DELAY_MS, HOSTED_KEY, MISSING, MULTIPART_BYTES, PROCESSED_TIMEOUT_S, SIZE, WEB,
                             build_web)
+from tests.ports import free_port
 from tests.stack import start_stack
 
 
@@ -23,11 +25,25 @@ def stack(tmp_path_factory):
         pytest.fail(f"browser test needs: {MISSING}")
     build_web()
     state = tmp_path_factory.mktemp("game-stack")
+    # The hosted provider's local stand-in (sd_diffusion.mirage_standin), for the hosted drive: it loses
+    # the barcode, as a generative model repainting those pixels does, and answers HOSTED_DELAY_MS late.
+    port = free_port()
+    standin = subprocess.Popen([sys.executable, "-m", "sd_diffusion.mirage_standin", "--port", str(port),
+                                "--api-key", HOSTED_KEY, "--barcode", "lose", "--delay-ms", str(HOSTED_DELAY_MS)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "Mirage stand-in at" in standin.stdout.readline(), "the hosted stand-in did not start"
     env = dict(os.environ, SD_STORE_MULTIPART_THRESHOLD_BYTES=str(MULTIPART_BYTES),
-               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES), SD_DIFFUSION_LOOK_DELAY_MS=str(DIFFUSION_DELAY_MS))
-    running = start_stack(state, env)
-    yield {"url": running.url, "state": state, "offset": running.offset}
-    running.stop(signal.SIGTERM, timeout_s=30)
+               SD_STORE_MULTIPART_PART_BYTES=str(MULTIPART_BYTES), SD_DIFFUSION_LOOK_DELAY_MS=str(DIFFUSION_DELAY_MS),
+               SD_GATEWAY_HOSTED_DIFFUSION="mirage", SD_GATEWAY_MIRAGE_API_KEY=HOSTED_KEY,
+               SD_GATEWAY_MIRAGE_API_URL=f"http://127.0.0.1:{port}",
+               SD_GATEWAY_MIRAGE_REALTIME_URL=f"ws://127.0.0.1:{port}/v1/stream")
+    try:
+        running = start_stack(state, env)
+        yield {"url": running.url, "state": state, "offset": running.offset}
+        running.stop(signal.SIGTERM, timeout_s=30)
+    finally:
+        standin.terminate()
+        standin.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +128,13 @@ def lost_diffusion_drive(stack, processed):
     assert closed, "the drive ended before its stream had sent 40 frames"
     result = json.loads((out / "result.json").read_text())
     return {"result": result, "sid": result["result"]["sessionId"], "closed": closed, "after": after}
+
+
+@pytest.fixture(scope="session")
+def hosted_drive(stack, processed):
+    """An 8 s drive streamed to the hosted provider's stand-in (`?diffusion=mirage`): the gateway mints
+    the token, the game signals with the provider itself; the barcode does not survive the model."""
+    return _short_drive(stack, "hosted", "14", "8", "--diffusion", "--diffusion-provider", "mirage")
 
 
 def _short_drive(stack, name: str, seed: str, duration_s: str, *flags: str) -> dict:

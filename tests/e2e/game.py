@@ -17,6 +17,9 @@ MULTIPART_BYTES = 5 * 1024 * 1024  # the smallest threshold the store allows, so
 # The stack's diffusion backend takes this long per frame: every picture the game shows is at least
 # this old, so the state it shows is known to differ from the state on screen at the time.
 DIFFUSION_DELAY_MS = 200.0
+# The hosted provider's stand-in (tests/e2e/conftest.py): the gateway's server-side key, and its latency.
+HOSTED_KEY = "e2e-hosted-provider-key-5d1c"
+HOSTED_DELAY_MS = 120.0
 # The processor's output for the 32 s drive must appear within this many seconds of the upload; the
 # margin is for a loaded 2-core CI machine. Not appearing in time is a failure, never a skip.
 PROCESSED_TIMEOUT_S = float(os.environ.get("SD_E2E_PROCESSED_TIMEOUT_S", "240"))

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, IN_CI, MISSING, MULTIPART_BYTES,
+from tests.e2e.game import (ARTIFACTS, DIFFUSION_DELAY_MS, DRIVE_S, HOSTED_KEY, IN_CI, MISSING, MULTIPART_BYTES,
                             PROCESSED_TIMEOUT_S, SIZE, WEB)
 
 pytestmark = pytest.mark.skipif(MISSING is not None and not IN_CI, reason=f"browser test needs: {MISSING}")
@@ -180,6 +180,30 @@ def test_a_stream_lost_mid_drive_leaves_the_plain_render_recorded_and_named(stac
     assert judged["plain"] >= 20 and judged["diffusion"] >= 1, judged
     print(f"\nstream ended after {lost_diffusion_drive['closed']['frames_out']} frames; plain render from frame "
           f"{plain_from}; {judged} frames in segments; {qc['segments']}")
+
+
+def test_the_hosted_view_streams_from_the_provider_and_pairs_by_the_latency_path(stack, hosted_drive):
+    """The hosted path in the browser: the gateway mints a client token from its server-side key, the game
+    signals with the provider's stand-in itself and shows its stream. The stand-in loses the barcode, so
+    the game pairs each picture with the render sent its estimated latency earlier and states the error."""
+    result = hosted_drive["result"]
+    assert result["verdict"] == "accepted", result
+    assert result["diffusionMessage"].startswith("Diffusion view on (mirage)"), result["diffusionMessage"]
+    session = stack["state"] / "store" / "raw" / hosted_drive["sid"]
+    manifest = json.loads((session / "manifest.json").read_text())
+    d = manifest["diffusion"]
+    assert d["enabled"] is True and d["backend"] == "mirage", d
+    # no barcode came back, so the latency is the configured one, not measured, and its error is stated
+    assert d["pairing"] == "latency" and d["pairing_samples"] == 0, d
+    assert d["pairing_latency_ms"] > 0 and d["pairing_error_ms"] >= 100, d
+    text = (session / "manifest.json").read_text() + (session / "frames.jsonl").read_text()
+    assert HOSTED_KEY not in text  # the server-side key never reached the browser
+    rows = [json.loads(line) for line in (session / "frames.jsonl").read_text().splitlines()]
+    first = next(i for i, r in enumerate(rows) if r["diffusion_frame_id"] is not None)
+    paired = rows[first:]
+    assert len(paired) >= 10 and all(r["diffusion_frame_id"] is not None for r in paired), first
+    assert all(0 <= r["frame_id"] - r["diffusion_frame_id"] for r in paired)
+    assert paired[-1]["diffusion_frame_id"] > paired[0]["diffusion_frame_id"]
 
 
 def _pictured_state_is_exported(stack, sid: str, lines: dict[int, dict]) -> None:

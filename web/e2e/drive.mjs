@@ -11,6 +11,7 @@
 //
 // --diffusion turns the diffusion view on: the offer goes through the gateway to the stack's
 // diffusion service, which streams its backend's frames back.
+// --diffusion-provider mirage (with --diffusion) streams to the gateway's hosted provider instead.
 import { mkdirSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -49,7 +50,7 @@ try {
     }, { times: 1 });
   }
   const query = new URLSearchParams({ autopilot: '1', seed: a.seed, duration_s: a.duration, size: a.size });
-  if (a.diffusion) query.set('diffusion', '1');
+  if (a.diffusion) query.set('diffusion', a['diffusion-provider'] ?? '1');
   const started = Date.now();
   await page.goto(`${a.url}/?${query}`, { timeout: left() });
   await page.getByTestId('start').waitFor({ state: 'visible', timeout: left() });

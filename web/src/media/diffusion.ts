@@ -139,27 +139,34 @@ export class DiffusionLink {
    * was made from. Null when there is none yet or its barcode does not read (markers or parity).
    */
   shownFrameId(): number | null {
-    const w = this.video.videoWidth;
-    const h = this.video.videoHeight;
-    if (!w || !h) return null;
-    const cell = defaultCellPx(h);
-    const stripW = BARCODE_CELLS * cell;
-    if (stripW > w) return null;
-    const c = this.stripCanvas;
-    if (c.width !== stripW || c.height !== cell) {
-      c.width = stripW;
-      c.height = cell;
-    }
-    const ctx = c.getContext('2d', { willReadFrequently: true });
-    if (!ctx) return null;
-    ctx.drawImage(this.video, 0, h - cell, stripW, cell, 0, 0, stripW, cell);
-    return readStrip(ctx.getImageData(0, 0, stripW, cell).data, stripW, cell);
+    return readVideoBarcode(this.video, this.stripCanvas);
   }
 
   close(): void {
     this.pc?.close();
     this.pc = null;
   }
+}
+
+/**
+ * The frame id in the barcode strip of the picture a video element shows now (its bottom-left cells),
+ * copied out through `strip`; null when there is no picture yet or the strip does not read.
+ */
+export function readVideoBarcode(video: HTMLVideoElement, strip: HTMLCanvasElement): number | null {
+  const w = video.videoWidth;
+  const h = video.videoHeight;
+  if (!w || !h) return null;
+  const cell = defaultCellPx(h);
+  const stripW = BARCODE_CELLS * cell;
+  if (stripW > w) return null;
+  if (strip.width !== stripW || strip.height !== cell) {
+    strip.width = stripW;
+    strip.height = cell;
+  }
+  const ctx = strip.getContext('2d', { willReadFrequently: true });
+  if (!ctx) return null;
+  ctx.drawImage(video, 0, h - cell, stripW, cell, 0, 0, stripW, cell);
+  return readStrip(ctx.getImageData(0, 0, stripW, cell).data, stripW, cell);
 }
 
 /** The frame id in a barcode strip (RGBA pixels, `cell` rows of `width`), by its luma (BT.601). */

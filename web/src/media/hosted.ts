@@ -19,9 +19,8 @@
  * manifest's diffusion block records which (`pairing`, `pairing_latency_ms`, `pairing_error_ms`,
  * `pairing_samples`; docs/session-format.md §3).
  */
-import { BARCODE_CELLS, defaultCellPx } from '../record/barcode';
 import type { GatewayClient } from '../record/upload';
-import { StreamWatch, readStrip } from './diffusion';
+import { StreamWatch, readVideoBarcode } from './diffusion';
 
 /** How a link paired the pictures it showed with the renders they were made from (manifest `diffusion.pairing*`). */
 export interface PairingSummary {
@@ -414,20 +413,6 @@ export class HostedLink implements DiffusionStream {
 
   /** The frame id in the barcode strip of the picture just presented; null when it does not read. */
   private readBarcode(): number | null {
-    const w = this.video.videoWidth;
-    const h = this.video.videoHeight;
-    if (!w || !h) return null;
-    const cell = defaultCellPx(h);
-    const stripW = BARCODE_CELLS * cell;
-    if (stripW > w) return null;
-    const c = this.stripCanvas;
-    if (c.width !== stripW || c.height !== cell) {
-      c.width = stripW;
-      c.height = cell;
-    }
-    const ctx = c.getContext('2d', { willReadFrequently: true });
-    if (!ctx) return null;
-    ctx.drawImage(this.video, 0, h - cell, stripW, cell, 0, 0, stripW, cell);
-    return readStrip(ctx.getImageData(0, 0, stripW, cell).data, stripW, cell);
+    return readVideoBarcode(this.video, this.stripCanvas);
   }
 }

@@ -18,6 +18,20 @@ class BackendError(RuntimeError):
     """A backend cannot be built (missing weights, a device that is not there) or cannot run."""
 
 
+def torch_device(name: str, backend: str):
+    """The torch device a model backend's `device` setting names: "auto" is the first GPU, else the CPU;
+    BackendError when a GPU is asked for and torch sees none. (torch is imported here, not at module
+    level: the look backend runs without it.)"""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"{backend} device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
 @dataclass(frozen=True)
 class BackendInfo:
     """What the manifest and GetCapacity say about a backend."""

@@ -29,7 +29,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from sd_diffusion.backends import BackendError, BackendInfo
+from sd_diffusion.backends import BackendError, BackendInfo, torch_device
 from sd_diffusion.backends.turbo.config import TurboConfig
 from sd_diffusion.backends.turbo.weights import PromptEmbeddings, describe, load_parts, load_tiny_vae, random_parts
 
@@ -52,15 +52,6 @@ class TurboStream:
     timesteps: list[float] = field(default_factory=list)  # the last frame's (the tests read them)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"turbo device {name!r} asked for, but torch sees no CUDA device")
-    return device
-
-
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -74,7 +65,7 @@ class TurboBackend:
 
     def __init__(self, config: TurboConfig) -> None:
         self.config = config
-        self.device = _device(config.device)
+        self.device = torch_device(config.device, "turbo")
         self.dtype = _dtype(config.dtype, self.device)
         if config.model_dir is not None:
             root = Path(config.model_dir)

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 
-from sd_diffusion.backends import BackendError, BackendInfo
+from sd_diffusion.backends import BackendError, BackendInfo, torch_device
 from sd_diffusion.backends.wan.config import WanConfig
 from sd_diffusion.backends.wan.model import CausalWanTransformer, FrameKVCache, TextContext
 from sd_diffusion.backends.wan.taehv import build_tiny_decoder
@@ -91,22 +91,13 @@ class WanStream:
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"wan device {name!r} asked for, but torch sees no CUDA device")
-    return device
-
-
 class WanBackend:
     """See the module docstring. Shared by a pod's streams; each stream is driven by one thread."""
 
     def __init__(self, config: WanConfig) -> None:
         self.config = config
         devices = resolve_devices(config.devices, config.num_layers) if config.devices else []
-        self.device = devices[0] if devices else _device(config.device)
+        self.device = devices[0] if devices else torch_device(config.device, "wan")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         # the tiny TAEHV decoder decodes instead of the VAE's own (which still encodes); built first, so a
         # missing file is named before the large weights load

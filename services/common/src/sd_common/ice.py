@@ -35,12 +35,16 @@ class IceServer(BaseModel):
         return urls
 
 
-def check_turn_urls(urls: list[str]) -> list[str]:
-    """The TURN URLs of a turn_urls setting; ValueError names one that is not turn:/turns:."""
-    bad = [u for u in urls if not u.startswith(("turn:", "turns:"))]
-    if bad:
-        raise ValueError(f"TURN URLs must start with turn: or turns:, got {bad}")
-    return urls
+def parse_turn_urls(value: object) -> object:
+    """A turn_urls setting (a list, or comma-separated text) as a list of TURN URLs; ValueError names one
+    that is not turn:/turns:. Anything else is passed on for the settings' own type check."""
+    if isinstance(value, str):
+        value = [u.strip() for u in value.split(",") if u.strip()]
+    if isinstance(value, list):
+        bad = [u for u in value if not str(u).startswith(("turn:", "turns:"))]
+        if bad:
+            raise ValueError(f"TURN URLs must start with turn: or turns:, got {bad}")
+    return value
 
 
 def turn_rest_credentials(secret: str, user: str, ttl_s: int, now: float | None = None) -> tuple[str, str, int]:

@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from sd_common.ice import IceServer, check_turn_urls
+from sd_common.ice import IceServer, parse_turn_urls
 from sd_common.settings import ServiceSettings
 
 __all__ = ["DiffusionSettings", "IceServer"]
@@ -74,6 +74,4 @@ class DiffusionSettings(ServiceSettings):
     @field_validator("turn_urls", mode="before")
     @classmethod
     def _split_turn_urls(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = [u.strip() for u in v.split(",") if u.strip()]
-        return check_turn_urls(v) if isinstance(v, list) else v
+        return parse_turn_urls(v)

@@ -10,7 +10,7 @@ from pydantic import field_validator, model_validator
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from sd_common.ice import IceServer, check_turn_urls
+from sd_common.ice import IceServer, parse_turn_urls
 from sd_common.settings import ServiceSettings
 
 
@@ -64,9 +64,7 @@ class GatewaySettings(ServiceSettings):
     @field_validator("turn_urls", mode="before")
     @classmethod
     def _split_turn_urls(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = [u.strip() for u in v.split(",") if u.strip()]
-        return check_turn_urls(v) if isinstance(v, list) else v
+        return parse_turn_urls(v)
 
     @field_validator("diffusion_target")
     @classmethod

@@ -70,13 +70,7 @@ export class DiffusionLink {
   readonly watch = new StreamWatch();
 
   constructor(readonly width: number, readonly height: number) {
-    this.video = document.createElement('video');
-    this.video.muted = true;
-    this.video.playsInline = true;
-    this.sendCanvas = document.createElement('canvas');
-    this.sendCanvas.width = width;
-    this.sendCanvas.height = height;
-    this.stripCanvas = document.createElement('canvas');
+    ({ video: this.video, sendCanvas: this.sendCanvas, stripCanvas: this.stripCanvas } = streamElements(width, height));
   }
 
   /** Offers a stream of the render; resolves when the answer is applied and the first frame arrived. */
@@ -146,6 +140,21 @@ export class DiffusionLink {
     this.pc?.close();
     this.pc = null;
   }
+}
+
+/**
+ * What a diffusion link draws with: the muted inline video element the returned stream plays in, the
+ * canvas of the render's size it sends from, and a canvas to copy barcode strips out of.
+ */
+export function streamElements(width: number, height: number):
+    { video: HTMLVideoElement; sendCanvas: HTMLCanvasElement; stripCanvas: HTMLCanvasElement } {
+  const video = document.createElement('video');
+  video.muted = true;
+  video.playsInline = true;
+  const sendCanvas = document.createElement('canvas');
+  sendCanvas.width = width;
+  sendCanvas.height = height;
+  return { video, sendCanvas, stripCanvas: document.createElement('canvas') };
 }
 
 /**

@@ -20,7 +20,7 @@
  * `pairing_samples`; docs/session-format.md §3).
  */
 import type { GatewayClient } from '../record/upload';
-import { StreamWatch, readVideoBarcode } from './diffusion';
+import { StreamWatch, readVideoBarcode, streamElements } from './diffusion';
 
 /** How a link paired the pictures it showed with the renders they were made from (manifest `diffusion.pairing*`). */
 export interface PairingSummary {
@@ -263,13 +263,7 @@ export class HostedLink implements DiffusionStream {
 
   constructor(readonly width: number, readonly height: number, opts: HostedOptions = {}) {
     this.pairer = new LatencyPairing(opts.defaultLatencyMs, opts.defaultErrorMs);
-    this.video = document.createElement('video');
-    this.video.muted = true;
-    this.video.playsInline = true;
-    this.sendCanvas = document.createElement('canvas');
-    this.sendCanvas.width = width;
-    this.sendCanvas.height = height;
-    this.stripCanvas = document.createElement('canvas');
+    ({ video: this.video, sendCanvas: this.sendCanvas, stripCanvas: this.stripCanvas } = streamElements(width, height));
     this.endedNow.catch(() => {});
   }
 

@@ -1167,3 +1167,19 @@ def test_turn_comes_to_the_gateway_and_the_pods_with_its_secret_from_a_secret(mo
         assert not [k for k in env_of(defaults, by_component(defaults, "Deployment")[svc]) if "TURN" in k]
     with pytest.raises(Exception, match="diffusion.turn.existingSecret is required"):
         render({"diffusion": {"turn": {"urls": ["turn:x:3478"]}}})
+
+
+@pytest.mark.parametrize("gateway_values, store", [
+    ({}, "memory"),                                                      # no database: per replica
+    ({"database": {"existingSecret": "gw-db"}}, "database"),             # shared through the database
+    ({"database": {"url": "postgresql://gw@db/gw"}}, "database"),
+    ({"database": {"url": "postgresql://gw@db/gw"}, "rateLimitStore": "memory"}, "memory"),
+])
+def test_gateway_replicas_share_rate_limits_when_they_share_a_database(gateway_values, store):
+    docs = render({"gateway": gateway_values})
+    assert env_of(docs, by_component(docs, "Deployment")["gateway"])["SD_GATEWAY_RATE_LIMIT_STORE"] == store
+
+
+def test_an_unknown_rate_limit_store_is_refused():
+    with pytest.raises(helm.HelmRenderError, match="rateLimitStore must be auto, memory or database"):
+        render({"gateway": {"rateLimitStore": "redis"}})

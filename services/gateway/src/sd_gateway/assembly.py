@@ -25,6 +25,7 @@ from sd_gateway.server import register
 from sd_gateway.sessions import SessionService
 from sd_gateway.settings import GatewaySettings
 from sd_gateway.ice import IceConfig
+from sd_gateway.ratelimit import make_limiter
 from sd_gateway.signaling import DiffusionSignaling
 from sd_gateway.tokens import DeviceTokens
 
@@ -106,7 +107,9 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
         settings.hosted_diffusion, api_key=settings.mirage_api_key, api_url=settings.mirage_api_url,
         realtime_url=settings.mirage_realtime_url, model=settings.mirage_model,
         token_ttl_s=settings.mirage_token_ttl_s, timeout_s=settings.mirage_timeout_s,
-        tokens_per_minute=settings.hosted_tokens_per_minute, tokens_burst=settings.hosted_tokens_burst)
+        tokens_per_minute=settings.hosted_tokens_per_minute, tokens_burst=settings.hosted_tokens_burst,
+        limiter=make_limiter(settings.rate_limit_store, db.engine, "hosted_tokens",
+                             settings.hosted_tokens_per_minute, settings.hosted_tokens_burst))
     rt.on_stop(hosted.close)
     service = SessionService(
         settings, db, store, DeviceTokens(secret, settings.token_ttl_days * 86400),

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, inspect, select, text, update
+from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, func, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
@@ -114,6 +114,11 @@ class GatewayDatabase:
             for table, column, ddl in _ADDED_COLUMNS:
                 if column not in existing[table]:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+    @property
+    def engine(self) -> Engine:
+        """The database's engine, for the gateway's other tables (the shared rate limits)."""
+        return self._engine
 
     def close(self) -> None:
         """Releases pooled connections."""

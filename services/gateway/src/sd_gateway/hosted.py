@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from pydantic import SecretStr
 
 from sd_gateway.errors import BadGateway, Busy, FailedPrecondition, RateLimited, Unavailable
-from sd_gateway.ratelimit import TokenBucketLimiter
+from sd_gateway.ratelimit import RateLimiter, TokenBucketLimiter
 
 TOKENS = Counter("sd_gateway_hosted_tokens_total", "Client tokens asked of the hosted diffusion provider, by outcome",
                  ["provider", "outcome"])  # minted, refused, busy, unavailable, malformed
@@ -61,7 +61,8 @@ class HostedDiffusion:
 
     def __init__(self, provider: str, *, api_key: SecretStr | None = None, api_url: str = "",
                  realtime_url: str = "", model: str = "", token_ttl_s: int = 60, timeout_s: float = 5.0,
-                 tokens_per_minute: float = 6.0, tokens_burst: int = 10) -> None:
+                 tokens_per_minute: float = 6.0, tokens_burst: int = 10,
+                 limiter: RateLimiter | None = None) -> None:
         self.provider = provider
         self._api_key = api_key
         self._api_url = api_url.rstrip("/")
@@ -69,7 +70,8 @@ class HostedDiffusion:
         self.model = model
         self._ttl_s = token_ttl_s
         self._timeout_s = timeout_s
-        self._limit = TokenBucketLimiter(tokens_per_minute, tokens_burst)
+        # Client tokens per player; the shared store's limiter when the replicas share one.
+        self._limit = limiter or TokenBucketLimiter(tokens_per_minute, tokens_burst)
         self._http: httpx.AsyncClient | None = None
 
     @property
@@ -86,7 +88,7 @@ class HostedDiffusion:
             raise FailedPrecondition("hosted diffusion is off on this gateway (SD_GATEWAY_HOSTED_DIFFUSION); "
                                      "use the gateway's own diffusion view (POST /v1/diffusion/offer) or drive "
                                      "without it")
-        wait_s = self._limit.acquire(player_id)
+        wait_s = await self._limit.acquire(player_id)
         if wait_s is not None:
             raise RateLimited(f"too many hosted diffusion tokens; retry in {wait_s:.0f} s", retry_after_s=wait_s)
         who = {"provider": self.provider, "player_id": player_id, "session_id": session_id}

@@ -1,10 +1,30 @@
-"""Per-key token buckets: a burst allowance refilled at a steady rate."""
+"""Per-key token buckets: a burst allowance refilled at a steady rate.
+
+Two stores behind one interface (``await limiter.acquire(key)``):
+
+- ``TokenBucketLimiter`` keeps the buckets in this replica's memory (``make run``: one gateway).
+- ``DatabaseTokenBuckets`` keeps them in the gateway's database, which every replica shares, so
+  two replicas admit one player's burst once, not once each (``SD_GATEWAY_RATE_LIMIT_STORE=database``).
+  One statement takes a token: an upsert whose row lock orders concurrent takers of the same key, with
+  the refill computed from the database's own clock on PostgreSQL (replicas' clocks may differ).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
+
+from sqlalchemy import Boolean, Engine, Float, String, case, delete, func, literal
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, key: str) -> float | None:
+        """Takes one token for key; None if allowed, else the seconds until one is available."""
 
 
 class TokenBucketLimiter:
@@ -22,8 +42,11 @@ class TokenBucketLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def acquire(self, key: str) -> float | None:
-        """Takes one token for key; returns None if allowed, else the seconds until one is available."""
+    async def acquire(self, key: str) -> float | None:
+        return self.take(key)
+
+    def take(self, key: str) -> float | None:
+        """``acquire`` without the event loop (the same answer)."""
         now = self._clock()
         tokens, last = self._buckets.pop(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - last) * self._rate_per_s)
@@ -36,3 +59,88 @@ class TokenBucketLimiter:
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
         return allowed
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class RateBucketRow(_Base):
+    """One key's bucket in one limiter (``bucket`` names the limiter: sessions, upload_calls, …)."""
+
+    __tablename__ = "gateway_rate_buckets"
+    bucket: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_s: Mapped[float] = mapped_column(Float, index=True)  # unix time of the last take
+    allowed: Mapped[bool] = mapped_column(Boolean)  # whether the last take got a token
+
+
+class DatabaseTokenBuckets:
+    """The same buckets as ``TokenBucketLimiter``, kept in a database all replicas share.
+
+    A key idle for ``burst / rate`` seconds has a full bucket again, so ``prune`` may delete its row
+    without changing any answer: the table holds only the keys seen within that window.
+    """
+
+    PRUNE_EVERY_S = 300.0
+
+    def __init__(self, engine: Engine, bucket: str, rate_per_minute: float, burst: int, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not bucket or len(bucket) > 64:
+            raise ValueError("bucket must name the limiter in 1-64 characters")
+        self._engine = engine
+        self._bucket = bucket
+        self._rate_per_s = rate_per_minute / 60.0
+        self._burst = float(burst)
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+        self._next_prune_s = 0.0
+        _Base.metadata.create_all(engine)
+
+    async def acquire(self, key: str) -> float | None:
+        return await asyncio.to_thread(self.take, key)
+
+    def _now(self):
+        # PostgreSQL's clock, the same for every replica; SQLite is one machine's file.
+        return func.extract("epoch", func.clock_timestamp()) if self._postgres else literal(self._clock())
+
+    def take(self, key: str) -> float | None:
+        """One token for key from the shared bucket: one upsert, atomic per key."""
+        key = key[:256]
+        t = RateBucketRow.__table__
+        now = self._now()
+        elapsed = case((now > t.c.updated_s, now - t.c.updated_s), else_=0.0)
+        grown = t.c.tokens + elapsed * self._rate_per_s
+        refilled = case((grown > self._burst, self._burst), else_=grown)
+        insert = (postgresql.insert(t) if self._postgres else sqlite.insert(t)).values(
+            bucket=self._bucket, key=key, tokens=self._burst - 1.0, updated_s=now, allowed=True)
+        statement = insert.on_conflict_do_update(
+            index_elements=[t.c.bucket, t.c.key],
+            set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
+                  "allowed": refilled >= 1.0, "updated_s": now},
+        ).returning(t.c.tokens, t.c.allowed)
+        with self._engine.begin() as conn:
+            tokens, allowed = conn.execute(statement).one()
+        if self._clock() >= self._next_prune_s:
+            self.prune()
+        return None if allowed else (1.0 - tokens) / self._rate_per_s
+
+    def prune(self) -> int:
+        """Deletes the rows of keys whose buckets are full again; returns how many."""
+        self._next_prune_s = self._clock() + self.PRUNE_EVERY_S
+        t = RateBucketRow.__table__
+        full_after_s = self._burst / self._rate_per_s
+        with self._engine.begin() as conn:
+            return conn.execute(delete(t).where(
+                t.c.bucket == self._bucket, t.c.updated_s < self._now() - full_after_s)).rowcount
+
+
+def make_limiter(store: str, engine: Engine | None, bucket: str, rate_per_minute: float,
+                 burst: int) -> RateLimiter:
+    """The configured store's limiter: "memory" (this replica) or "database" (shared by the replicas)."""
+    if store == "database":
+        if engine is None:
+            raise ValueError("the database rate-limit store needs the gateway's database")
+        return DatabaseTokenBuckets(engine, bucket, rate_per_minute, burst)
+    return TokenBucketLimiter(rate_per_minute, burst)

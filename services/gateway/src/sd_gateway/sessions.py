@@ -18,7 +18,7 @@ from sd_gateway.database import (STATE_OPEN, STATE_REJECTED, STATE_UPLOADED, Gat
                                  PlayerTotals, SessionRecord, UploadBudgetExceeded)
 from sd_gateway.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
                                RateLimited, TooLarge, Unauthenticated, Unavailable)
-from sd_gateway.ratelimit import TokenBucketLimiter
+from sd_gateway.ratelimit import RateLimiter, make_limiter
 from sd_gateway.settings import GatewaySettings
 from sd_gateway.tokens import DeviceTokens, bearer_token
 
@@ -100,9 +100,13 @@ class SessionService:
         self._multipart_threshold = multipart_threshold_bytes
         self._part_bytes = multipart_part_bytes
         self._max_object_bytes = max_object_bytes
-        self._players_limit = TokenBucketLimiter(settings.players_per_minute_per_ip, settings.players_burst_per_ip)
-        self._sessions_limit = TokenBucketLimiter(settings.sessions_per_minute, settings.sessions_burst)
-        self._uploads_limit = TokenBucketLimiter(settings.upload_calls_per_minute, settings.upload_calls_burst)
+        store, engine = settings.rate_limit_store, db.engine
+        self._players_limit = make_limiter(store, engine, "players_per_ip", settings.players_per_minute_per_ip,
+                                           settings.players_burst_per_ip)
+        self._sessions_limit = make_limiter(store, engine, "sessions", settings.sessions_per_minute,
+                                            settings.sessions_burst)
+        self._uploads_limit = make_limiter(store, engine, "upload_calls", settings.upload_calls_per_minute,
+                                           settings.upload_calls_burst)
         # One completion at a time per session in this replica: a rejected check thaws the prefix,
         # which must never undo the freeze of a concurrent check that accepts.
         self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # session -> (lock, callers holding or waiting)
@@ -111,7 +115,7 @@ class SessionService:
 
     async def create_player(self, client_build: str, client_ip: str) -> tuple[str, str]:
         """A new anonymous player and its device token."""
-        self._limit(self._players_limit, client_ip, "new player identities from this address")
+        await self._limit(self._players_limit, client_ip, "new player identities from this address")
         _check_text("client_build", client_build)
         player_id = self._tokens.new_player_id()
         await asyncio.to_thread(self._db.add_player, player_id, client_build)
@@ -136,7 +140,7 @@ class SessionService:
 
     async def create_session(self, player_id: str, client_build: str, city: str, route_id: str) -> SessionRecord:
         """Opens a session for the player; its files go under raw/<session_id>/."""
-        self._limit(self._sessions_limit, player_id, "new sessions")
+        await self._limit(self._sessions_limit, player_id, "new sessions")
         for name, value in (("client_build", client_build), ("city", city), ("route_id", route_id)):
             _check_text(name, value)
         session_id = new_session_id()
@@ -161,7 +165,7 @@ class SessionService:
 
     async def create_upload_urls(self, player_id: str, session_id: str, files: list[FileSpec]) -> list[UploadTargetView]:
         """Presigned URLs for each file: one PUT below the multipart threshold, numbered parts above."""
-        self._limit(self._uploads_limit, player_id, "upload calls")
+        await self._limit(self._uploads_limit, player_id, "upload calls")
         rec = await self._owned(player_id, session_id)
         self._require_writable(rec)
         self._check_files(files)
@@ -194,7 +198,7 @@ class SessionService:
     async def complete_multipart(self, player_id: str, session_id: str, path: str, upload_id: str,
                                  parts: list[tuple[int, str]]) -> int:
         """Assembles an uploaded multipart file; returns its size."""
-        self._limit(self._uploads_limit, player_id, "upload calls")
+        await self._limit(self._uploads_limit, player_id, "upload calls")
         rec = await self._owned(player_id, session_id)
         self._require_writable(rec)
         self._check_name(path)
@@ -215,7 +219,7 @@ class SessionService:
         that were checked are the bytes every later reader gets; a rejected session is thawed and may
         be uploaded again.
         """
-        self._limit(self._uploads_limit, player_id, "upload calls")
+        await self._limit(self._uploads_limit, player_id, "upload calls")
         await self._owned(player_id, session_id)  # 400/404/403 before any lock is taken
         lock, users = self._completing.get(session_id, (asyncio.Lock(), 0))
         self._completing[session_id] = (lock, users + 1)
@@ -370,7 +374,7 @@ class SessionService:
                            f"{self._settings.max_session_bytes}")
 
     @staticmethod
-    def _limit(limiter: TokenBucketLimiter, key: str, what: str) -> None:
-        wait_s = limiter.acquire(key)
+    async def _limit(limiter: RateLimiter, key: str, what: str) -> None:
+        wait_s = await limiter.acquire(key)
         if wait_s is not None:
             raise RateLimited(f"too many {what}; retry in {wait_s:.0f} s", retry_after_s=wait_s)

@@ -40,6 +40,9 @@ class GatewaySettings(ServiceSettings):
     sessions_burst: int = Field(20, ge=1)
     upload_calls_per_minute: float = Field(120.0, gt=0)
     upload_calls_burst: int = Field(120, ge=1)
+    # Where those buckets live: "memory" (this replica alone: one gateway, as `make run` starts) or
+    # "database" (the gateway's database, shared by every replica, so N replicas admit a burst once).
+    rate_limit_store: Literal["memory", "database"] = "memory"
     # A JSON request body longer than this is refused with 413 as it arrives (uploads are not JSON).
     max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
     # Origins the game may connect to besides the gateway's own, for its content security policy

@@ -427,14 +427,14 @@ def test_gateway_and_ingest_are_pointed_at_this_releases_services(key):
     for svc, var, target_svc in [("gateway", "SD_GATEWAY_DIFFUSION_TARGET", "diffusion"),
                                  ("ingest", "SD_INGEST_PROCESSOR_TARGET", "processor")]:
         target = env_of(docs, deployments[svc])[var]
-        if svc == "gateway":  # every diffusion pod, from the headless Service's DNS (signaling.py)
-            assert target.startswith("dns:///"), target
-            target = target[len("dns:///"):]
+        # every diffusion or processor pod, from the headless Service's DNS (signaling.py, dispatch.py)
+        assert target.startswith("dns:///"), target
+        target = target[len("dns:///"):]
         host, port = target.rsplit(":", 1)
         name, ns, suffix = host.split(".")
         assert (ns, suffix) == (namespace, "svc")
         assert component(services[name]) == target_svc
-        assert services[name]["spec"].get("clusterIP") == ("None" if svc == "gateway" else None)
+        assert services[name]["spec"].get("clusterIP") == "None"
         grpc = [p for p in services[name]["spec"]["ports"] if p["name"] == "grpc"]
         assert grpc and grpc[0]["port"] == int(port)
 
@@ -1183,3 +1183,17 @@ def test_gateway_replicas_share_rate_limits_when_they_share_a_database(gateway_v
 def test_an_unknown_rate_limit_store_is_refused():
     with pytest.raises(helm.HelmRenderError, match="rateLimitStore must be auto, memory or database"):
         render({"gateway": {"rateLimitStore": "redis"}})
+
+
+@pytest.mark.parametrize("values, slots, concurrency", [
+    ({}, 1, 2),
+    ({"processor": {"replicas": 4, "maxConcurrentSessions": 2}}, 2, 8),
+    ({"processor": {"replicas": 4}, "ingest": {"concurrency": 3}}, 1, 3),
+])
+def test_the_ingest_gives_each_processor_pod_the_slots_it_processes_at_once(values, slots, concurrency):
+    docs = render(values)
+    deployments = by_component(docs, "Deployment")
+    ingest, processor = env_of(docs, deployments["ingest"]), env_of(docs, deployments["processor"])
+    assert processor["SD_PROCESSOR_MAX_CONCURRENT_SESSIONS"] == str(slots)
+    assert ingest["SD_INGEST_PROCESSOR_SLOTS_PER_POD"] == str(slots)
+    assert ingest["SD_INGEST_CONCURRENCY"] == str(concurrency)

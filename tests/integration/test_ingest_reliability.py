@@ -245,3 +245,44 @@ def test_an_ingest_killed_mid_stream_loses_and_double_counts_nothing(procs, sess
     finally:
         procs.kill_all()
         pg.stop()
+
+
+def test_sessions_spread_over_three_processors_and_one_killed_mid_session_loses_nothing(procs, session_6s):
+    """Client-side balancing (dispatch.ProcessorPool): three processor processes, one slot each, nine
+    sessions. Every processor takes sessions; one is killed while it processes one; every session
+    ends PROCESSED with one completed output, made by the attempt the catalog holds."""
+    ports = [free_port() for _ in range(3)]
+    victims = [procs.processor(port, "slow:1.5") for port in ports]
+    ingest_port = free_port()
+    procs.ingest(ingest_port, ports[0], f"sqlite:///{procs.tmp / 'catalog.db'}", concurrency=3, max_attempts=5,
+                 processor_target=",".join(f"127.0.0.1:{p}" for p in ports), processor_slots_per_pod=1)
+    sids = [f"sess-lb-{i}" for i in range(9)]
+    for sid in sids:
+        put_session_locally(procs.store_root, session_6s, sid)
+    # Each pod holds one session at a time: the first three dispatches go to three different pods.
+    first = _wait(lambda: (c := [x for x in _calls(procs.log_dir) if x["outcome"] == "started"]) and
+                  len({x["pid"] for x in c}) == 3 and c, 60, "a dispatch on every processor")
+    victim = victims[1]
+    doomed = next(c for c in first if c["pid"] == victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = {}
+    for sid in sids:
+        done[sid] = _wait(lambda sid=sid: (s := catalog_session(ingest_port, sid)) and s.catalog_state in (
+            ingest_pb2.CATALOG_STATE_PROCESSED, ingest_pb2.CATALOG_STATE_FAILED) and s, 120, f"{sid} PROCESSED")
+        assert done[sid].catalog_state == ingest_pb2.CATALOG_STATE_PROCESSED, done[sid].last_error
+    calls = _calls(procs.log_dir)
+    finished = [c for c in calls if c["outcome"] == "ok"]
+    assert sorted(c["session_id"] for c in finished) == sids  # each completed exactly once
+    for c in finished:
+        assert c["attempt_id"] == done[c["session_id"]].attempt_id  # by the attempt the catalog registered
+    assert victim.pid not in {c["pid"] for c in finished}  # the killed pod completed nothing
+    retried = done[doomed["session_id"]]
+    assert retried.attempts >= 2 and retried.attempt_id != doomed["attempt_id"]
+    by_pod = {p.pid: sum(c["pid"] == p.pid for c in finished) for p in victims if p is not victim}
+    assert all(n >= 1 for n in by_pod.values()), by_pod  # the two survivors shared the rest
+    catalog = Catalog(f"sqlite:///{procs.tmp / 'catalog.db'}")
+    try:
+        assert sorted(seg.session_id for seg in catalog.accepted_segments()) == sids  # counted once each
+    finally:
+        catalog.close()

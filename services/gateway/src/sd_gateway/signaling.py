@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
-import time
 from dataclasses import dataclass
 
 import grpc
 import structlog
 from prometheus_client import Counter
 
+from sd_common import endpoints
+from sd_common.endpoints import EndpointResolver
 from sd_common.error_mapping import retry_after_s
 from sd_common.tracing import service_channel
 from sd_gateway.errors import Busy, InvalidArgument, Unavailable
@@ -30,7 +30,6 @@ from scale_diffusion.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc
 
 _MAX_SDP_BYTES = 64 * 1024
 BUSY_RETRY_AFTER_S = 5.0  # when a busy diffusion service gives no hint of its own
-DNS_PREFIX = "dns:///"
 
 PLACEMENTS = Counter("sd_gateway_diffusion_placements_total", "Diffusion offers by how they ended",
                      ["outcome"])  # placed, busy, unavailable, refused
@@ -59,13 +58,7 @@ class PodCapacity:
 
 def parse_targets(value: str | None) -> list[str]:
     """The entries of a diffusion target setting, in order, without blanks or repeats."""
-    entries = [e.strip() for e in (value or "").split(",") if e.strip()]
-    for e in entries:
-        name = e[len(DNS_PREFIX):] if e.startswith(DNS_PREFIX) else e
-        host, sep, port = name.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"diffusion target {e!r} is not host:port or dns:///name:port")
-    return list(dict.fromkeys(entries))
+    return endpoints.parse_targets(value, "diffusion target")
 
 
 class DiffusionSignaling:
@@ -76,8 +69,7 @@ class DiffusionSignaling:
         self._entries = parse_targets(target)
         self._timeout_s = timeout_s
         self._capacity_timeout_s = capacity_timeout_s
-        self._resolve_every_s = resolve_every_s
-        self._resolved: dict[str, tuple[float, list[str]]] = {}  # dns entry -> (when, pod targets)
+        self._resolver = EndpointResolver(self._entries, resolve_every_s=resolve_every_s, what="diffusion pods")
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._turn = itertools.count()
 
@@ -149,28 +141,9 @@ class DiffusionSignaling:
 
     async def pods(self) -> list[str]:
         """The pod targets now: `host:port` entries as they are, `dns:///` entries resolved (cached)."""
-        out: list[str] = []
-        for entry in self._entries:
-            out += await self._resolve(entry) if entry.startswith(DNS_PREFIX) else [entry]
-        pods = list(dict.fromkeys(out))
+        pods = await self._resolver.pods()
         for gone in set(self._channels) - set(pods):
             await self._channels.pop(gone).close()
-        return pods
-
-    async def _resolve(self, entry: str) -> list[str]:
-        now = time.monotonic()
-        cached = self._resolved.get(entry)
-        if cached and now - cached[0] < self._resolve_every_s:
-            return cached[1]
-        host, _, port = entry[len(DNS_PREFIX):].rpartition(":")
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except OSError as exc:
-            log.warning("diffusion pods could not be resolved", target=entry, error=str(exc))
-            return cached[1] if cached else []  # keep the last known pods through a DNS hiccup
-        addresses = dict.fromkeys(info[4][0] for info in infos)
-        pods = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
-        self._resolved[entry] = (now, pods)
         return pods
 
     def _channel(self, target: str) -> grpc.aio.Channel:

@@ -11,7 +11,7 @@ from sd_common.objectstore import EventQueue, ObjectStore, make_event_queue, mak
 from sd_common.settings import StoreSettings
 
 from sd_ingest.catalog import Catalog
-from sd_ingest.dispatch import ProcessorClient
+from sd_ingest.dispatch import ProcessorPool
 from sd_ingest.intake import EventConsumer
 from sd_ingest.pipeline import Pipeline
 from sd_ingest.server import register
@@ -33,7 +33,7 @@ class RunningIngest:
     consumer: EventConsumer | None
     pipeline: Pipeline
     service: CatalogService
-    processor: ProcessorClient | None
+    processor: ProcessorPool | None
     settings: IngestSettings
     _rt: GrpcRuntime
 
@@ -58,8 +58,10 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
         queue = None
     if queue is not None:
         rt.on_stop(queue.close)
-    processor = (ProcessorClient(settings.processor_target, idle_timeout_s=settings.dispatch_idle_timeout_s,
-                                 timeout_s=settings.dispatch_timeout_s) if settings.processor_target else None)
+    processor = (ProcessorPool(settings.processor_target, slots_per_pod=settings.processor_slots_per_pod,
+                               idle_timeout_s=settings.dispatch_idle_timeout_s, timeout_s=settings.dispatch_timeout_s,
+                               resolve_every_s=settings.processor_resolve_every_s)
+                 if settings.processor_target else None)
     if processor is not None:
         rt.on_stop(processor.close)
     pipeline = Pipeline(settings, catalog, store, processor)

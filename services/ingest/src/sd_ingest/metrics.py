@@ -39,3 +39,12 @@ VALIDATION_SECONDS = Histogram(
     buckets=(*LATENCY_BUCKETS_S, 300, 900),
 )
 DISPATCH_IN_FLIGHT = Gauge("sd_ingest_dispatch_in_flight", "ProcessSession calls open on this replica")
+DISPATCHES = Counter(
+    "sd_ingest_dispatches_total",
+    "ProcessSession calls by processor pod and how they ended (answered, retry, failed)", ["pod", "outcome"],
+)
+POD_IN_FLIGHT = Gauge("sd_ingest_processor_pod_in_flight", "Sessions this replica has on each processor pod", ["pod"])
+PODS_PASSED = Counter(
+    "sd_ingest_processor_pods_passed_total",
+    "Times a processor pod was passed over for a backoff (unreachable, or its stream broke)", ["pod"],
+)

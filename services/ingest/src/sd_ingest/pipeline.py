@@ -30,7 +30,7 @@ from sd_common.session_format.validate import validate_session
 from sd_ingest import metrics
 from sd_ingest.catalog import Catalog, LeaseLost, SessionRecord, SessionState, WorkItem
 from sd_ingest.completion import check_completeness, staged_session
-from sd_ingest.dispatch import DispatchFailed, ProcessorClient
+from sd_ingest.dispatch import DispatchFailed, ProcessorPool, ProcessorSlot
 from sd_common.processed_format import QC_REPORT_NAME
 from sd_ingest.outputs import OutputInvalid, read_output, success_attempt
 from sd_ingest.settings import IngestSettings
@@ -55,7 +55,7 @@ class Pipeline:
     """The worker loop of one replica."""
 
     def __init__(self, settings: IngestSettings, catalog: Catalog, store: ObjectStore,
-                 processor: ProcessorClient | None, *, owner: str | None = None) -> None:
+                 processor: ProcessorPool | None, *, owner: str | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.store = store
@@ -117,12 +117,21 @@ class Pipeline:
             for state, n in (await asyncio.to_thread(self.catalog.counts_by_state)).items():
                 metrics.SESSIONS.labels(state.value).set(n)
         items = await asyncio.to_thread(self.catalog.find_work, 50)
+        # Dispatches to start now: no more than the processor pods' free slots (resolved again, cached).
+        free = 0
+        if self.processor is not None:
+            await self.processor.refresh()
+            free = self.processor.free_slots()
         for item in items:
             if self._stopping.is_set():
                 return
             kind = {S.RECEIVING: "check", S.COMPLETE: "validate"}.get(item.state, "dispatch")
             if item.session_id in self._tasks or self._not_before.get(item.session_id, 0) > now:
                 continue
+            if kind == "dispatch" and not item.orphaned:
+                if free <= 0:
+                    continue
+                free -= 1
             if kind == "dispatch" and self.processor is None:
                 continue
             if sum(1 for k in self._kinds.values() if k == kind) >= self._limits[kind]:
@@ -255,6 +264,17 @@ class Pipeline:
             await self._failed(rec, DispatchFailed(
                 f"attempt {rec.attempt_id} was orphaned: its dispatcher stopped renewing the lease"), 0.0)
             return
+        # The pod's slot is taken before the session is claimed: a full or unreachable pool costs no attempt.
+        slot = await self.processor.reserve()
+        if slot is None:
+            self._not_before[sid] = time.monotonic() + min(1.0, self.settings.scan_interval_s)
+            return
+        try:
+            await self._dispatch_on(slot, sid)
+        finally:
+            slot.release()
+
+    async def _dispatch_on(self, slot: ProcessorSlot, sid: str) -> None:
         rec = await asyncio.to_thread(self.catalog.claim, sid, S.VALIDATED, self.owner, self.settings.lease_s)
         if rec is None:
             return
@@ -267,7 +287,7 @@ class Pipeline:
         metrics.DISPATCH_IN_FLIGHT.inc()
         try:
             async with self._leased(sid):
-                result = await self.processor.process(request)
+                result = await slot.process(request)
                 if not result.rejected and await success_attempt(self.store, self._out_prefix(sid)) != attempt_id:
                     raise DispatchFailed(f"the processor answered, but {self._out_prefix(sid)}_SUCCESS.json "
                                          f"does not name attempt {attempt_id}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+from sd_common.endpoints import parse_targets
 from sd_common.settings import ServiceSettings
 
 
@@ -17,9 +18,14 @@ class IngestSettings(ServiceSettings):
     grpc_port: int = Field(50052, ge=0, le=65535)
     state_dir: Path = Path(".run/ingest")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in state_dir")
-    # host:port of a processor's gRPC; empty means sessions wait in VALIDATED until one is configured.
+    # The processors' gRPC, comma-separated: host:port (one pod) or dns:///name:port (each address of a
+    # headless Service is a pod, resolved again every processor_resolve_every_s); sessions are spread
+    # over the pods (dispatch.py). Empty means sessions wait in VALIDATED until one is configured.
     processor_target: str = "127.0.0.1:50053"
-    # Sessions processed at once by this replica (each is one ProcessSession stream).
+    processor_resolve_every_s: float = Field(10.0, gt=0)
+    # Sessions this replica has on one processor pod at once (match SD_PROCESSOR_MAX_CONCURRENT_SESSIONS).
+    processor_slots_per_pod: int = Field(1, ge=1, le=64)
+    # Sessions processed at once by this replica over all pods (each is one ProcessSession stream).
     concurrency: int = Field(2, ge=1, le=256)
     # Deep validations (video decoding) at once: CPU-bound, so few.
     validation_concurrency: int = Field(1, ge=1, le=64)
@@ -49,6 +55,12 @@ class IngestSettings(ServiceSettings):
     dataset_version_resources: bool = False
     dataset_version_namespace: str = ""
     dataset_version_policy: str = ""
+
+    @field_validator("processor_target")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        parse_targets(v, "processor target")  # raises ValueError naming a bad entry
+        return v
 
     def sqlalchemy_url(self) -> str:
         """The catalog's database URL (SQLite under state_dir unless database_url is set)."""

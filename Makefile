@@ -11,9 +11,9 @@ PYPROJECTS := $(wildcard services/*/pyproject.toml)
 DEB_PACKAGES := postgresql ffmpeg chromium
 NPM := npm --prefix web --no-audit --no-fund
 
-.PHONY: install system-deps protos web run test bench proto-lock clean lerobot-check
+.PHONY: install system-deps protos web crd-schemas run test bench proto-lock clean lerobot-check
 
-install: $(VENV)/.installed protos web
+install: $(VENV)/.installed protos web crd-schemas
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ web:
 	    $(NPM) ci; fi; \
 	  $(NPM) run build; \
 	fi
+
+# The published schemas of third-party custom resources the chart renders (KEDA's ScaledObject), for
+# tests/deploy/test_chart.py.
+CRD_SCHEMAS := tests/deploy/crd-schemas
+crd-schemas:
+	@if [ ! -d $(CRD_SCHEMAS)/node_modules ] || [ $(CRD_SCHEMAS)/package-lock.json -nt $(CRD_SCHEMAS)/node_modules/.package-lock.json ]; then \
+	  npm --prefix $(CRD_SCHEMAS) ci --no-audit --no-fund; fi
 
 run: install
 	$(BIN)/sdctl stack up

@@ -16,6 +16,7 @@ import copy
 import os
 import re
 import signal
+import json
 import subprocess
 import sys
 import time
@@ -80,6 +81,8 @@ EVERYTHING: dict[str, Any] = {
         "model": {"dir": "/weights", "volume": {"type": "hostPath", "hostPath": "/srv/weights"}},
     },
     "trainer": {"gpu": {"count": 1}},
+    "processor": {"autoscaling": {"enabled": True, "maxReplicas": 20,
+                                  "prometheus": {"serverAddress": "http://prometheus.monitoring.svc:9090"}}},
 }
 SECRETS_AS_VALUES: dict[str, Any] = {
     "aws": {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "s3cr3t"},
@@ -262,6 +265,10 @@ def test_every_manifest_is_valid_kubernetes(key, version):
     assert docs
     for doc in docs:
         where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc["apiVersion"].startswith("keda.sh/"):
+            ((kind, error),) = keda_errors([doc])
+            assert error is None, f"{where} is not a valid KEDA {kind}: {error}"
+            continue
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             try:
                 jsonschema.validate(doc, PODMONITOR_SCHEMA)
@@ -274,6 +281,18 @@ def test_every_manifest_is_valid_kubernetes(key, version):
             pytest.fail(f"{where} is not valid Kubernetes {version}: {e.message} at {list(e.absolute_path)}")
         except kubernetes_validate.SchemaNotFoundError as e:
             pytest.fail(f"{where}: {e.message}")
+
+
+def keda_errors(docs: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """(kind, error or None) per KEDA object, checked against KEDA's published CRD schema (the
+    @kubernetes-models/keda models that `make crd-schemas` installs under tests/deploy/crd-schemas)."""
+    tool = REPO / "tests" / "deploy" / "crd-schemas"
+    assert (tool / "node_modules" / "@kubernetes-models" / "keda").is_dir(), \
+        "KEDA's schemas are not installed: run `make crd-schemas` (make test does)"
+    run = subprocess.run(["node", str(tool / "validate.mjs")], input=json.dumps(docs), capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [(r["kind"], r["error"]) for r in map(json.loads, run.stdout.splitlines())]
 
 
 def test_validation_rejects_a_broken_manifest():
@@ -1197,3 +1216,57 @@ def test_the_ingest_gives_each_processor_pod_the_slots_it_processes_at_once(valu
     assert processor["SD_PROCESSOR_MAX_CONCURRENT_SESSIONS"] == str(slots)
     assert ingest["SD_INGEST_PROCESSOR_SLOTS_PER_POD"] == str(slots)
     assert ingest["SD_INGEST_CONCURRENCY"] == str(concurrency)
+
+
+# --- processor autoscaling (KEDA) --------------------------------------------------------------------
+
+AUTOSCALING = {"processor": {"replicas": 3, "maxConcurrentSessions": 2, "autoscaling": {
+    "enabled": True, "minReplicas": 2, "maxReplicas": 12,
+    "prometheus": {"serverAddress": "http://prometheus.monitoring.svc:9090"}}}}
+
+
+def test_with_autoscaling_a_scaled_object_owns_the_processor_replicas():
+    docs = render(AUTOSCALING, namespace="sd-prod")
+    (scaled,) = objects(docs, "ScaledObject")
+    processor = by_component(docs, "Deployment")["processor"]
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                "name": processor["metadata"]["name"]}
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (2, 12)
+    assert "replicas" not in processor["spec"]  # KEDA's HPA sets it; a rendered one would fight it
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    # the metric the ingest exports, read once (every ingest replica reports the same catalog count)
+    assert trigger["metadata"]["query"] == 'max(sd_ingest_dispatch_backlog{namespace="sd-prod"})'
+    assert trigger["metadata"]["threshold"] == "2"  # one pod per maxConcurrentSessions sessions
+    # the ingest may keep every slot of the largest pool busy
+    assert env_of(docs, by_component(docs, "Deployment")["ingest"])["SD_INGEST_CONCURRENCY"] == "24"
+    # a scale-down stops a pod only after its session: the grace covers the processor's drain
+    grace = pod_spec(processor)["terminationGracePeriodSeconds"]
+    assert grace > int(env_of(docs, processor)["SD_PROCESSOR_SHUTDOWN_GRACE_S"])
+    assert keda_errors([scaled]) == [("ScaledObject", None)]
+
+
+def test_the_keda_schema_check_refuses_a_broken_scaled_object():
+    (scaled,) = objects(render(AUTOSCALING), "ScaledObject")
+    broken = copy.deepcopy(scaled)
+    del broken["spec"]["scaleTargetRef"]["name"]
+    broken["spec"]["triggers"] = "prometheus"
+    ((_, error),) = keda_errors([broken])
+    assert error and "scaleTargetRef" in error and "triggers" in error, error
+
+
+def test_without_autoscaling_nothing_keda_is_rendered():
+    docs = render({"processor": {"replicas": 3}})
+    assert not [d for d in docs if d["apiVersion"].startswith("keda.sh/")]
+    assert "keda" not in "".join(render_files({"processor": {"replicas": 3}}).values()).lower()
+    assert by_component(docs, "Deployment")["processor"]["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("autoscaling, message", [
+    ({"enabled": True}, "prometheus.serverAddress is required"),
+    ({"enabled": True, "minReplicas": 5, "maxReplicas": 2,
+      "prometheus": {"serverAddress": "http://p:9090"}}, "minReplicas .5. is above maxReplicas .2."),
+])
+def test_autoscaling_settings_that_cannot_work_are_refused(autoscaling, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render({"processor": {"autoscaling": autoscaling}})

@@ -43,7 +43,9 @@ metadata:
   labels:
     {{- include "sd.labels" . | nindent 4 }}
 spec:
+  {{- if not (and $v.autoscaling $v.autoscaling.enabled) }}
   replicas: {{ $v.replicas }}
+  {{- end }}
   revisionHistoryLimit: 5
   {{- with $v.strategy }}
   strategy:

@@ -25,6 +25,12 @@ EVENTS_DEAD_LETTERED = Counter(
     ["reason"],
 )
 SESSIONS = Gauge("sd_ingest_sessions", "Sessions in the catalog, by state", ["state"])
+# What the processor autoscaler reads (the chart's KEDA ScaledObject): every replica reports the same
+# catalog-wide number, so it is read with max(), not sum().
+DISPATCH_BACKLOG = Gauge(
+    "sd_ingest_dispatch_backlog",
+    "Sessions that want a processor now, catalog-wide: VALIDATED (waiting) plus PROCESSING",
+)
 SESSION_TRANSITIONS = Counter(
     "sd_ingest_session_transitions_total", "Sessions moved into a state by this replica", ["state"],
 )

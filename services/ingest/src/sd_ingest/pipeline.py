@@ -114,8 +114,10 @@ class Pipeline:
         now = time.monotonic()
         if now - self._last_gauge > 5.0:
             self._last_gauge = now
-            for state, n in (await asyncio.to_thread(self.catalog.counts_by_state)).items():
+            counts = await asyncio.to_thread(self.catalog.counts_by_state)
+            for state, n in counts.items():
                 metrics.SESSIONS.labels(state.value).set(n)
+            metrics.DISPATCH_BACKLOG.set(counts[S.VALIDATED] + counts[S.PROCESSING])
         items = await asyncio.to_thread(self.catalog.find_work, 50)
         # Dispatches to start now: no more than the processor pods' free slots (resolved again, cached).
         free = 0

@@ -444,16 +444,17 @@ def test_gateway_and_ingest_are_pointed_at_this_releases_services(key):
     services = {s["metadata"]["name"]: s for s in objects(docs, "Service")}
     deployments = by_component(docs, "Deployment")
     for svc, var, target_svc in [("gateway", "SD_GATEWAY_DIFFUSION_TARGET", "diffusion"),
+                                 ("gateway", "SD_GATEWAY_INGEST_TARGET", "ingest"),
                                  ("ingest", "SD_INGEST_PROCESSOR_TARGET", "processor")]:
         target = env_of(docs, deployments[svc])[var]
-        # every diffusion or processor pod, from the headless Service's DNS (signaling.py, dispatch.py)
-        assert target.startswith("dns:///"), target
-        target = target[len("dns:///"):]
+        if target_svc in ("diffusion", "processor"):  # every pod, from the headless Service's DNS
+            assert target.startswith("dns:///"), target
+            target = target[len("dns:///"):]
         host, port = target.rsplit(":", 1)
         name, ns, suffix = host.split(".")
         assert (ns, suffix) == (namespace, "svc")
         assert component(services[name]) == target_svc
-        assert services[name]["spec"].get("clusterIP") == "None"
+        assert services[name]["spec"].get("clusterIP") == ("None" if target_svc in ("diffusion", "processor") else None)
         grpc = [p for p in services[name]["spec"]["ports"] if p["name"] == "grpc"]
         assert grpc and grpc[0]["port"] == int(port)
 
@@ -518,9 +519,9 @@ def test_disabling_a_service_removes_all_its_objects(svc):
     assert not [f"{d['kind']}/{d['metadata']['name']}" for d in docs if component(d) == svc]
     others = set(SERVICES) - {svc}
     assert set(by_component(docs, "Deployment")) == others
-    if svc == "diffusion":
+    if svc in ("diffusion", "ingest"):
         gateway = by_component(docs, "Deployment")["gateway"]
-        assert "SD_GATEWAY_DIFFUSION_TARGET" not in env_of(docs, gateway)
+        assert f"SD_GATEWAY_{svc.upper()}_TARGET" not in env_of(docs, gateway)
 
 
 def test_disabling_the_gateway_also_removes_its_ingress_pdb_and_secret():
@@ -742,7 +743,8 @@ def test_network_policies_admit_exactly_the_calls_the_code_makes(key):
     everyone = {**pods, **outside}
     # The call graph, twice: from the stubs in the code and from the targets the chart sets.
     code_calls = calls_in_the_code()
-    assert code_calls == calls_in_the_settings(docs, namespace) == {("gateway", "diffusion"), ("ingest", "processor")}
+    assert code_calls == calls_in_the_settings(docs, namespace) == {("gateway", "diffusion"), ("gateway", "ingest"),
+                                                                          ("ingest", "processor")}
 
     admitted = {(s, d, port) for s, src in everyone.items() for d, dst in pods.items() if s != d
                 for port in dst.ports if allowed(policies, src, dst, port)}

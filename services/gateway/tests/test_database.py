@@ -144,3 +144,37 @@ def test_a_database_from_before_the_new_columns_is_upgraded(tmp_path):
         db.reserve_uploads("20261124T120000Z-0000000000000001", {"a": 1}, max_files=1, max_bytes=1)
     finally:
         db.close()
+
+
+def test_a_wallet_challenge_is_consumed_once_across_replicas(db_url):
+    """Two replicas (two engines on one database), eight racing consumers: exactly one wins."""
+    replicas = [GatewayDatabase(db_url), GatewayDatabase(db_url)]
+    try:
+        db = replicas[0]
+        db.add_wallet_nonce("nonceAAAAAAAA", "p-1", "addr", issued_s=1000, expires_s=1600)
+        db.add_wallet_nonce("nonceBBBBBBBB", "p-1", "addr", issued_s=1000, expires_s=1600)
+        assert not db.consume_wallet_nonce("nonceAAAAAAAA", "p-2", 1100)  # another player's
+        assert not db.consume_wallet_nonce("nonceAAAAAAAA", "p-1", 1600)  # expired
+        assert not db.consume_wallet_nonce("unknownNonce", "p-1", 1100)
+        assert db.get_wallet_nonce("nonceAAAAAAAA").consumed_s is None  # none of those touched it
+        start = threading.Barrier(8)
+        results = []
+
+        def consume(i: int) -> None:
+            start.wait()
+            results.append(replicas[i % 2].consume_wallet_nonce("nonceAAAAAAAA", "p-1", 1100 + i))
+
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False] * 7 + [True]
+        assert db.get_wallet_nonce("nonceAAAAAAAA").consumed_s is not None
+        assert db.get_wallet_nonce("nonceBBBBBBBB").consumed_s is None
+        # a challenge issued a day after these expired clears them away
+        db.add_wallet_nonce("nonceCCCCCCCC", "p-1", "addr", issued_s=1600 + 86401, expires_s=1600 + 87001)
+        assert db.get_wallet_nonce("nonceAAAAAAAA") is None and db.get_wallet_nonce("nonceCCCCCCCC") is not None
+    finally:
+        for r in replicas:
+            r.close()

@@ -21,6 +21,7 @@ from sd_common.settings import StoreSettings
 from sd_gateway.database import GatewayDatabase
 from sd_gateway.hosted import HostedDiffusion
 from sd_gateway.http_api import create_app
+from sd_gateway.rewards_client import IngestRewardsClient
 from sd_gateway.server import register
 from sd_gateway.sessions import SessionService
 from sd_gateway.settings import GatewaySettings
@@ -28,6 +29,7 @@ from sd_gateway.ice import IceConfig
 from sd_gateway.ratelimit import make_limiter
 from sd_gateway.signaling import DiffusionSignaling
 from sd_gateway.tokens import DeviceTokens
+from sd_gateway.wallets import WalletLinking
 
 log = structlog.get_logger()
 # where a request path names a session (the API's routes and the embedded store's upload keys)
@@ -118,13 +120,16 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
         multipart_part_bytes=store_settings.multipart_part_bytes,
         max_object_bytes=store_settings.max_object_bytes)
     register(rt, service, signaling)
+    ingest = IngestRewardsClient(settings.ingest_target, timeout_s=settings.ingest_timeout_s)
+    rt.on_stop(ingest.close)
 
     app = create_app(service, signaling, cors_origins=settings.cors_origins,
                      local_store=store if isinstance(store, LocalObjectStore) else None,
                      web_dir=settings.web_dir, max_json_body_bytes=settings.max_json_body_bytes,
                      csp_connect_origins=[*settings.csp_connect_origins, *_store_origins(store_settings),
                                           *hosted.connect_origins()],
-                     ice=IceConfig.from_settings(settings), hosted=hosted)
+                     ice=IceConfig.from_settings(settings), hosted=hosted,
+                     wallets=WalletLinking(settings, db, ingest))
     tracing.instrument_asgi_app(app, session_id_in_path=_SESSION_IN_PATH)
     http = _Uvicorn(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                                    timeout_graceful_shutdown=int(settings.shutdown_grace_s)))

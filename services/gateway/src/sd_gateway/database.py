@@ -1,4 +1,4 @@
-"""The gateway's records of players and sessions (SQLAlchemy: SQLite locally, PostgreSQL in cluster)."""
+"""The gateway's records of players, sessions and wallet challenges (SQLAlchemy: SQLite locally, PostgreSQL in cluster)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, func, inspect, select, text, update
+from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, delete, func, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
@@ -45,6 +45,18 @@ class SessionRow(_Base):
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     # {path: size_bytes} of every file upload URLs were issued for, across all upload-urls calls.
     uploads_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class WalletNonceRow(_Base):
+    """A Sign-In With Solana challenge: issued to one player for one address, used at most once."""
+
+    __tablename__ = "wallet_nonces"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    player_id: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    issued_s: Mapped[int] = mapped_column(Integer)  # unix seconds, as the message spells them (whole)
+    expires_s: Mapped[int] = mapped_column(Integer, index=True)
+    consumed_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 # Columns added after the first release: (table, column, SQL type and default), added where missing.
@@ -87,6 +99,18 @@ class PlayerTotals:
     sessions_uploaded: int
     sessions_rejected: int
     seconds_uploaded: float
+
+
+@dataclass(frozen=True)
+class WalletNonce:
+    """A challenge as issued: to whom, for which address, when, until when, and whether it was used."""
+
+    nonce: str
+    player_id: str
+    address: str
+    issued_s: int
+    expires_s: int
+    consumed_s: int | None
 
 
 def _record(row: SessionRow) -> SessionRecord:
@@ -221,3 +245,30 @@ class GatewayDatabase:
             sessions_rejected=by_state.get(STATE_REJECTED, (0, 0.0))[0],
             seconds_uploaded=float(by_state.get(STATE_UPLOADED, (0, 0.0))[1]),
         )
+
+    # wallet challenges -------------------------------------------------------------------------------
+
+    def add_wallet_nonce(self, nonce: str, player_id: str, address: str, issued_s: int, expires_s: int) -> None:
+        """Records an issued challenge; forgets challenges that expired a day or more before it."""
+        with self._sessions.begin() as s:
+            s.execute(delete(WalletNonceRow).where(WalletNonceRow.expires_s < issued_s - 86400))
+            s.add(WalletNonceRow(nonce=nonce, player_id=player_id, address=address, issued_s=issued_s,
+                                 expires_s=expires_s, consumed_s=None))
+
+    def get_wallet_nonce(self, nonce: str) -> WalletNonce | None:
+        """The challenge with that nonce, or None."""
+        with self._sessions() as s:
+            r = s.get(WalletNonceRow, nonce)
+            return None if r is None else WalletNonce(r.nonce, r.player_id, r.address, r.issued_s, r.expires_s,
+                                                      r.consumed_s)
+
+    def consume_wallet_nonce(self, nonce: str, player_id: str, now_s: int) -> bool:
+        """Marks the player's unexpired, unused challenge used; False if it is not (any more).
+
+        One conditional UPDATE: of two requests racing on any replicas, exactly one sees True.
+        """
+        with self._sessions.begin() as s:
+            done = s.execute(update(WalletNonceRow).where(
+                WalletNonceRow.nonce == nonce, WalletNonceRow.player_id == player_id,
+                WalletNonceRow.consumed_s.is_(None), WalletNonceRow.expires_s > now_s).values(consumed_s=now_s))
+            return done.rowcount == 1

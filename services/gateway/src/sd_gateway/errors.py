@@ -35,6 +35,12 @@ class FailedPrecondition(GatewayError):
     http_status, grpc_code, code = 409, grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"
 
 
+class AlreadyExists(GatewayError):
+    """Something another player holds (a wallet linked to them): HTTP 409, like a failed precondition."""
+
+    http_status, grpc_code, code = 409, grpc.StatusCode.ALREADY_EXISTS, "already_exists"
+
+
 class TooLarge(GatewayError):
     http_status, grpc_code, code = 413, grpc.StatusCode.INVALID_ARGUMENT, "too_large"
 

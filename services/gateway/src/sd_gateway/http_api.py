@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import structlog
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,19 +16,21 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from scale_diffusion.common.v1 import common_pb2
+from scale_diffusion.ingest.v1 import ingest_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from sd_common.error_mapping import http_error_body, http_headers
 from sd_common.metrics import HttpMetricsMiddleware
 from sd_gateway.database import SessionRecord
-from sd_gateway.errors import ERRORS
+from sd_gateway.errors import ERRORS, NotFound
 from sd_gateway.hosted import HostedDiffusion
 from sd_gateway.http_guards import (BodyLimitMiddleware, SecurityHeadersMiddleware, api_reference_html,
                                     content_security_policy)
 from sd_gateway.sessions import FileSpec, SessionService
 from sd_gateway.ice import IceConfig
 from sd_gateway.signaling import DiffusionSignaling
+from sd_gateway.wallets import WalletLinking
 
 Auth = Annotated[str | None, Header(alias="Authorization")]
 log = structlog.get_logger()
@@ -61,12 +63,15 @@ _STATUS_TEXT = {
     400: "Bad request: a malformed body, field, file name or session id; `problems` name the fields",
     401: "Missing, forged or expired device token, or its player no longer exists",
     403: "Another player's session, or a disabled player",
-    404: "No such session",
-    409: "The session is already complete; or (hosted-token) hosted diffusion is off on this gateway",
+    404: "No such session; or (DELETE /v1/wallet) no linked wallet",
+    409: "The session is already complete; or (hosted-token) hosted diffusion is off on this gateway; or "
+         "(wallet link) the challenge was used or expired, the wallet is another player's, or the player "
+         "already has one",
     413: "A file, the session's files together, or the request body over its limit",
     429: "Rate limited; retry after `Retry-After` seconds",
     502: "The hosted diffusion provider refused or answered wrongly (the reason says which)",
-    503: "A dependency (the object store, the diffusion service, the hosted provider) cannot serve now",
+    503: "A dependency (the object store, the diffusion service, the hosted provider, the ingest's rewards "
+         "and wallets) cannot serve now, or is not configured",
 }
 
 
@@ -90,6 +95,13 @@ OPERATION_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/diffusion/offer"): (400, 401, 403, 404, 413, 503),
     ("GET", "/v1/diffusion/ice-servers"): (401, 403),
     ("POST", "/v1/diffusion/hosted-token"): (400, 401, 403, 404, 409, 413, 429, 502, 503),
+    ("POST", "/v1/wallet/challenge"): (400, 401, 403, 413, 429, 503),
+    ("POST", "/v1/wallet/link"): (400, 401, 403, 409, 413, 503),
+    ("GET", "/v1/wallet"): (401, 403, 503),
+    ("DELETE", "/v1/wallet"): (401, 403, 404, 503),
+    ("GET", "/v1/sessions/{session_id}/outcome"): (400, 401, 403, 404, 503),
+    ("GET", "/v1/players/me/contributions"): (400, 401, 403, 503),
+    ("GET", "/v1/leaderboard"): (400, 401, 403, 503),
 }
 
 
@@ -228,6 +240,153 @@ class HostedTokenOut(BaseModel):
     expires_at: datetime
 
 
+class WalletChallengeIn(BaseModel):
+    address: str = Field(description="the wallet's base58 address (an ed25519 public key)", max_length=128)
+
+
+class WalletChallengeOut(BaseModel):
+    message: str = Field(description="the exact Sign-In With Solana message to sign (docs/wallets.md)")
+    nonce: str
+    expires_at: datetime
+
+
+class WalletLinkIn(BaseModel):
+    message: str = Field(description="the challenge's message, unchanged", max_length=4096)
+    signature: str = Field(description="the wallet's ed25519 signature of the message's UTF-8 bytes, base58",
+                           max_length=128)
+
+
+class WalletOut(BaseModel):
+    address: str
+    linked_at: datetime
+    chain_id: str
+
+
+class WalletEventOut(BaseModel):
+    action: str = Field(description="link or unlink")
+    address: str
+    at: datetime
+
+
+class WalletStateOut(BaseModel):
+    wallet: WalletOut | None
+    events: list[WalletEventOut] = Field(description="every link and unlink, oldest first")
+
+
+class SegmentOutcomeOut(BaseModel):
+    segment_id: str
+    index: int
+    accepted: bool
+    reasons: list[str] = Field(description="why it was rejected (clean-rule codes)")
+    duration_s: float
+    points: float
+
+
+class SessionOutcomeOut(BaseModel):
+    session_id: str
+    state: str = Field(description="the catalog's state, lowercase (received … processed, rejected, failed), "
+                                   "or waiting while the catalog has not seen the session")
+    final: bool = Field(description="nothing more will change by itself")
+    accepted_s: float
+    rejected_s: float
+    points: float
+    segments: list[SegmentOutcomeOut]
+    problems: list[ProblemOut]
+
+
+class CreditOut(BaseModel):
+    entry_id: str
+    session_id: str
+    segment_id: str
+    points: float = Field(description="credited, after the daily cap")
+    gross_points: float = Field(description="what the rule priced before the cap")
+    rule: str
+    factors: dict[str, float]
+    created_at: datetime
+    status: str = Field(description="pending, in_epoch, paid or reversed")
+    epoch_id: str
+    note: str
+
+
+class ContributionsOut(BaseModel):
+    pending_points: float
+    in_epoch_points: float
+    paid_points: float
+    today_points: float
+    daily_cap_points: float
+    accepted_s: float
+    wallet_address: str = Field(description="empty when no wallet is linked")
+    credits: list[CreditOut] = Field(description="newest first")
+    next_page_token: str
+
+
+class LeaderboardRowOut(BaseModel):
+    rank: int
+    player_label: str = Field(description="a short public label, never a player id")
+    points: float
+    accepted_s: float
+    you: bool
+
+
+class LeaderboardOut(BaseModel):
+    week: str = Field(description="ISO week, e.g. 2026-W49")
+    rows: list[LeaderboardRowOut]
+    your_rank: int | None = Field(description="null when the player has no points that week")
+
+
+LEADERBOARD_ROWS = 50
+
+
+def points(millipoints: int) -> float:
+    """Points from the ledger's integer millipoints."""
+    return millipoints / 1000
+
+
+def _rfc3339(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def wallet_out(w) -> WalletOut:
+    """The HTTP view of the ingest's Wallet."""
+    return WalletOut(address=w.address, linked_at=_rfc3339(w.linked_at), chain_id=w.chain_id)
+
+
+def catalog_state_name(state: int) -> str:
+    """processed, rejected, … from the ingest's CatalogState value."""
+    return ingest_pb2.CatalogState.Name(state).removeprefix("CATALOG_STATE_").lower()
+
+
+def outcome_out(r) -> SessionOutcomeOut:
+    """The HTTP view of a GetSessionOutcomeResponse."""
+    return SessionOutcomeOut(
+        session_id=r.session_id, state=catalog_state_name(r.state), final=r.final, accepted_s=r.accepted_s,
+        rejected_s=r.rejected_s, points=points(r.millipoints),
+        segments=[SegmentOutcomeOut(segment_id=g.segment_id, index=g.index, accepted=g.accepted,
+                                    reasons=list(g.reasons), duration_s=g.duration_s, points=points(g.millipoints))
+                  for g in r.segments],
+        problems=[ProblemOut(code=p.code, path=p.path, message=p.message) for p in r.problems])
+
+
+def contributions_out(r) -> ContributionsOut:
+    """The HTTP view of a GetContributionsResponse."""
+    return ContributionsOut(
+        pending_points=points(r.pending_millipoints), in_epoch_points=points(r.in_epoch_millipoints),
+        paid_points=points(r.paid_millipoints), today_points=points(r.today_millipoints),
+        daily_cap_points=points(r.daily_cap_millipoints), accepted_s=r.accepted_s,
+        wallet_address=r.wallet_address, next_page_token=r.next_page_token,
+        credits=[CreditOut(entry_id=c.entry_id, session_id=c.session_id, segment_id=c.segment_id,
+                           points=points(c.millipoints), gross_points=points(c.gross_millipoints), rule=c.rule,
+                           factors=dict(c.factors), created_at=_rfc3339(c.created_at), status=c.status,
+                           epoch_id=c.epoch_id, note=c.note) for c in r.credits])
+
+
+def leaderboard_out(r) -> LeaderboardOut:
+    """The HTTP view of a GetLeaderboardResponse."""
+    return LeaderboardOut(week=r.week, your_rank=r.your_rank or None, rows=[
+        LeaderboardRowOut(rank=x.rank, player_label=x.player_label, points=points(x.millipoints),
+                          accepted_s=x.accepted_s, you=x.you) for x in r.rows])
+
+
 def state_name(state: int) -> str:
     """OPEN, UPLOADED, … from the proto enum value."""
     return common_pb2.SessionState.Name(state).removeprefix("SESSION_STATE_")
@@ -252,7 +411,7 @@ _HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allow
 def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_origins: list[str],
                local_store=None, web_dir: Path | None = None, max_json_body_bytes: int = 1024 * 1024,
                csp_connect_origins: list[str] | None = None, ice: IceConfig | None = None,
-               hosted: HostedDiffusion | None = None) -> FastAPI:
+               hosted: HostedDiffusion | None = None, wallets: WalletLinking | None = None) -> FastAPI:
     """The gateway's ASGI app. `local_store` set: it also receives uploads for the embedded store."""
     hosted = hosted or HostedDiffusion("off")
     app = FastAPI(title="Scale Diffusion gateway", version="1",
@@ -274,7 +433,7 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
 
     app.openapi = openapi
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_json_body_bytes, exempt_prefixes=("/v1/store/",))
-    app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "PUT"],
+    app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["ETag", "Retry-After"],
                        max_age=600)
     app.add_middleware(SecurityHeadersMiddleware, csp=content_security_policy(csp_connect_origins or []))
@@ -389,6 +548,9 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
         return HostedTokenOut(provider=t.provider, model=t.model, realtime_url=t.realtime_url, token=t.token,
                               expires_at=t.expires_at)
 
+    if wallets is not None:
+        _add_rewards_routes(app, service, wallets)
+
     if local_store is not None:
         @app.put("/v1/store/{key:path}", include_in_schema=False)
         async def receive_upload(key: str, request: Request) -> JSONResponse:
@@ -412,3 +574,63 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
             return HTMLResponse(_NOT_BUILT)
 
     return app
+
+
+def _add_rewards_routes(app: FastAPI, service: SessionService, wallets: WalletLinking) -> None:
+    """Wallet linking and the rewards views, each for the authenticated player only (docs/wallets.md)."""
+    ingest = wallets.ingest
+
+    @app.post("/v1/wallet/challenge", response_model=WalletChallengeOut,
+              **_documented("POST", "/v1/wallet/challenge"))
+    async def wallet_challenge(body: WalletChallengeIn, authorization: Auth = None) -> WalletChallengeOut:
+        """A Sign-In With Solana message for the player's wallet to sign, valid once, until expires_at."""
+        c = await wallets.challenge(await service.authenticate(authorization), body.address)
+        return WalletChallengeOut(message=c.message, nonce=c.nonce, expires_at=c.expires_at)
+
+    @app.post("/v1/wallet/link", response_model=WalletOut, **_documented("POST", "/v1/wallet/link"))
+    async def wallet_link(body: WalletLinkIn, authorization: Auth = None) -> WalletOut:
+        """Links the wallet that signed the challenge; every field and the signature are checked first."""
+        return wallet_out(await wallets.link(await service.authenticate(authorization), body.message,
+                                             body.signature))
+
+    @app.get("/v1/wallet", response_model=WalletStateOut, **_documented("GET", "/v1/wallet"))
+    async def wallet_get(authorization: Auth = None) -> WalletStateOut:
+        """The player's linked wallet (null if none) and every link and unlink."""
+        r = await wallets.get(await service.authenticate(authorization))
+        return WalletStateOut(wallet=wallet_out(r.wallet) if r.HasField("wallet") else None, events=[
+            WalletEventOut(action=e.action, address=e.address, at=_rfc3339(e.at)) for e in r.events])
+
+    @app.delete("/v1/wallet", status_code=204, response_class=Response, **_documented("DELETE", "/v1/wallet"))
+    async def wallet_unlink(authorization: Auth = None) -> Response:
+        """Unlinks the player's wallet; pending points stay pending until a wallet is linked again."""
+        await wallets.unlink(await service.authenticate(authorization))
+        return Response(status_code=204)
+
+    @app.get("/v1/sessions/{session_id}/outcome", response_model=SessionOutcomeOut,
+             **_documented("GET", "/v1/sessions/{session_id}/outcome"))
+    async def session_outcome(session_id: str, authorization: Auth = None) -> SessionOutcomeOut:
+        """What became of one of the player's sessions: state, segments with reasons, points."""
+        player = await service.authenticate(authorization)
+        ingest.require()
+        rec = await service.get_session(player, session_id)  # the player's own session, or 400/403/404
+        try:
+            return outcome_out(await ingest.session_outcome(player, session_id))
+        except NotFound:  # uploaded here, not yet in the catalog
+            return SessionOutcomeOut(session_id=session_id, state="waiting", final=False, accepted_s=0.0,
+                                     rejected_s=0.0, points=0.0, segments=[],
+                                     problems=[ProblemOut(**p.to_dict()) for p in rec.problems])
+
+    @app.get("/v1/players/me/contributions", response_model=ContributionsOut,
+             **_documented("GET", "/v1/players/me/contributions"))
+    async def contributions(page_size: Annotated[int, Query(ge=1, le=200)] = 50, page_token: str = "",
+                            authorization: Auth = None) -> ContributionsOut:
+        """The player's credits (newest first), balances and today's cap."""
+        player = await service.authenticate(authorization)
+        return contributions_out(await ingest.contributions(player, page_size, page_token))
+
+    @app.get("/v1/leaderboard", response_model=LeaderboardOut, **_documented("GET", "/v1/leaderboard"))
+    async def leaderboard(week: Annotated[str, Query(pattern=r"^(\d{4}-W\d{2})?$")] = "",
+                          authorization: Auth = None) -> LeaderboardOut:
+        """Points credited in one ISO week (this week by default), highest first, the player's row marked."""
+        player = await service.authenticate(authorization)
+        return leaderboard_out(await ingest.leaderboard(player, week, LEADERBOARD_ROWS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from sd_common.ice import IceServer, parse_turn_urls
 from sd_common.settings import ServiceSettings
+from sd_common.siws import SiwsError, build_message
 
 
 class GatewaySettings(ServiceSettings):
@@ -99,6 +101,32 @@ class GatewaySettings(ServiceSettings):
                 parts = urlsplit(getattr(self, name))
                 if parts.scheme not in schemes or not parts.netloc:
                     raise ValueError(f"SD_GATEWAY_{name.upper()} must be a {' or '.join(schemes)} URL")
+        return self
+
+    # The ingest's gRPC (host:port), which keeps the rewards ledger and the linked wallets: the game's
+    # /v1/wallet*, /v1/players/me/contributions, /v1/leaderboard and session outcome endpoints call it.
+    # Unset: those endpoints answer 503.
+    ingest_target: str | None = None
+    ingest_timeout_s: float = Field(5.0, gt=0, description="deadline of one call to the ingest")
+    # Sign-In With Solana (docs/wallets.md): what the challenge message names and the link checks. The
+    # domain and URI are where players load the game (the wallet shows the domain and may compare it
+    # with the page's origin); the chain id is the cluster the payouts are sent on.
+    siws_domain: str = Field("127.0.0.1:8080", min_length=1, max_length=255)
+    siws_uri: str = Field("http://127.0.0.1:8080", min_length=1, max_length=512)
+    siws_chain_id: str = Field("devnet", min_length=1, max_length=64)
+    siws_nonce_ttl_s: int = Field(600, ge=30, le=86400, description="how long a challenge can be signed and sent")
+    wallet_challenges_per_minute: float = Field(6.0, gt=0)
+    wallet_challenges_burst: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_siws(self) -> "GatewaySettings":
+        now = datetime.now(UTC)
+        try:
+            build_message(domain=self.siws_domain, address="1" * 32, statement="x", uri=self.siws_uri,
+                          chain_id=self.siws_chain_id, nonce="a" * 16, issued_at=now,
+                          expiration_time=now + timedelta(seconds=self.siws_nonce_ttl_s))
+        except SiwsError as exc:  # the same checks a link applies
+            raise ValueError(f"SD_GATEWAY_SIWS_* settings do not make a valid Sign-In With Solana message: {exc}")
         return self
 
     # Built web game (web/dist) served at /; unset or missing means a page that says how to build it.

@@ -17,6 +17,8 @@ from sd_ingest.pipeline import Pipeline
 from sd_ingest.server import register
 from sd_ingest.service import CatalogService
 from sd_ingest.settings import IngestSettings
+from sd_ingest.wallet_server import register_wallets
+from sd_ingest.wallets import WalletStore
 
 log = structlog.get_logger()
 
@@ -34,6 +36,7 @@ class RunningIngest:
     pipeline: Pipeline
     service: CatalogService
     processor: ProcessorPool | None
+    wallets: WalletStore
     settings: IngestSettings
     _rt: GrpcRuntime
 
@@ -77,6 +80,9 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     service = CatalogService(settings, catalog, store, on_change=pipeline.nudge,
                              on_dataset=publisher.publish if publisher is not None else None)
     register(rt, service)
+    wallets = WalletStore(settings.sqlalchemy_url())  # the catalog's database, tables of its own
+    rt.on_stop(lambda: asyncio.to_thread(wallets.close))
+    register_wallets(rt, wallets)
 
     async def start_background() -> None:
         pipeline.start()
@@ -91,7 +97,7 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
         await pipeline.stop(settings.shutdown_grace_s)
 
     rt.host("pipeline", start_background, stop_background)
-    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, processor, settings, rt)
+    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, processor, wallets, settings, rt)
 
 
 async def start_ingest(settings: IngestSettings, store_settings: StoreSettings) -> RunningIngest:

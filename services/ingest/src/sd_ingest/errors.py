@@ -7,6 +7,7 @@ from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ErrorMapping, S
 
 from sd_ingest.catalog import InvalidTransition, SessionNotFound
 from sd_ingest.datasets import DatasetInputInvalid, NothingToSnapshot
+from sd_ingest.wallets import InvalidLink, LinkExpired, NoWallet, NonceUsed, PlayerHasWallet, WalletTaken
 
 
 class IngestError(ServiceError):
@@ -37,4 +38,9 @@ ERRORS = SERVICE_ERRORS + ErrorMapping(
     rule(SessionNotFound, _C.NOT_FOUND, 404, "not_found", lambda exc: f"no session {exc} in the catalog"),
     rule((InvalidTransition, NothingToSnapshot), _C.FAILED_PRECONDITION, 409, "failed_precondition"),
     rule(DatasetInputInvalid, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+) + ErrorMapping(  # wallets (docs/wallets.md)
+    rule(InvalidLink, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+    rule(WalletTaken, _C.ALREADY_EXISTS, 409, "already_exists"),
+    rule((PlayerHasWallet, NonceUsed, LinkExpired), _C.FAILED_PRECONDITION, 409, "failed_precondition"),
+    rule(NoWallet, _C.NOT_FOUND, 404, "not_found"),
 ) + STORE_RULES

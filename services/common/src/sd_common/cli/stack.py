@@ -16,7 +16,8 @@ from sd_common.cli.services import SERVICES, ServiceSpec, health_status, port_is
 
 
 def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str, str],
-              diffusion_port: int, processor_port: int | None = None) -> dict[str, str]:
+              diffusion_port: int, processor_port: int | None = None,
+              ingest_port: int | None = None) -> dict[str, str]:
     """The environment one service process of the local stack runs with."""
     env = dict(base)
     env.setdefault("SD_STORE_BACKEND", "local")
@@ -29,6 +30,11 @@ def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str
         env.setdefault(p + "HTTP_PORT", str(http_port))
         env.setdefault(p + "STATE_DIR", str(state_dir / "gateway"))
         env.setdefault(p + "DIFFUSION_TARGET", f"127.0.0.1:{diffusion_port}")
+        if ingest_port is not None:  # rewards and wallets (docs/wallets.md)
+            env.setdefault(p + "INGEST_TARGET", f"127.0.0.1:{ingest_port}")
+        # the game is played from this gateway, so that is where wallets sign in
+        env.setdefault(p + "SIWS_DOMAIN", f"127.0.0.1:{http_port}")
+        env.setdefault(p + "SIWS_URI", f"http://127.0.0.1:{http_port}")
         web = Path(__file__).resolve().parents[5] / "web" / "dist"
         if web.is_dir():
             env.setdefault(p + "WEB_DIR", str(web))
@@ -100,6 +106,7 @@ async def run_stack(state_dir: Path, http_port: int, port_offset: int = 0, ready
     specs = services_at(port_offset)
     diffusion_port = next(s.grpc_port for s in specs if s.name == "diffusion")
     processor_port = next(s.grpc_port for s in specs if s.name == "processor")
+    ingest_port = next(s.grpc_port for s in specs if s.name == "ingest")
     busy = [(s.name, p) for s in specs for p in (s.grpc_port, s.metrics_port) if not port_is_free(p)]
     if not port_is_free(http_port):
         busy.append(("gateway http", http_port))
@@ -109,7 +116,7 @@ async def run_stack(state_dir: Path, http_port: int, port_offset: int = 0, ready
         return 2
     state_dir.mkdir(parents=True, exist_ok=True)
     services = {spec.name: _Service(spec, stack_env(state_dir, http_port, spec, dict(os.environ), diffusion_port,
-                                                    processor_port)) for spec in specs}
+                                                    processor_port, ingest_port)) for spec in specs}
     pipes: list[asyncio.Task] = []
     supervisors: list[asyncio.Task] = []
     stop = stop_event or asyncio.Event()

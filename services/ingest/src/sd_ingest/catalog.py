@@ -39,8 +39,10 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -161,6 +163,20 @@ class SegmentRow(_Base):
     command_counts_json: Mapped[str] = mapped_column(Text, default="{}")
     attempt_id: Mapped[str] = mapped_column(String(64), default="")
     uri: Mapped[str] = mapped_column(String(512), default="")
+    infractions_json: Mapped[str] = mapped_column(Text, default="{}")
+    diffusion_frames: Mapped[int] = mapped_column(Integer, default=0)
+    route_progress_start: Mapped[float] = mapped_column(Float, default=0.0)
+    route_progress_end: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# Columns added after a table was first created: create_all makes missing tables, not missing columns,
+# so Catalog adds these to a database made by an older version (table, column, DDL).
+_ADDED_COLUMNS = [
+    ("catalog_segments", "infractions_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("catalog_segments", "diffusion_frames", "INTEGER NOT NULL DEFAULT 0"),
+    ("catalog_segments", "route_progress_start", "FLOAT NOT NULL DEFAULT 0.0"),
+    ("catalog_segments", "route_progress_end", "FLOAT NOT NULL DEFAULT 0.0"),
+]
 
 
 class DatasetRow(_Base):
@@ -243,6 +259,10 @@ class SegmentRecord:
     command_counts: dict[str, int]
     attempt_id: str = ""
     uri: str = ""
+    infractions: dict[str, int] = field(default_factory=dict)  # kind -> count on the pictured states
+    diffusion_frames: int = 0  # frames whose picture is the diffusion view's
+    route_progress_start: float = 0.0  # route.progress of the first pictured state
+    route_progress_end: float = 0.0  # ... and of the last
 
 
 @dataclass(frozen=True)
@@ -329,7 +349,10 @@ def _segment(row: SegmentRow) -> SegmentRecord:
         duration_s=row.duration_s, t_start_ms=row.t_start_ms, t_end_ms=row.t_end_ms,
         distance_m=row.distance_m, mean_speed_mps=row.mean_speed_mps,
         command_counts={str(k): int(v) for k, v in json.loads(row.command_counts_json).items()},
-        attempt_id=row.attempt_id, uri=row.uri)
+        attempt_id=row.attempt_id, uri=row.uri,
+        infractions={str(k): int(v) for k, v in json.loads(row.infractions_json or "{}").items()},
+        diffusion_frames=row.diffusion_frames or 0, route_progress_start=row.route_progress_start or 0.0,
+        route_progress_end=row.route_progress_end or 0.0)
 
 
 def _dataset(row: DatasetRow) -> DatasetRecord:
@@ -353,8 +376,17 @@ class Catalog:
         self._engine = make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
+
+    def _add_missing_columns(self) -> None:
+        existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
+                    for table in {t for t, _, _ in _ADDED_COLUMNS}}
+        with self._engine.begin() as conn:
+            for table, column, ddl in _ADDED_COLUMNS:
+                if column not in existing[table]:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     def close(self) -> None:
         """Releases pooled connections."""
@@ -574,7 +606,10 @@ class Catalog:
                     frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
                     t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
                     command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
-                    attempt_id=attempt_id, uri=seg.uri))
+                    attempt_id=attempt_id, uri=seg.uri,
+                    infractions_json=json.dumps(seg.infractions, sort_keys=True),
+                    diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+                    route_progress_end=seg.route_progress_end))
             row.segments_accepted = sum(1 for seg in segments if seg.accepted)
             row.segments_rejected = sum(1 for seg in segments if not seg.accepted)
             row.qc_report_uri = qc_report_uri

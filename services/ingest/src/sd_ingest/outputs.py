@@ -72,7 +72,9 @@ async def read_output(store: ObjectStore, out_prefix: str, session_id: str) -> P
         accepted=seg.accepted, reasons=list(seg.reasons), frames=seg.frames, duration_s=seg.duration_s,
         t_start_ms=seg.t_start_ms, t_end_ms=seg.t_end_ms, distance_m=seg.distance_m,
         mean_speed_mps=seg.mean_speed_mps, command_counts=dict(seg.command_counts),
-        uri=f"{out_prefix}{seg.segment_id}/") for seg in doc.segments]
+        uri=f"{out_prefix}{seg.segment_id}/", infractions=dict(seg.infractions),
+        diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+        route_progress_end=seg.route_progress_end) for seg in doc.segments]
     return ProcessedOutput(
         session_id=session_id, player_id=player, attempt_id=doc.attempt_id, source=dict(doc.source or {}),
         crop=dict(doc.crop or {}), output=dict(doc.output or {}), intrinsics=dict(doc.intrinsics or {}),

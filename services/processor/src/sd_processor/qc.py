@@ -178,7 +178,7 @@ class QcReport:
 
 def segments_document(*, session_id: str, player_id: str | None, attempt_id: str, plan: CropPlan | None,
                       segments: list[SegmentRecord], config: dict[str, Any],
-                      mount: dict[str, float] | None = None) -> dict[str, Any]:
+                      mount: dict[str, float] | None = None, log_fingerprint: str = "") -> dict[str, Any]:
     """The segments.json document."""
     return SegmentsDocument(
         session_id=session_id, player_id=player_id, attempt_id=attempt_id,
@@ -186,7 +186,8 @@ def segments_document(*, session_id: str, player_id: str | None, attempt_id: str
         crop=plan.crop_dict() if plan else None,
         output={"width": plan.output_width, "height": plan.output_height} if plan else None,
         intrinsics=plan.output.to_dict() if plan else None, mount=mount,
-        segments=[SegmentEntry(**s.public()) for s in segments], config=config).model_dump(mode="json")
+        segments=[SegmentEntry(**s.public()) for s in segments], config=config,
+        log_fingerprint=log_fingerprint).model_dump(mode="json")
 
 
 def success_document(attempt_id: str, segments_accepted: int) -> dict[str, Any]:

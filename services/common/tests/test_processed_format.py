@@ -29,3 +29,21 @@ def test_valid_documents_parse_and_unknown_fields_are_ignored():
 def test_bad_documents_name_the_field(change, field):
     with pytest.raises(ProcessedFormatError, match=f"segments.json: {field.replace('.', '[.]')}"):
         parse(SegmentsDocument, {**DOC, **change}, "segments.json")
+
+
+def test_an_older_document_reads_the_pricing_facts_and_fingerprints_as_their_defaults():
+    seg = parse(SegmentsDocument, DOC, "segments.json").segments[0]
+    assert (seg.infractions, seg.diffusion_frames, seg.route_progress_start, seg.route_progress_end,
+            seg.frame_hashes, seg.frame_hash_t_ms) == ({}, 0, 0.0, 0.0, [], [])
+    assert parse(SegmentsDocument, DOC, "segments.json").log_fingerprint == ""
+
+
+def test_frame_hashes_are_16_hex_digits_each_with_a_time():
+    good = {**SEGMENT, "frame_hashes": ["00ff00ff00ff00ff"], "frame_hash_t_ms": [41]}
+    assert parse(SegmentsDocument, {**DOC, "segments": [good]}, "segments.json").segments[0].frame_hash_t_ms == [41]
+    for bad in ({"frame_hashes": ["00ff"], "frame_hash_t_ms": [41]},
+                {"frame_hashes": ["00ff00ff00ff00ff"], "frame_hash_t_ms": []}):
+        with pytest.raises(ProcessedFormatError, match="segments.json: segments"):
+            parse(SegmentsDocument, {**DOC, "segments": [{**SEGMENT, **bad}]}, "segments.json")
+    with pytest.raises(ProcessedFormatError, match="log_fingerprint"):
+        parse(SegmentsDocument, {**DOC, "log_fingerprint": "abc"}, "segments.json")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -96,7 +97,9 @@ async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *,
            "output": {"width": OUT_W, "height": OUT_H},
            "intrinsics": {"fx": intr["fx"], "fy": intr["fy"], "cx": intr["cx"], "cy": intr["cy"],
                           "fov_deg": intr["fov_deg"]},
-           "segments": segments}
+           "segments": segments,
+           # the stand-in's fingerprint: the events' bytes (the same upload under another id repeats it)
+           "log_fingerprint": hashlib.sha256(await store.get_bytes(raw + "events.jsonl", max_bytes=64 << 20)).hexdigest()}
     await store.put_bytes(out + "qc_report.json", json.dumps(
         {"session_id": sid, "attempt_id": request.attempt_id, "frames_total": len(frames)}).encode(),
         content_type="application/json")

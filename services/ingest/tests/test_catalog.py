@@ -226,3 +226,37 @@ def test_listing_counting_and_datasets(catalog):
     again, created = catalog.add_dataset(rec)
     assert not created and again.name == "v1"
     assert [d.dataset_id for d in catalog.list_datasets()] == ["a" * 64]
+
+
+def test_segment_facts_round_trip_and_an_older_database_gains_their_columns(db_url):
+    import dataclasses
+
+    from sqlalchemy import create_engine, text
+
+    from sd_common.sql import normalize_url
+
+    first = Catalog(db_url)
+    _to_validated(first, "s1")
+    first.claim("s1", S.VALIDATED, "a", 30)
+    first.start_attempt("s1", "a", "1-x")
+    seg = dataclasses.replace(_segment("s1", 0), infractions={"red_light": 2, "collision_static": 1},
+                              diffusion_frames=120, route_progress_start=0.25, route_progress_end=0.5)
+    first.finish_processed("s1", "a", "1-x", segments=[seg], qc_report_uri="q", problems=[])
+    [got] = first.segments("s1")
+    assert (got.infractions, got.diffusion_frames, got.route_progress_start, got.route_progress_end) == (
+        {"collision_static": 1, "red_light": 2}, 120, 0.25, 0.5)
+    first.close()
+    # A database made before the facts existed: their columns are gone, the row is still there.
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        for column in ("infractions_json", "diffusion_frames", "route_progress_start", "route_progress_end"):
+            conn.execute(text(f"ALTER TABLE catalog_segments DROP COLUMN {column}"))
+    engine.dispose()
+    again = Catalog(db_url)
+    try:
+        [old] = again.segments("s1")
+        assert (old.segment_id, old.frames, old.infractions, old.diffusion_frames, old.route_progress_start,
+                old.route_progress_end) == ("route_s1_000", 150, {}, 0, 0.0, 0.0)
+        Catalog(db_url).close()  # opening once more finds every column and adds none
+    finally:
+        again.close()

@@ -119,6 +119,22 @@ async def test_a_session_goes_from_upload_events_to_processed(tmp_path, db_url, 
         await h.close()
 
 
+async def test_the_same_upload_under_another_session_id_is_registered_as_a_replay(harness, session_6s):
+    await harness.start_processor(["ok"])
+    await harness.start_ingest()
+    await put_session(harness.store, session_6s, "sess-first", "player-1")
+    first = await harness.wait_state("sess-first", S.PROCESSED, S.FAILED, S.REJECTED)
+    await put_session(harness.store, session_6s, "sess-again", "player-1")
+    again = await harness.wait_state("sess-again", S.PROCESSED, S.FAILED, S.REJECTED)
+    assert (first.state, first.segments_accepted, [p.code for p in first.problems]) == (S.PROCESSED, 1, [])
+    assert (again.state, again.segments_accepted) == (S.PROCESSED, 0)
+    [problem] = again.problems
+    assert problem.code == "duplicate_log" and "sess-first" in problem.message
+    segs = harness.ingests[0].catalog.segments("sess-again")
+    assert [s.reasons for s in segs] == [["duplicate_log"], ["shorter_than_5s", "duplicate_log"]]
+    assert harness.session("sess-first").segments_accepted == 1  # the first keeps its segment
+
+
 async def test_duplicate_out_of_order_and_redelivered_events_count_once(harness, session_6s):
     await harness.start_processor(["slow:0.5"])
     ingest = await harness.start_ingest()

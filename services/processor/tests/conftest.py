@@ -66,7 +66,7 @@ def make_log(n: int, *, speed_mps: float = 5.0, fps: float = 30.0, steer=None, s
               "yaw_deg": zeros.copy() if yaw_deg is None else np.asarray(yaw_deg, float), "cam_x_m": x + 1.3,
               "cam_y_m": zeros.copy(), "cam_z_m": zeros + 2.3, "cam_yaw_deg": zeros.copy(), "speed_mps": speed,
               "steer": zeros.copy() if steer is None else np.asarray(steer, float), "throttle": zeros + 0.3,
-              "brake": zeros.copy()}
+              "brake": zeros.copy(), "route_progress": np.linspace(0.0, 0.5, n)}
     log = FrameLog(frame_id=np.arange(n, dtype=np.int64), command=np.full(n, 4, dtype=np.int8),
                    diffusion_frame_id=np.full(n, -1, dtype=np.int64), values=values,
                    status=list(status) if status is not None else [""] * n)

@@ -34,7 +34,14 @@ def test_output_layout(processed_clean, clean_session):
     assert first["segment_id"] == f"route_{sid}_000" and first["accepted"] and first["reasons"] == []
     assert 4.9 <= first["duration_s"] <= 5.05 and first["frames"] >= 145
     assert set(first) == {"segment_id", "index", "accepted", "reasons", "frames", "duration_s", "t_start_ms",
-                          "t_end_ms", "distance_m", "mean_speed_mps", "command_counts"}
+                          "t_end_ms", "distance_m", "mean_speed_mps", "command_counts", "infractions",
+                          "diffusion_frames", "route_progress_start", "route_progress_end", "frame_hashes",
+                          "frame_hash_t_ms"}
+    # four hashed pictures a second, the first at the segment's start, each 16 hex digits, in pts order
+    assert len(first["frame_hashes"]) == len(first["frame_hash_t_ms"]) == 20
+    assert first["frame_hash_t_ms"][0] == first["t_start_ms"] and first["frame_hash_t_ms"] == sorted(
+        first["frame_hash_t_ms"]) and all(len(h) == 16 for h in first["frame_hashes"])
+    assert len(seg["log_fingerprint"]) == 64
     assert rest["segment_id"] == f"route_{sid}_001" and rest["reasons"] == ["too_short"]
     qc = json.loads((out / "qc_report.json").read_text())
     assert qc["schema_version"] == 1 and qc["alignment"]["mode"] == "frame_id"

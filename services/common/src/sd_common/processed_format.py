@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 SEGMENTS_NAME = "segments.json"
@@ -39,6 +39,21 @@ class SegmentEntry(_Doc):
     distance_m: float = Field(ge=0)
     mean_speed_mps: float
     command_counts: dict[str, int] = {}
+    # The pricing facts (docs/dataset-format.md §4); absent, as their defaults, in older documents.
+    infractions: dict[str, int] = {}  # kind (session format INFRACTION_KINDS) -> count on the pictured states
+    diffusion_frames: int = Field(default=0, ge=0)  # frames whose picture is the diffusion view's
+    route_progress_start: float = Field(default=0.0, ge=0, le=1)  # route.progress of the first pictured state
+    route_progress_end: float = Field(default=0.0, ge=0, le=1)  # ... and of the last
+    # 64-bit perceptual hashes (16 hex digits) of sampled pictures, and each one's video pts, in order
+    frame_hashes: list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]] = []
+    frame_hash_t_ms: list[int] = []
+
+    @model_validator(mode="after")
+    def _hashes_have_times(self) -> SegmentEntry:
+        if len(self.frame_hashes) != len(self.frame_hash_t_ms):
+            raise ValueError(f"frame_hashes has {len(self.frame_hashes)} entries but frame_hash_t_ms "
+                             f"{len(self.frame_hash_t_ms)}")
+        return self
 
 
 class SegmentsDocument(_Doc):
@@ -57,6 +72,9 @@ class SegmentsDocument(_Doc):
     mount: dict[str, float] | None = None
     segments: list[SegmentEntry]
     config: dict[str, Any] = {}
+    # SHA-256 of the session's input events, normalized so that a re-upload under another session id
+    # or with shifted clocks hashes the same (docs/dataset-format.md §4); "" when too few to tell.
+    log_fingerprint: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
 
 class SuccessMarker(_Doc):

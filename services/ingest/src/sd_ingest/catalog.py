@@ -19,6 +19,7 @@ State machine (``TRANSITIONS`` is the whole of it)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from sd_common.problems import Problem
+from sd_common.session_format.spec import EVENTS_NAME, VIDEO_NAME
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -39,14 +41,19 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sd_common.sql import make_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sd_ingest import replays
+from sd_ingest.replays import SessionFingerprints
 
 
 class SessionState(StrEnum):
@@ -161,6 +168,56 @@ class SegmentRow(_Base):
     command_counts_json: Mapped[str] = mapped_column(Text, default="{}")
     attempt_id: Mapped[str] = mapped_column(String(64), default="")
     uri: Mapped[str] = mapped_column(String(512), default="")
+    infractions_json: Mapped[str] = mapped_column(Text, default="{}")
+    diffusion_frames: Mapped[int] = mapped_column(Integer, default=0)
+    route_progress_start: Mapped[float] = mapped_column(Float, default=0.0)
+    route_progress_end: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# Columns added after a table was first created: create_all makes missing tables, not missing columns,
+# so Catalog adds these to a database made by an older version (table, column, DDL).
+_ADDED_COLUMNS = [
+    ("catalog_segments", "infractions_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("catalog_segments", "diffusion_frames", "INTEGER NOT NULL DEFAULT 0"),
+    ("catalog_segments", "route_progress_start", "FLOAT NOT NULL DEFAULT 0.0"),
+    ("catalog_segments", "route_progress_end", "FLOAT NOT NULL DEFAULT 0.0"),
+]
+
+
+class ReplaySessionRow(_Base):
+    """A session in the replay index: its registration order (kept when it is processed again) and its
+    log fingerprint."""
+
+    __tablename__ = "catalog_replay_sessions"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(128), unique=True)
+    log_fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FrameHashRow(_Base):
+    """One hashed picture of a registered session, with the bands an indexed lookup finds it by (replays.py)."""
+
+    __tablename__ = "catalog_frame_hashes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(128), index=True)
+    segment_index: Mapped[int] = mapped_column(Integer)
+    t_ms: Mapped[int] = mapped_column(BigInteger)
+    hash_hex: Mapped[str] = mapped_column(String(16))
+    band0: Mapped[int] = mapped_column(Integer, index=True)
+    band1: Mapped[int] = mapped_column(Integer, index=True)
+    band2: Mapped[int] = mapped_column(Integer, index=True)
+    band3: Mapped[int] = mapped_column(Integer, index=True)
+    band4: Mapped[int] = mapped_column(Integer, index=True)
+    band5: Mapped[int] = mapped_column(Integer, index=True)
+    band6: Mapped[int] = mapped_column(Integer, index=True)
+
+
+_BAND_COLUMNS = [FrameHashRow.band0, FrameHashRow.band1, FrameHashRow.band2, FrameHashRow.band3,
+                 FrameHashRow.band4, FrameHashRow.band5, FrameHashRow.band6]
+assert len(_BAND_COLUMNS) == replays.BANDS, "one column per band of replays.band_values"
+# pg_advisory_xact_lock key of the replay check: a registration checks and extends the index alone
+_REPLAY_LOCK_KEY = 0x5D_1E_9E_57
 
 
 class DatasetRow(_Base):
@@ -243,6 +300,10 @@ class SegmentRecord:
     command_counts: dict[str, int]
     attempt_id: str = ""
     uri: str = ""
+    infractions: dict[str, int] = field(default_factory=dict)  # kind -> count on the pictured states
+    diffusion_frames: int = 0  # frames whose picture is the diffusion view's
+    route_progress_start: float = 0.0  # route.progress of the first pictured state
+    route_progress_end: float = 0.0  # ... and of the last
 
 
 @dataclass(frozen=True)
@@ -329,7 +390,10 @@ def _segment(row: SegmentRow) -> SegmentRecord:
         duration_s=row.duration_s, t_start_ms=row.t_start_ms, t_end_ms=row.t_end_ms,
         distance_m=row.distance_m, mean_speed_mps=row.mean_speed_mps,
         command_counts={str(k): int(v) for k, v in json.loads(row.command_counts_json).items()},
-        attempt_id=row.attempt_id, uri=row.uri)
+        attempt_id=row.attempt_id, uri=row.uri,
+        infractions={str(k): int(v) for k, v in json.loads(row.infractions_json or "{}").items()},
+        diffusion_frames=row.diffusion_frames or 0, route_progress_start=row.route_progress_start or 0.0,
+        route_progress_end=row.route_progress_end or 0.0)
 
 
 def _dataset(row: DatasetRow) -> DatasetRecord:
@@ -353,8 +417,17 @@ class Catalog:
         self._engine = make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
+
+    def _add_missing_columns(self) -> None:
+        existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
+                    for table in {t for t, _, _ in _ADDED_COLUMNS}}
+        with self._engine.begin() as conn:
+            for table, column, ddl in _ADDED_COLUMNS:
+                if column not in existing[table]:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     def close(self) -> None:
         """Releases pooled connections."""
@@ -560,12 +633,21 @@ class Catalog:
             return _session(s.get(SessionRow, session_id)) if got == 1 else None
 
     def finish_processed(self, session_id: str, owner: str, attempt_id: str, *, segments: list[SegmentRecord],
-                         qc_report_uri: str, problems: list[Problem]) -> SessionRecord:
-        """PROCESSING → PROCESSED with the attempt's segments, replacing any earlier ones, in one transaction."""
+                         qc_report_uri: str, problems: list[Problem],
+                         fingerprints: SessionFingerprints | None = None) -> SessionRecord:
+        """PROCESSING → PROCESSED with the attempt's segments, replacing any earlier ones, in one transaction.
+
+        With ``fingerprints``, segments that replay an earlier session are first marked rejected
+        (``duplicate_frames``, ``duplicate_log``; see :meth:`_judge_replays`), so everything after
+        that in this transaction sees only the segments that stay accepted.
+        """
         with self._sessions.begin() as s:
+            self._lock_replay_index(s, session_id)
             row = self._owned(s, session_id, owner, S.PROCESSED)
             if row.attempt_id != attempt_id:
                 raise LeaseLost(f"session {session_id}: attempt {attempt_id} is not the current {row.attempt_id}")
+            if fingerprints is not None:
+                segments, problems = self._judge_replays(s, session_id, segments, problems, fingerprints)
             s.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id))
             for seg in segments:
                 s.add(SegmentRow(
@@ -574,7 +656,10 @@ class Catalog:
                     frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
                     t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
                     command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
-                    attempt_id=attempt_id, uri=seg.uri))
+                    attempt_id=attempt_id, uri=seg.uri,
+                    infractions_json=json.dumps(seg.infractions, sort_keys=True),
+                    diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+                    route_progress_end=seg.route_progress_end))
             row.segments_accepted = sum(1 for seg in segments if seg.accepted)
             row.segments_rejected = sum(1 for seg in segments if not seg.accepted)
             row.qc_report_uri = qc_report_uri
@@ -583,6 +668,89 @@ class Catalog:
             row.processed_at = self._now()
             self._move(row, S.PROCESSED)
             return _session(row)
+
+    # ---- replays -----------------------------------------------------------------------------------
+
+    def _lock_replay_index(self, s: Session, session_id: str) -> None:
+        """Makes this transaction the only one checking and extending the replay index until it ends.
+
+        Two replicas registering two copies at once must not both find the index without the other.
+        PostgreSQL: a transaction-scoped advisory lock. SQLite: its one writer at a time, taken now by
+        a first write (the driver begins the transaction only at the first write, and reads before it
+        would see the index as it was before another writer's commit).
+        """
+        if self._sqlite:
+            s.execute(update(SessionRow).where(SessionRow.session_id == session_id)
+                      .values(updated_at=SessionRow.updated_at))
+        else:
+            s.execute(select(func.pg_advisory_xact_lock(_REPLAY_LOCK_KEY)))
+
+    def _judge_replays(self, s: Session, session_id: str, segments: list[SegmentRecord], problems: list[Problem],
+                       fingerprints: SessionFingerprints) -> tuple[list[SegmentRecord], list[Problem]]:
+        """Rejects the segments that replay an earlier session and records this session's fingerprints.
+
+        Earlier: registered before this session first was (its place is kept when it is processed
+        again), so the original keeps its segments and the same session never matches itself. Every
+        segment's pictures are recorded, accepted or not: a replay of a rejected drive is still one.
+        """
+        me = s.scalars(select(ReplaySessionRow).where(ReplaySessionRow.session_id == session_id)).first()
+        if me is None:
+            me = ReplaySessionRow(session_id=session_id, registered_at=self._now())
+            s.add(me)
+        me.log_fingerprint = fingerprints.log_fingerprint
+        s.flush()
+        same_log = None
+        if fingerprints.log_fingerprint:
+            same_log = s.scalars(select(ReplaySessionRow.session_id).where(
+                ReplaySessionRow.log_fingerprint == fingerprints.log_fingerprint, ReplaySessionRow.seq < me.seq)
+                .order_by(ReplaySessionRow.seq).limit(1)).first()
+        repeats: dict[str, list[str]] = {}
+        judged: list[SegmentRecord] = []
+        for seg in segments:
+            reasons = list(seg.reasons)
+            hashes = fingerprints.frames.get(seg.segment_id, [])
+            match = None
+            if len(hashes) >= replays.MIN_MATCHES:
+                bands = [band for h in hashes for band in enumerate(replays.band_values(h.value))]
+                wanted = [col.in_(sorted({v for k, v in bands if k == n})) for n, col in enumerate(_BAND_COLUMNS)]
+                rows = s.execute(
+                    select(FrameHashRow.session_id, FrameHashRow.t_ms, FrameHashRow.hash_hex, ReplaySessionRow.seq)
+                    .join(ReplaySessionRow, ReplaySessionRow.session_id == FrameHashRow.session_id)
+                    .where(ReplaySessionRow.seq < me.seq, or_(*wanted))).all()
+                match = replays.match_segment(
+                    hashes, [replays.IndexedHash(sid, int(t), replays.parse_hash(hx)) for sid, t, hx, _ in rows],
+                    order={sid: seq for sid, _, _, seq in rows})
+            if match is not None:
+                reasons.append(replays.REASON_FRAMES)
+                repeats.setdefault(match.session_id, []).append(
+                    f"{seg.segment_id} ({match.matched} of {match.sampled} pictures, {match.offset_ms:+.0f} ms)")
+            if same_log is not None:
+                reasons.append(replays.REASON_LOG)
+            if reasons != list(seg.reasons):
+                seg = dataclasses.replace(seg, accepted=False, reasons=reasons)
+            judged.append(seg)
+        problems = list(problems)
+        if same_log is not None:
+            problems.append(Problem(replays.REASON_LOG, EVENTS_NAME,
+                                    f"{EVENTS_NAME} repeats the input log of session {same_log}, registered earlier: "
+                                    "the session is a replay, and none of its segments is accepted"))
+        for other, which in repeats.items():
+            problems.append(Problem(replays.REASON_FRAMES, VIDEO_NAME,
+                                    f"{len(which)} segments repeat the pictures of session {other}, registered "
+                                    f"earlier, and are rejected: {', '.join(which)}"))
+        s.execute(delete(FrameHashRow).where(FrameHashRow.session_id == session_id))
+        for seg in segments:
+            for h in fingerprints.frames.get(seg.segment_id, []):
+                s.add(FrameHashRow(session_id=session_id, segment_index=seg.index, t_ms=h.t_ms,
+                                   hash_hex=f"{h.value:016x}",
+                                   **{f"band{k}": v for k, v in enumerate(replays.band_values(h.value))}))
+        return judged, problems
+
+    def replay_index_size(self) -> tuple[int, int]:
+        """(sessions, hashed pictures) in the replay index."""
+        with self._sessions() as s:
+            return (s.scalar(select(func.count()).select_from(ReplaySessionRow)) or 0,
+                    s.scalar(select(func.count()).select_from(FrameHashRow)) or 0)
 
     def finish_failed_attempt(self, session_id: str, owner: str, error: str, *, permanent: bool,
                               max_attempts: int, backoff_s: float) -> SessionRecord:

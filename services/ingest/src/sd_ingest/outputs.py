@@ -14,6 +14,7 @@ from typing import Any
 from sd_common.objectstore import ObjectNotFound, ObjectStore
 
 from sd_ingest.catalog import SegmentRecord
+from sd_ingest.replays import FrameHash, SessionFingerprints, parse_hash
 from sd_common.processed_format import (MEASUREMENTS_NAME, SEGMENTS_NAME, SUCCESS_NAME, ProcessedFormatError,
                                         SegmentsDocument, parse)
 
@@ -36,6 +37,7 @@ class ProcessedOutput:
     output: dict[str, Any]
     intrinsics: dict[str, Any]
     segments: list[SegmentRecord]
+    fingerprints: SessionFingerprints | None = None  # what the replay check compares
 
 
 async def read_json(store: ObjectStore, key: str, max_bytes: int = MAX_META_BYTES) -> Any | None:
@@ -72,11 +74,16 @@ async def read_output(store: ObjectStore, out_prefix: str, session_id: str) -> P
         accepted=seg.accepted, reasons=list(seg.reasons), frames=seg.frames, duration_s=seg.duration_s,
         t_start_ms=seg.t_start_ms, t_end_ms=seg.t_end_ms, distance_m=seg.distance_m,
         mean_speed_mps=seg.mean_speed_mps, command_counts=dict(seg.command_counts),
-        uri=f"{out_prefix}{seg.segment_id}/") for seg in doc.segments]
+        uri=f"{out_prefix}{seg.segment_id}/", infractions=dict(seg.infractions),
+        diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+        route_progress_end=seg.route_progress_end) for seg in doc.segments]
     return ProcessedOutput(
         session_id=session_id, player_id=player, attempt_id=doc.attempt_id, source=dict(doc.source or {}),
         crop=dict(doc.crop or {}), output=dict(doc.output or {}), intrinsics=dict(doc.intrinsics or {}),
-        segments=segments)
+        segments=segments, fingerprints=SessionFingerprints(
+            log_fingerprint=doc.log_fingerprint,
+            frames={seg.segment_id: [FrameHash(t, parse_hash(h)) for t, h in zip(seg.frame_hash_t_ms, seg.frame_hashes)]
+                    for seg in doc.segments}))
 
 
 async def read_measurements(store: ObjectStore, segment_uri: str) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from sd_ingest.completion import check_completeness, staged_session
 from sd_ingest.dispatch import DispatchFailed, ProcessorPool, ProcessorSlot
 from sd_common.processed_format import QC_REPORT_NAME
 from sd_ingest.outputs import OutputInvalid, read_output, success_attempt
+from sd_ingest.replays import REASON_FRAMES, REASON_LOG
 from sd_ingest.settings import IngestSettings
 
 log = structlog.get_logger()
@@ -308,8 +309,10 @@ class Pipeline:
 
     async def _register(self, rec: SessionRecord, attempt_id: str, *, problems: list[Problem],
                         qc_report_uri: str = "", rejected: bool = False) -> None:
+        fingerprints = None
         try:
-            segments = (await read_output(self.store, self._out_prefix(rec.session_id), rec.session_id)).segments
+            output = await read_output(self.store, self._out_prefix(rec.session_id), rec.session_id)
+            segments, fingerprints = output.segments, output.fingerprints
         except OutputInvalid:
             if not rejected:
                 raise
@@ -319,8 +322,13 @@ class Pipeline:
                         codes=sorted({p.code for p in problems}))
         done = await asyncio.to_thread(
             self.catalog.finish_processed, rec.session_id, self.owner, attempt_id, segments=segments,
-            qc_report_uri=qc_report_uri or self._out_prefix(rec.session_id) + QC_REPORT_NAME, problems=problems)
+            qc_report_uri=qc_report_uri or self._out_prefix(rec.session_id) + QC_REPORT_NAME, problems=problems,
+            fingerprints=fingerprints)
         self._moved(done)
+        if any(p.code in (REASON_FRAMES, REASON_LOG) for p in done.problems):
+            log.warning("the session replays an earlier one; its repeated segments are rejected",
+                        session_id=rec.session_id, codes=sorted({p.code for p in done.problems
+                                                                 if p.code in (REASON_FRAMES, REASON_LOG)}))
 
     async def _failed(self, rec: SessionRecord, exc: Exception, elapsed_s: float) -> SessionRecord:
         permanent = isinstance(exc, DispatchFailed) and exc.permanent

@@ -85,6 +85,7 @@ class Candidate:
     line: int | None  # the log line of the frame on screen (its barcode)
     reasons: list[str] = field(default_factory=list)
     pictured: int | None = None  # the log line whose state the picture shows (``line`` without diffusion)
+    diffusion_picture: bool = False  # the picture is the diffusion view's (not the frame's own render)
     metrics: FrameMetrics | None = None
     jpeg: bytes | None = None
     change: float | None = None  # thumbnail difference to the picture before it (None: none before)
@@ -124,6 +125,8 @@ class FrameCleaner:
             cand.pictured, why = self.log.pictured(cand.line, self.diffusion, self.plain_from)
             if why and not cand.reasons:
                 cand.reasons.append(why)
+            # FrameLog.pictured answers the line itself, with no reason, only for a plain render
+            cand.diffusion_picture = self.diffusion and not why and int(self.log.diffusion_frame_id[cand.line]) >= 0
         done: list[Candidate] = []
         if frame.y is None:  # no picture: it ends the neighbourhood the frame-to-frame rules look at
             done += self.finish()

@@ -153,6 +153,9 @@ class ProcessorConfig:
     min_segment_s: float = 2.0  # shorter segments (session ends, gaps) are rejected as too_short
     max_gap_frames: int = 2  # more missing/dropped/duplicated frames in a row end a segment
     max_gap_ms: float = 250.0  # a longer hole between two kept frames' pts ends a segment
+    # Pictures hashed a second of each segment's video time, for the ingest's replay check
+    # (fingerprint.py; docs/verification.md has the measurements behind the rate). 0: none.
+    frame_hashes_per_s: float = 4.0
     probe_frames: int = 15  # frames decoded up front to decide frame-id or timestamp alignment
     min_barcode_share: float = 0.5  # share of probed frames whose barcode must read for frame-id mode
     decode_threads: int = 1
@@ -171,6 +174,8 @@ class ProcessorConfig:
             raise ValueError(f"output size {self.output_width}x{self.output_height} must be even (YUV 4:2:0)")
         if self.output_fov_deg is not None and not 0 < self.output_fov_deg < 180:
             raise ValueError(f"output_fov_deg {self.output_fov_deg} is outside (0, 180)")
+        if not 0 <= self.frame_hashes_per_s <= 240:
+            raise ValueError(f"frame_hashes_per_s {self.frame_hashes_per_s} is outside 0..240")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality {self.jpeg_quality} is outside 1..100")
         if not 0 < self.min_segment_s <= self.segment_s:

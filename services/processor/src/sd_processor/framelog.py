@@ -41,7 +41,7 @@ PICTURE_AHEAD = "pictured_frame_ahead"
 PICTURE_AFTER_FALLBACK = "diffusion_picture_after_fallback"
 
 _COLUMNS = ("t_render_ms", "t_capture_ms", "sim_t_ms", "x_m", "y_m", "yaw_deg", "cam_x_m", "cam_y_m",
-            "cam_z_m", "cam_yaw_deg", "speed_mps", "steer", "throttle", "brake")
+            "cam_z_m", "cam_yaw_deg", "speed_mps", "steer", "throttle", "brake", "route_progress")
 
 
 @dataclass
@@ -57,6 +57,8 @@ class FrameLog:
     line_examples: dict[str, str] = field(default_factory=dict)  # problem code -> first message
     handoff_ms: np.ndarray | None = None  # hand-off to the recorder: latency probe if any, else t_capture
     index_of: dict[int, int] = field(default_factory=dict)  # frame_id -> line index (usable or not)
+    # line index -> the kinds of the infractions it logs (few lines log any, so only those are kept)
+    infractions: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame_id)
@@ -138,6 +140,7 @@ def read_frame_log(path: Path) -> FrameLog:
     diffusion: list[int] = []
     rows: list[tuple[float, ...]] = []
     status: list[str] = []
+    infractions: dict[int, tuple[str, ...]] = {}
     codes: Counter = Counter()
     examples: dict[str, str] = {}
     nan_row = (math.nan,) * len(_COLUMNS)
@@ -171,11 +174,13 @@ def read_frame_log(path: Path) -> FrameLog:
             status.append(reason)
             continue
         v, c, ctl = r.vehicle, r.camera, r.controls
+        if r.infractions:
+            infractions[len(ids)] = tuple(x.kind for x in r.infractions)
         ids.append(r.frame_id)
         commands.append(int(r.command))
         diffusion.append(-1 if r.diffusion_frame_id is None else r.diffusion_frame_id)
         rows.append((r.t_render_ms, r.t_capture_ms, r.sim_t_ms, v.x_m, v.y_m, v.yaw_deg, c.x_m, c.y_m, c.z_m,
-                     c.yaw_deg, r.speed_mps, ctl.steer, ctl.throttle, ctl.brake))
+                     c.yaw_deg, r.speed_mps, ctl.steer, ctl.throttle, ctl.brake, r.route.progress))
         status.append(LINE_NO_COMMAND if int(r.command) < 1 else LINE_OK)
 
     n = len(ids)
@@ -188,6 +193,7 @@ def read_frame_log(path: Path) -> FrameLog:
         status=status,
         line_codes=codes,
         line_examples=examples,
+        infractions=infractions,
     )
     _mark_order_defects(log, note)
     log.handoff_ms = log.col("t_capture_ms").copy()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from sd_common.problems import Problem, ProblemError
 from sd_common.session_format.spec import (
+    EVENTS_NAME,
     FRAMES_NAME,
     LATENCY_NAME,
     MANIFEST_NAME,
@@ -48,6 +49,7 @@ from .export import (
     route_folder,
     segment_items,
 )
+from .fingerprint import SegmentSampler, log_fingerprint, picture_hash
 from .framelog import FrameLog, apply_latency_probes, read_frame_log
 from .geometry import CropError, CropPlan, plan_crop
 from .motion import MotionMeter, segment_motion
@@ -130,6 +132,7 @@ class _Run:
     qc: QcReport | None = None
     keys: set[str] = field(default_factory=set)
     replay: ReplayResult | None = None  # the logged states against the logged events (None: rule off)
+    log_fingerprint: str = ""  # fingerprint.log_fingerprint of events.jsonl ("" for a rejected session)
     motion: MotionMeter | None = None  # the video's turns between consecutive pictures (None: rule off)
 
 
@@ -153,6 +156,7 @@ def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorCon
     m = run.manifest
     run.log = read_frame_log(run.session_dir / FRAMES_NAME)
     probes_used = apply_latency_probes(run.log, run.session_dir / LATENCY_NAME)
+    run.log_fingerprint = log_fingerprint(run.session_dir / EVENTS_NAME, run.log)
     if run.cfg.replay.enabled:
         run.replay = replay_session(run.session_dir, run.log, run.cfg.replay)
     try:
@@ -233,18 +237,23 @@ def _stream(run: _Run, probe, aligner, *, read_barcodes: bool) -> list[Problem]:
     if cfg.motion.enabled:
         run.motion = MotionMeter(run.plan, cfg.motion)
 
+    sampler = SegmentSampler(cfg.frame_hashes_per_s)
+
     def settle(cands) -> None:
         for cand in cands:
-            if run.motion is not None:
-                run.motion.push(cand.frame.y, cand.pictured)
-            if cand.good:
-                f = cand.frame
-                cand.jpeg = encode_jpeg(f.y, f.u, f.v, cfg.jpeg_quality)
             f = cand.frame
-            f.y = f.u = f.v = f.keep = None  # the picture is no longer needed
-            if not cand.good:
+            if run.motion is not None:
+                run.motion.push(f.y, cand.pictured)
+            if cand.good:
+                cand.jpeg = encode_jpeg(f.y, f.u, f.v, cfg.jpeg_quality)
+            else:
                 qc.drop(cand, log, cand.reasons)
-            for seg in splicer.add(cand):
+            closed = splicer.add(cand)
+            if cand.good and sampler.due(current := splicer.current, f.pts_ms):
+                current.frame_hashes.append(picture_hash(f.y))
+                current.frame_hash_t_ms.append(int(f.pts_ms))
+            f.y = f.u = f.v = f.keep = None  # the picture is no longer needed
+            for seg in closed:
                 _close_segment(run, seg)
 
     for frame in decoder.frames():
@@ -363,7 +372,7 @@ def _finish(run: _Run, problems: list[Problem], *, rejected: bool) -> Processing
     docs = {
         SEGMENTS_NAME: segments_document(session_id=run.session_id, player_id=player, attempt_id=run.attempt_id,
                                          plan=run.plan, segments=qc.segments, config=run.cfg.to_dict(),
-                                         mount=mount),
+                                         mount=mount, log_fingerprint="" if rejected else run.log_fingerprint),
         QC_REPORT_NAME: qc.report(),
     }
     run.sink.put_many([(k, json_bytes(v)) for k, v in docs.items()])

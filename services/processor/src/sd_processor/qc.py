@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from sd_common.problems import Problem
+from sd_common.session_format.spec import INFRACTION_KINDS
 
 from .align import AlignmentSummary
 from .clean import Candidate
@@ -47,6 +48,12 @@ class SegmentRecord:
     pts_ms: list[int]
     pictured_frame_ids: list[int] = field(default_factory=list)
     display_latency_ms: list[float] = field(default_factory=list)
+    infractions: dict[str, int] = field(default_factory=dict)
+    diffusion_frames: int = 0
+    route_progress_start: float = 0.0
+    route_progress_end: float = 0.0
+    frame_hashes: list[str] = field(default_factory=list)
+    frame_hash_t_ms: list[int] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """The segments.json entry."""
@@ -54,7 +61,10 @@ class SegmentRecord:
             segment_id=self.segment_id, index=self.index, accepted=self.accepted, reasons=self.reasons,
             frames=self.frames, duration_s=round(self.duration_s, 3), t_start_ms=round(self.t_start_ms, 3),
             t_end_ms=round(self.t_end_ms, 3), distance_m=round(self.distance_m, 3),
-            mean_speed_mps=round(self.mean_speed_mps, 4), command_counts=self.command_counts).model_dump()
+            mean_speed_mps=round(self.mean_speed_mps, 4), command_counts=self.command_counts,
+            infractions=self.infractions, diffusion_frames=self.diffusion_frames,
+            route_progress_start=round(self.route_progress_start, 6), route_progress_end=round(self.route_progress_end, 6),
+            frame_hashes=self.frame_hashes, frame_hash_t_ms=self.frame_hash_t_ms).model_dump()
 
     def detail(self) -> dict[str, Any]:
         """The QC report's entry: the public fields plus holes, and the raw frame id and pts of each image."""
@@ -72,12 +82,28 @@ def _summary(values: list[float]) -> dict[str, float] | None:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "max": round(float(max(values)), 3)}
 
 
+def segment_infractions(log: FrameLog, pictured_lines: list[int]) -> dict[str, int]:
+    """Infractions by kind logged on the states a segment's pictures show, from its first to its last.
+
+    Every line in between counts once, so an infraction on a frame dropped inside the segment (a hole)
+    or on a render the diffusion view never showed is not lost; a state shown on several frames in a
+    row counts once.
+    """
+    if not pictured_lines or not log.infractions:
+        return {}
+    lo, hi = min(pictured_lines), max(pictured_lines)
+    counts = Counter(kind for i, kinds in log.infractions.items() if lo <= i <= hi for kind in kinds)
+    return {kind: counts[kind] for kind in INFRACTION_KINDS if counts[kind]}
+
+
 def describe_segment(segment_id: str, seg: Segment, log: FrameLog, reasons: list[str]) -> SegmentRecord:
-    """The record of a closed segment: the distance, speed and commands of the states its pictures show."""
+    """The record of a closed segment: the distance, speed, commands, route progress and infractions of the
+    states its pictures show."""
     shown = np.asarray(seg.lines, dtype=np.int64)
     idx = np.asarray(seg.pictured_lines, dtype=np.int64)
     x, y = log.col("x_m")[idx], log.col("y_m")[idx]
     commands = Counter(str(int(c)) for c in log.command[idx])
+    progress = log.col("route_progress")[idx]
     return SegmentRecord(
         segment_id=segment_id, index=seg.index, accepted=not reasons, reasons=reasons, frames=len(idx),
         duration_s=seg.duration_s, t_start_ms=float(seg.t_start_ms), t_end_ms=float(seg.t_end_ms),
@@ -87,7 +113,11 @@ def describe_segment(segment_id: str, seg: Segment, log: FrameLog, reasons: list
         holes=seg.holes, frame_ids=[int(f) for f in log.frame_id[shown]],
         pts_ms=[int(c.frame.pts_ms) for c in seg.frames],
         pictured_frame_ids=[int(f) for f in log.frame_id[idx]],
-        display_latency_ms=(log.col("t_capture_ms")[shown] - log.col("t_render_ms")[idx]).tolist())
+        display_latency_ms=(log.col("t_capture_ms")[shown] - log.col("t_render_ms")[idx]).tolist(),
+        infractions=segment_infractions(log, seg.pictured_lines),
+        diffusion_frames=sum(1 for c in seg.frames if c.diffusion_picture),
+        route_progress_start=float(progress[0]), route_progress_end=float(progress[-1]),
+        frame_hashes=list(seg.frame_hashes), frame_hash_t_ms=list(seg.frame_hash_t_ms))
 
 
 @dataclass
@@ -148,7 +178,7 @@ class QcReport:
 
 def segments_document(*, session_id: str, player_id: str | None, attempt_id: str, plan: CropPlan | None,
                       segments: list[SegmentRecord], config: dict[str, Any],
-                      mount: dict[str, float] | None = None) -> dict[str, Any]:
+                      mount: dict[str, float] | None = None, log_fingerprint: str = "") -> dict[str, Any]:
     """The segments.json document."""
     return SegmentsDocument(
         session_id=session_id, player_id=player_id, attempt_id=attempt_id,
@@ -156,7 +186,8 @@ def segments_document(*, session_id: str, player_id: str | None, attempt_id: str
         crop=plan.crop_dict() if plan else None,
         output={"width": plan.output_width, "height": plan.output_height} if plan else None,
         intrinsics=plan.output.to_dict() if plan else None, mount=mount,
-        segments=[SegmentEntry(**s.public()) for s in segments], config=config).model_dump(mode="json")
+        segments=[SegmentEntry(**s.public()) for s in segments], config=config,
+        log_fingerprint=log_fingerprint).model_dump(mode="json")
 
 
 def success_document(attempt_id: str, segments_accepted: int) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class Segment:
     frames: list[Candidate] = field(default_factory=list)
     holes: int = 0
     period_ms: float = 33.333
+    frame_hashes: list[str] = field(default_factory=list)  # perceptual hashes of sampled pictures (fingerprint.py)
+    frame_hash_t_ms: list[int] = field(default_factory=list)  # the pts of each
 
     @property
     def t_start_ms(self) -> int:
@@ -60,6 +62,11 @@ class Splicer:
         self._current: Segment | None = None
         self._extra = 0  # frames since the last kept one that belong to no future log line
         self._count = 0
+
+    @property
+    def current(self) -> Segment | None:
+        """The segment the last kept frame joined (still open)."""
+        return self._current
 
     def add(self, cand: Candidate) -> list[Segment]:
         """Takes the next frame (kept or not) in stream order."""

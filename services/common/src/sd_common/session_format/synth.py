@@ -122,6 +122,9 @@ class SynthConfig:
     diffusion_every: int = 1  # with diffusion: a new picture every this many frames, repeated in between
     diffusion_lost_at: int | None = None  # with diffusion: the stream is lost here; the plain render from it on
     infractions: bool = False
+    # The steady player's pace: scales the speeds it aims for and how hard it accelerates, so another
+    # value drives the same city and route otherwise (never at the same speed but when standing still).
+    pace: float = 1.0
     # corruptions
     truncate_video_fraction: float = 0.0
     truncate_video_bytes: int = 0
@@ -264,8 +267,8 @@ def _make_route(rng: np.random.Generator, min_length_m: float) -> _Route:
     return route
 
 
-def _controls(route: _Route, car: dynamics.VehicleState, s: float, rng: np.random.Generator
-              ) -> tuple[float, float, float]:
+def _controls(route: _Route, car: dynamics.VehicleState, s: float, rng: np.random.Generator,
+              pace: float = 1.0) -> tuple[float, float, float]:
     """Pure pursuit for the wheel and a speed controller for the pedals, as a steady player drives."""
     p = dynamics.SEDAN
     lookahead = max(6.0, 0.8 * car.v)
@@ -278,10 +281,10 @@ def _controls(route: _Route, car: dynamics.VehicleState, s: float, rng: np.rando
     # The game turns input -1 (left) into the largest wheel angle the speed allows (dynamics.steer_limit).
     steer = float(np.clip(-delta_left / dynamics.steer_limit(p, car.v) + rng.normal(0, 0.005), -1, 1))
     near_turn = any(-8.0 < c - s < 30.0 for c, o in route.crossings if o in (RoadOption.LEFT, RoadOption.RIGHT))
-    v_target = TURN_MPS if near_turn else CRUISE_MPS
+    v_target = (TURN_MPS if near_turn else CRUISE_MPS) * pace
     if s > route.length_m - 15:
         v_target = 0.0
-    accel = float(np.clip(1.5 * (v_target - car.v), -6.0, 3.0))
+    accel = float(np.clip(1.5 * (v_target - car.v), -6.0, 3.0 * pace))
     if accel >= -0.2:
         speed = abs(car.v)
         resist = p.drag_per_mass_pm * car.v * speed + (p.rolling_resistance_mps2 if speed > 0.01 else 0.0)
@@ -509,7 +512,7 @@ def drive(plan: SessionPlan) -> list[DriveTick]:
         s, hint = route.project(np.array([car.x, car.y]), hint)
         s = max(s, s_prev)
         s_prev = s
-        steer, throttle, brake = _controls(route, car, s, rng)
+        steer, throttle, brake = _controls(route, car, s, rng, plan.config.pace)
         sent = []
         for code, value in ((dynamics.STEER_AXIS, _stick(steer)), (dynamics.THROTTLE_BUTTON, throttle),
                             (dynamics.BRAKE_BUTTON, brake)):

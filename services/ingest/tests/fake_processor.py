@@ -50,7 +50,8 @@ def _jpeg(i: int) -> bytes:
     return buf.tobytes()
 
 
-async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *, stop_after_segments: int | None = None
+async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *, stop_after_segments: int | None = None,
+                       fingerprint: bool = False
                        ) -> pb.ProcessSessionResult:
     """Writes the processor's output contract for the raw session, _SUCCESS.json last."""
     raw, out, sid = request.raw_uri, request.output_uri, request.session_id
@@ -97,9 +98,12 @@ async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *,
            "output": {"width": OUT_W, "height": OUT_H},
            "intrinsics": {"fx": intr["fx"], "fy": intr["fy"], "cx": intr["cx"], "cy": intr["cy"],
                           "fov_deg": intr["fov_deg"]},
-           "segments": segments,
-           # the stand-in's fingerprint: the events' bytes (the same upload under another id repeats it)
-           "log_fingerprint": hashlib.sha256(await store.get_bytes(raw + "events.jsonl", max_bytes=64 << 20)).hexdigest()}
+           "segments": segments}
+    if fingerprint:
+        # the stand-in's fingerprint: the events' bytes (the same upload under another id repeats it). Off
+        # unless asked: the tests that upload one recording under several ids mean them as several drives.
+        doc["log_fingerprint"] = hashlib.sha256(
+            await store.get_bytes(raw + "events.jsonl", max_bytes=64 << 20)).hexdigest()
     await store.put_bytes(out + "qc_report.json", json.dumps(
         {"session_id": sid, "attempt_id": request.attempt_id, "frames_total": len(frames)}).encode(),
         content_type="application/json")
@@ -115,7 +119,8 @@ async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *,
 class FakeProcessor(processor_pb2_grpc.ProcessorServiceServicer):
     """Answers ProcessSession by its script; see the module docstring."""
 
-    def __init__(self, store: ObjectStore, script: list[str], log_dir: Path) -> None:
+    def __init__(self, store: ObjectStore, script: list[str], log_dir: Path, *, fingerprints: bool = False) -> None:
+        self.fingerprints = fingerprints
         self.store = store
         self.script = list(script)
         self.calls = 0
@@ -147,7 +152,7 @@ class FakeProcessor(processor_pb2_grpc.ProcessorServiceServicer):
             for i in range(ticks):
                 await asyncio.sleep(seconds / ticks)
                 yield pb.ProcessSessionResponse(stage=pb.PROCESSING_STAGE_ALIGN, frames_done=i, frames_total=ticks)
-        result = await write_output(self.store, request)
+        result = await write_output(self.store, request, fingerprint=self.fingerprints)
         self._log(request, step, "ok")
         yield pb.ProcessSessionResponse(stage=pb.PROCESSING_STAGE_DONE, frames_done=1, frames_total=1, result=result)
 
@@ -158,10 +163,11 @@ def calls(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def start_fake_processor(store: ObjectStore, script: list[str], log_dir: Path, port: int = 0):
+async def start_fake_processor(store: ObjectStore, script: list[str], log_dir: Path, port: int = 0, *,
+                               fingerprints: bool = False):
     """Starts the fake in this event loop; returns (server, port, servicer)."""
     server = grpc.aio.server()
-    servicer = FakeProcessor(store, script, log_dir)
+    servicer = FakeProcessor(store, script, log_dir, fingerprints=fingerprints)
     processor_pb2_grpc.add_ProcessorServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -52,10 +52,10 @@ class Harness:
         self.processor_port = 0
         self.log_dir = tmp_path / "processor"
 
-    async def start_processor(self, script: list[str]):
+    async def start_processor(self, script: list[str], *, fingerprints: bool = False):
         store = make_store(self.store_settings)
         server, self.processor_port, self.processor = await start_fake_processor(
-            store, script, self.log_dir, self.processor_port)
+            store, script, self.log_dir, self.processor_port, fingerprints=fingerprints)
         self._proc_server, self._proc_store = server, store
         return self.processor
 
@@ -120,7 +120,7 @@ async def test_a_session_goes_from_upload_events_to_processed(tmp_path, db_url, 
 
 
 async def test_the_same_upload_under_another_session_id_is_registered_as_a_replay(harness, session_6s):
-    await harness.start_processor(["ok"])
+    await harness.start_processor(["ok"], fingerprints=True)
     await harness.start_ingest()
     await put_session(harness.store, session_6s, "sess-first", "player-1")
     first = await harness.wait_state("sess-first", S.PROCESSED, S.FAILED, S.REJECTED)

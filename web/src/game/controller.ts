@@ -6,6 +6,7 @@
 import { defaultCellPx } from '../record/barcode';
 import { Recording } from '../record/recording';
 import { assembleSession } from '../record/session';
+import { pollOutcome, type SessionOutcome } from '../record/outcome';
 import { GatewayClient, GatewayError, type PlayerTotals, type Problem, type UploadProgress } from '../record/upload';
 import { Autopilot } from '../sim/autopilot';
 import { cameraPose } from '../sim/camera';
@@ -68,6 +69,10 @@ export interface SessionResult {
   infractions: number;
   progress: number;
   score: number;
+  /** What processing made of the upload (null until the first answer); polled after an accepted upload. */
+  outcome?: SessionOutcome | null;
+  /** True once polling stopped without a final outcome (it is still processing; Contributions will show it). */
+  outcomeGaveUp?: boolean;
 }
 
 export interface BenchResult {
@@ -111,6 +116,7 @@ export class Game {
   diffusionWanted: boolean;
   private upload: UploadProgress | null = null;
   private result: SessionResult | null = null;
+  private outcomePoll: AbortController | null = null;
   private error: string | null = null;
   private autopilot: Autopilot | null = null;
   /** Drives started so far (each gets its own route and traffic seed). */
@@ -527,9 +533,28 @@ export class Game {
       r.totals = null;
     }
     this.setPhase('result');
+    if (r.accepted && r.sessionId) void this.followOutcome(r);
+  }
+
+  /** Polls the processed outcome of an accepted upload until it is final; stops when the screen closes. */
+  private async followOutcome(r: SessionResult): Promise<void> {
+    this.outcomePoll?.abort();
+    const poll = new AbortController();
+    this.outcomePoll = poll;
+    r.outcome = null;
+    r.outcomeGaveUp = false;
+    const last = await pollOutcome(this.client, r.sessionId!, (o) => {
+      r.outcome = o;
+      this.publish();
+    }, poll.signal);
+    if (!poll.signal.aborted && !(last?.final)) {
+      r.outcomeGaveUp = true;
+      this.publish();
+    }
   }
 
   backToMenu(): void {
+    this.outcomePoll?.abort();
     cancelAnimationFrame(this.raf);
     if (!this.loaded || !this.view) {
       window.location.reload(); // nothing loaded yet: start over

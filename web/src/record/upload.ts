@@ -5,6 +5,7 @@
  * diffusion signaling offer and the hosted diffusion token. No DOM: fetch, storage and sleep are injected so tests run it in Node.
  */
 import { MANIFEST_NAME, type SessionFile } from './session';
+import { parseOutcome, type SessionOutcome } from './outcome';
 
 export interface Problem {
   code: string;
@@ -212,6 +213,11 @@ export class GatewayClient {
     return this.call<SessionView>('POST', '/v1/sessions', {
       client_build: this.clientBuild, city: city.slice(0, 128), route_id: routeId.slice(0, 128),
     });
+  }
+
+  /** What processing made of the session (accepted seconds, rejected segments, points); see outcome.ts. */
+  async sessionOutcome(sessionId: string): Promise<SessionOutcome> {
+    return parseOutcome(await this.call<unknown>('GET', `/v1/sessions/${encodeURIComponent(sessionId)}/outcome`));
   }
 
   getSession(sessionId: string): Promise<SessionView> {

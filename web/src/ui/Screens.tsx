@@ -1,4 +1,5 @@
 import type { Game, HudSnapshot } from '../game/controller';
+import { reasonText, type SessionOutcome } from '../record/outcome';
 
 function mb(bytes: number): string {
   return `${(bytes / 1e6).toFixed(1)} MB`;
@@ -86,8 +87,8 @@ export function ResultScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
     <div className="screen" data-testid="result-screen">
       <div className="card">
         <h2 data-testid="verdict" data-verdict={verdict}>
-          {verdict === 'accepted' && '✔ Session accepted'}
-          {verdict === 'rejected' && '✘ Session rejected'}
+          {verdict === 'accepted' && '✔ Upload received'}
+          {verdict === 'rejected' && '✘ Upload rejected'}
           {verdict === 'upload-failed' && '✘ Upload failed'}
           {verdict === 'local' && 'Recording finished (not uploaded)'}
         </h2>
@@ -100,6 +101,7 @@ export function ResultScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
             {r.problems.map((p, i) => <li key={i}><code>{p.code}</code> {p.message}</li>)}
           </ul>
         )}
+        {verdict === 'accepted' && <ProcessedOutcome outcome={r.outcome ?? null} gaveUp={r.outcomeGaveUp ?? false} />}
         {r.totals && (
           <p className="totals" data-testid="totals">Your contribution: {r.totals.sessions_uploaded} session
             {r.totals.sessions_uploaded === 1 ? '' : 's'} accepted, {Math.round(r.totals.seconds_uploaded)} s of driving
@@ -115,6 +117,54 @@ export function ResultScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
           <button className="primary" onClick={() => game.backToMenu()}>Drive again</button>
         </div>
       </div>
+    </div>
+  );
+}
+
+/**
+ * The processed verdict of an accepted upload, as the processor and the ledger decided it. Addressable
+ * for browser tests: `result-state` (data-state: the catalog state, "waiting" before the catalog has the
+ * session), `result-accepted-s`, `result-points`, and one `result-rejected` row per rejected segment
+ * (data-reasons: its reason codes, comma-separated).
+ */
+export function ProcessedOutcome({ outcome, gaveUp }: { outcome: SessionOutcome | null; gaveUp: boolean }) {
+  const state = outcome?.state ?? 'waiting';
+  if (!outcome || !outcome.final) {
+    return (
+      <div className="outcome" data-testid="result-outcome">
+        <p data-testid="result-state" data-state={state}>
+          {gaveUp
+            ? 'Still processing: the points will appear in your contributions when it is done.'
+            : `Processing your drive (${state})…`}
+        </p>
+      </div>
+    );
+  }
+  const rejected = outcome.segments.filter((s) => !s.accepted);
+  return (
+    <div className="outcome" data-testid="result-outcome">
+      <p data-testid="result-state" data-state={state}>
+        {state === 'processed' ? 'Processed' : state === 'failed' ? 'Processing failed' : `Processed: ${state}`}:
+        {' '}<b data-testid="result-accepted-s" data-value={outcome.accepted_s}>{outcome.accepted_s.toFixed(1)} s</b> accepted
+        {outcome.rejected_s > 0 && <>, {outcome.rejected_s.toFixed(1)} s rejected</>}
+      </p>
+      <p className="points">
+        <b data-testid="result-points" data-value={outcome.points}>{outcome.points.toFixed(3)}</b> points credited
+      </p>
+      {rejected.length > 0 && (
+        <ul className="problems">
+          {rejected.map((s) => (
+            <li key={s.segment_id} data-testid="result-rejected" data-reasons={s.reasons.join(',')}>
+              Segment {s.index + 1} ({s.duration_s.toFixed(1)} s): {s.reasons.map(reasonText).join('; ') || 'rejected'}
+            </li>
+          ))}
+        </ul>
+      )}
+      {outcome.problems.length > 0 && (
+        <ul className="problems">
+          {outcome.problems.map((p, i) => <li key={i}><code>{p.code}</code> {p.message}</li>)}
+        </ul>
+      )}
     </div>
   );
 }

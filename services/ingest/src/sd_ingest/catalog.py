@@ -46,6 +46,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sd_common.sql import make_engine
+from sd_ingest.ledger import Ledger, LedgerConfig
+from sd_ingest.ledger import create_tables as create_ledger_tables
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -161,6 +163,10 @@ class SegmentRow(_Base):
     command_counts_json: Mapped[str] = mapped_column(Text, default="{}")
     attempt_id: Mapped[str] = mapped_column(String(64), default="")
     uri: Mapped[str] = mapped_column(String(512), default="")
+    infractions_json: Mapped[str] = mapped_column(Text, default="{}")  # kind → count
+    diffusion_frames: Mapped[int] = mapped_column(Integer, default=0)  # frames pictured by the diffusion view
+    route_progress_start: Mapped[float] = mapped_column(Float, default=0.0)  # share of the route, 0..1
+    route_progress_end: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class DatasetRow(_Base):
@@ -243,6 +249,12 @@ class SegmentRecord:
     command_counts: dict[str, int]
     attempt_id: str = ""
     uri: str = ""
+    # Counts by kind: collision_vehicle, collision_pedestrian, collision_static, red_light, stop_sign,
+    # off_road, wrong_way.
+    infractions: dict[str, int] = field(default_factory=dict)
+    diffusion_frames: int = 0  # frames pictured by the diffusion view
+    route_progress_start: float = 0.0  # share of the route done, 0..1
+    route_progress_end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -329,7 +341,10 @@ def _segment(row: SegmentRow) -> SegmentRecord:
         duration_s=row.duration_s, t_start_ms=row.t_start_ms, t_end_ms=row.t_end_ms,
         distance_m=row.distance_m, mean_speed_mps=row.mean_speed_mps,
         command_counts={str(k): int(v) for k, v in json.loads(row.command_counts_json).items()},
-        attempt_id=row.attempt_id, uri=row.uri)
+        attempt_id=row.attempt_id, uri=row.uri,
+        infractions={str(k): int(v) for k, v in json.loads(row.infractions_json or "{}").items()},
+        diffusion_frames=row.diffusion_frames or 0, route_progress_start=row.route_progress_start or 0.0,
+        route_progress_end=row.route_progress_end or 0.0)
 
 
 def _dataset(row: DatasetRow) -> DatasetRecord:
@@ -349,12 +364,16 @@ def _sequencer_key(seq: str) -> tuple[int, str]:
 class Catalog:
     """Synchronous repository; the async service calls it through worker threads."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
+                 ledger_config: LedgerConfig | None = None) -> None:
         self._engine = make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
+        create_ledger_tables(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
+        # The contribution ledger shares the database: a session's segments and credits commit together.
+        self.ledger = Ledger(self._sessions, ledger_config, clock=clock)
 
     def close(self) -> None:
         """Releases pooled connections."""
@@ -566,15 +585,8 @@ class Catalog:
             row = self._owned(s, session_id, owner, S.PROCESSED)
             if row.attempt_id != attempt_id:
                 raise LeaseLost(f"session {session_id}: attempt {attempt_id} is not the current {row.attempt_id}")
-            s.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id))
-            for seg in segments:
-                s.add(SegmentRow(
-                    segment_id=seg.segment_id, session_id=session_id, player_id=seg.player_id or row.player_id,
-                    index=seg.index, accepted=seg.accepted, reasons_json=json.dumps(seg.reasons),
-                    frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
-                    t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
-                    command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
-                    attempt_id=attempt_id, uri=seg.uri))
+            self._replace_segments(s, session_id, row.player_id, attempt_id, segments)
+            self.ledger.settle_session(s, session_id, row.player_id, segments)
             row.segments_accepted = sum(1 for seg in segments if seg.accepted)
             row.segments_rejected = sum(1 for seg in segments if not seg.accepted)
             row.qc_report_uri = qc_report_uri
@@ -583,6 +595,28 @@ class Catalog:
             row.processed_at = self._now()
             self._move(row, S.PROCESSED)
             return _session(row)
+
+    def _replace_segments(self, s: Session, session_id: str, player_id: str, attempt_id: str,
+                          segments: list[SegmentRecord]) -> None:
+        # A segment a ledger credit points at keeps its row (rejected if this attempt no longer has it),
+        # so every credit and reversal links to a segment of the catalog.
+        credited = self.ledger.credited_segment_ids(s, session_id)
+        new_ids = {seg.segment_id for seg in segments}
+        s.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id,
+                                           SegmentRow.segment_id.not_in(credited | new_ids)))
+        s.execute(update(SegmentRow).where(SegmentRow.session_id == session_id,
+                                           SegmentRow.segment_id.in_(credited - new_ids)).values(
+            accepted=False, reasons_json=json.dumps(["not_in_latest_processing"]), attempt_id=attempt_id))
+        for seg in segments:
+            s.merge(SegmentRow(
+                segment_id=seg.segment_id, session_id=session_id, player_id=seg.player_id or player_id,
+                index=seg.index, accepted=seg.accepted, reasons_json=json.dumps(seg.reasons),
+                frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
+                t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
+                command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
+                attempt_id=attempt_id, uri=seg.uri, infractions_json=json.dumps(seg.infractions, sort_keys=True),
+                diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+                route_progress_end=seg.route_progress_end))
 
     def finish_failed_attempt(self, session_id: str, owner: str, error: str, *, permanent: bool,
                               max_attempts: int, backoff_s: float) -> SessionRecord:

@@ -14,9 +14,11 @@ from sd_ingest.catalog import Catalog
 from sd_ingest.dispatch import ProcessorClient
 from sd_ingest.intake import EventConsumer
 from sd_ingest.pipeline import Pipeline
+from sd_ingest.rewards import RewardsOperations
+from sd_ingest.rewards_server import register_rewards
 from sd_ingest.server import register
 from sd_ingest.service import CatalogService
-from sd_ingest.settings import IngestSettings
+from sd_ingest.settings import IngestSettings, RewardsSettings
 
 log = structlog.get_logger()
 
@@ -33,6 +35,7 @@ class RunningIngest:
     consumer: EventConsumer | None
     pipeline: Pipeline
     service: CatalogService
+    rewards: RewardsOperations
     processor: ProcessorClient | None
     settings: IngestSettings
     _rt: GrpcRuntime
@@ -47,7 +50,8 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     pipeline it hosts (started once the API serves, stopped beside its drain)."""
     settings: IngestSettings = rt.settings  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(settings.sqlalchemy_url())
+    rewards_settings = RewardsSettings()
+    catalog = Catalog(settings.sqlalchemy_url(), ledger_config=rewards_settings.ledger_config())
     rt.on_stop(lambda: asyncio.to_thread(catalog.close))
     store = make_store(store_settings)
     rt.on_stop(store.close)
@@ -75,6 +79,9 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     service = CatalogService(settings, catalog, store, on_change=pipeline.nudge,
                              on_dataset=publisher.publish if publisher is not None else None)
     register(rt, service)
+    # Wallets: the player → address mapping comes from the wallet store once it is wired here.
+    rewards = RewardsOperations(catalog, label_secret=rewards_settings.label_secret)
+    register_rewards(rt, rewards)
 
     async def start_background() -> None:
         pipeline.start()
@@ -89,7 +96,7 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
         await pipeline.stop(settings.shutdown_grace_s)
 
     rt.host("pipeline", start_background, stop_background)
-    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, processor, settings, rt)
+    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, rewards, processor, settings, rt)
 
 
 async def start_ingest(settings: IngestSettings, store_settings: StoreSettings) -> RunningIngest:

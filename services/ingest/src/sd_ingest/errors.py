@@ -7,6 +7,7 @@ from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ErrorMapping, S
 
 from sd_ingest.catalog import InvalidTransition, SessionNotFound
 from sd_ingest.datasets import DatasetInputInvalid, NothingToSnapshot
+from sd_ingest.ledger import EpochAlreadyPaid, EpochInvalid, EpochNotFound
 
 
 class IngestError(ServiceError):
@@ -37,4 +38,7 @@ ERRORS = SERVICE_ERRORS + ErrorMapping(
     rule(SessionNotFound, _C.NOT_FOUND, 404, "not_found", lambda exc: f"no session {exc} in the catalog"),
     rule((InvalidTransition, NothingToSnapshot), _C.FAILED_PRECONDITION, 409, "failed_precondition"),
     rule(DatasetInputInvalid, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+    rule(EpochNotFound, _C.NOT_FOUND, 404, "not_found"),
+    rule(EpochInvalid, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+    rule(EpochAlreadyPaid, _C.FAILED_PRECONDITION, 409, "failed_precondition"),
 ) + STORE_RULES

@@ -14,9 +14,12 @@ from sd_ingest.catalog import Catalog
 from sd_ingest.dispatch import ProcessorPool
 from sd_ingest.intake import EventConsumer
 from sd_ingest.pipeline import Pipeline
+from sd_ingest.rewards import RewardsOperations
+from sd_ingest.rewards import WalletEvent as RewardsWalletEvent
+from sd_ingest.rewards_server import register_rewards
 from sd_ingest.server import register
 from sd_ingest.service import CatalogService
-from sd_ingest.settings import IngestSettings
+from sd_ingest.settings import IngestSettings, RewardsSettings
 from sd_ingest.wallet_server import register_wallets
 from sd_ingest.wallets import WalletStore
 
@@ -35,6 +38,7 @@ class RunningIngest:
     consumer: EventConsumer | None
     pipeline: Pipeline
     service: CatalogService
+    rewards: RewardsOperations
     processor: ProcessorPool | None
     wallets: WalletStore
     settings: IngestSettings
@@ -50,7 +54,8 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     pipeline it hosts (started once the API serves, stopped beside its drain)."""
     settings: IngestSettings = rt.settings  # type: ignore[assignment]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(settings.sqlalchemy_url())
+    rewards_settings = RewardsSettings()
+    catalog = Catalog(settings.sqlalchemy_url(), ledger_config=rewards_settings.ledger_config())
     rt.on_stop(lambda: asyncio.to_thread(catalog.close))
     store = make_store(store_settings)
     rt.on_stop(store.close)
@@ -83,6 +88,11 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     wallets = WalletStore(settings.sqlalchemy_url())  # the catalog's database, tables of its own
     rt.on_stop(lambda: asyncio.to_thread(wallets.close))
     register_wallets(rt, wallets)
+    rewards = RewardsOperations(
+        catalog, label_secret=rewards_settings.label_secret, wallets=wallets.active_wallets,
+        wallet_events=lambda player: [RewardsWalletEvent(e.action, e.address, e.at.isoformat().replace("+00:00", "Z"))
+                                      for e in wallets.events(player)])
+    register_rewards(rt, rewards)
 
     async def start_background() -> None:
         pipeline.start()
@@ -97,7 +107,7 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
         await pipeline.stop(settings.shutdown_grace_s)
 
     rt.host("pipeline", start_background, stop_background)
-    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, processor, wallets, settings, rt)
+    return RunningIngest(0, 0, catalog, store, queue, consumer, pipeline, service, rewards, processor, wallets, settings, rt)
 
 
 async def start_ingest(settings: IngestSettings, store_settings: StoreSettings) -> RunningIngest:

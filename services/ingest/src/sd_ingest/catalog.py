@@ -50,6 +50,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sd_common.sql import make_engine
+from sd_ingest.ledger import Ledger, LedgerConfig
+from sd_ingest.ledger import create_tables as create_ledger_tables
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from sd_ingest import replays
@@ -413,13 +415,17 @@ def _sequencer_key(seq: str) -> tuple[int, str]:
 class Catalog:
     """Synchronous repository; the async service calls it through worker threads."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
+                 ledger_config: LedgerConfig | None = None) -> None:
         self._engine = make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
         self._add_missing_columns()
+        create_ledger_tables(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
+        # The contribution ledger shares the database: a session's segments and credits commit together.
+        self.ledger = Ledger(self._sessions, ledger_config, clock=clock)
 
     def _add_missing_columns(self) -> None:
         existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
@@ -648,18 +654,8 @@ class Catalog:
                 raise LeaseLost(f"session {session_id}: attempt {attempt_id} is not the current {row.attempt_id}")
             if fingerprints is not None:
                 segments, problems = self._judge_replays(s, session_id, segments, problems, fingerprints)
-            s.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id))
-            for seg in segments:
-                s.add(SegmentRow(
-                    segment_id=seg.segment_id, session_id=session_id, player_id=seg.player_id or row.player_id,
-                    index=seg.index, accepted=seg.accepted, reasons_json=json.dumps(seg.reasons),
-                    frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
-                    t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
-                    command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
-                    attempt_id=attempt_id, uri=seg.uri,
-                    infractions_json=json.dumps(seg.infractions, sort_keys=True),
-                    diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
-                    route_progress_end=seg.route_progress_end))
+            self._replace_segments(s, session_id, row.player_id, attempt_id, segments)
+            self.ledger.settle_session(s, session_id, row.player_id, segments)
             row.segments_accepted = sum(1 for seg in segments if seg.accepted)
             row.segments_rejected = sum(1 for seg in segments if not seg.accepted)
             row.qc_report_uri = qc_report_uri
@@ -668,6 +664,28 @@ class Catalog:
             row.processed_at = self._now()
             self._move(row, S.PROCESSED)
             return _session(row)
+
+    def _replace_segments(self, s: Session, session_id: str, player_id: str, attempt_id: str,
+                          segments: list[SegmentRecord]) -> None:
+        # A segment a ledger credit points at keeps its row (rejected if this attempt no longer has it),
+        # so every credit and reversal links to a segment of the catalog.
+        credited = self.ledger.credited_segment_ids(s, session_id)
+        new_ids = {seg.segment_id for seg in segments}
+        s.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id,
+                                           SegmentRow.segment_id.not_in(credited | new_ids)))
+        s.execute(update(SegmentRow).where(SegmentRow.session_id == session_id,
+                                           SegmentRow.segment_id.in_(credited - new_ids)).values(
+            accepted=False, reasons_json=json.dumps(["not_in_latest_processing"]), attempt_id=attempt_id))
+        for seg in segments:
+            s.merge(SegmentRow(
+                segment_id=seg.segment_id, session_id=session_id, player_id=seg.player_id or player_id,
+                index=seg.index, accepted=seg.accepted, reasons_json=json.dumps(seg.reasons),
+                frames=seg.frames, duration_s=seg.duration_s, t_start_ms=seg.t_start_ms,
+                t_end_ms=seg.t_end_ms, distance_m=seg.distance_m, mean_speed_mps=seg.mean_speed_mps,
+                command_counts_json=json.dumps(seg.command_counts, sort_keys=True),
+                attempt_id=attempt_id, uri=seg.uri, infractions_json=json.dumps(seg.infractions, sort_keys=True),
+                diffusion_frames=seg.diffusion_frames, route_progress_start=seg.route_progress_start,
+                route_progress_end=seg.route_progress_end))
 
     # ---- replays -----------------------------------------------------------------------------------
 

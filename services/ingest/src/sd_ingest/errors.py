@@ -8,6 +8,7 @@ from sd_common.error_mapping import SERVICE_ERRORS, STORE_RULES, ErrorMapping, S
 from sd_ingest.catalog import InvalidTransition, SessionNotFound
 from sd_ingest.datasets import DatasetInputInvalid, NothingToSnapshot
 from sd_ingest.wallets import InvalidLink, LinkExpired, NoWallet, NonceUsed, PlayerHasWallet, WalletTaken
+from sd_ingest.ledger import EpochAlreadyPaid, EpochInvalid, EpochNotFound
 
 
 class IngestError(ServiceError):
@@ -43,4 +44,8 @@ ERRORS = SERVICE_ERRORS + ErrorMapping(
     rule(WalletTaken, _C.ALREADY_EXISTS, 409, "already_exists"),
     rule((PlayerHasWallet, NonceUsed, LinkExpired), _C.FAILED_PRECONDITION, 409, "failed_precondition"),
     rule(NoWallet, _C.NOT_FOUND, 404, "not_found"),
+) + ErrorMapping(  # ledger epochs (docs/rewards.md)
+    rule(EpochNotFound, _C.NOT_FOUND, 404, "not_found"),
+    rule(EpochInvalid, _C.INVALID_ARGUMENT, 400, "invalid_argument"),
+    rule(EpochAlreadyPaid, _C.FAILED_PRECONDITION, 409, "failed_precondition"),
 ) + STORE_RULES

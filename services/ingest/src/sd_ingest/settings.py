@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sd_common.endpoints import parse_targets
 from sd_common.settings import ServiceSettings
+
+from sd_ingest.ledger import LedgerConfig
+from sd_ingest.pricing import PricingRule
 
 
 class IngestSettings(ServiceSettings):
@@ -65,3 +69,65 @@ class IngestSettings(ServiceSettings):
     def sqlalchemy_url(self) -> str:
         """The catalog's database URL (SQLite under state_dir unless database_url is set)."""
         return self.database_url or f"sqlite:///{self.state_dir / 'catalog.db'}"
+
+
+class RewardsSettings(BaseSettings):
+    """The contribution ledger's constants, from `SD_INGEST_REWARDS_*` (docs/rewards.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="SD_INGEST_REWARDS_", extra="ignore", frozen=True)
+
+    # Rule segment-v1 (sd_ingest.pricing): base rate and the quality and scarcity constants.
+    millipoints_per_s: int = Field(1000, ge=0)
+    diffusion_bonus: float = Field(0.5, ge=0)
+    clean_floor: float = Field(0.1, ge=0, le=1)
+    # JSON object kind → penalty per infraction, merged over the defaults (e.g. {"red_light": 0.3}).
+    infraction_penalties: str = ""
+    progress_bonus: float = Field(0.25, ge=0)
+    progress_rate_full_per_s: float = Field(0.005, gt=0)
+    # JSON object class → the share of accepted seconds the dataset wants (follow, straight, turn, lane_change).
+    target_shares: str = ""
+    scarcity_max: float = Field(3.0, ge=1)
+    scarcity_prior_s: float = Field(600.0, ge=0)
+    # Per player and UTC day; credits beyond it are recorded with what was cut (0 = no cap).
+    daily_cap_millipoints: int = Field(3_600_000, ge=0)
+    # Payouts: the token's decimals and how many base units one point is worth (a multiple of 1000, so
+    # every millipoint converts exactly).
+    token_decimals: int = Field(6, ge=0, le=18)
+    base_units_per_point: int = Field(1_000_000, ge=0)
+    # Leaderboard labels are a keyed hash of the player id; set a secret so they cannot be guessed back.
+    label_secret: str = ""
+
+    @field_validator("base_units_per_point")
+    @classmethod
+    def _exact(cls, v: int) -> int:
+        if v % 1000:
+            raise ValueError("base_units_per_point must be a multiple of 1000 (millipoints convert exactly)")
+        return v
+
+    def pricing_rule(self) -> PricingRule:
+        """The segment-v1 constants these settings give."""
+        penalties = dict(PricingRule().penalties)
+        penalties.update(_json_map(self.infraction_penalties, "SD_INGEST_REWARDS_INFRACTION_PENALTIES"))
+        targets = dict(PricingRule().target_shares)
+        targets.update(_json_map(self.target_shares, "SD_INGEST_REWARDS_TARGET_SHARES"))
+        return PricingRule(millipoints_per_s=self.millipoints_per_s, diffusion_bonus=self.diffusion_bonus,
+                           clean_floor=self.clean_floor, penalties=penalties, progress_bonus=self.progress_bonus,
+                           progress_rate_full_per_s=self.progress_rate_full_per_s, target_shares=targets,
+                           scarcity_max=self.scarcity_max, scarcity_prior_s=self.scarcity_prior_s)
+
+    def ledger_config(self) -> LedgerConfig:
+        """What the ledger needs: the rule, the cap and the token conversion."""
+        return LedgerConfig(rule=self.pricing_rule(), daily_cap_millipoints=self.daily_cap_millipoints,
+                            token_decimals=self.token_decimals, base_units_per_point=self.base_units_per_point)
+
+
+def _json_map(text: str, name: str) -> dict[str, float]:
+    if not text.strip():
+        return {}
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        return {str(k): float(v) for k, v in doc.items()}
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be a JSON object of names to numbers: {exc}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 
@@ -31,3 +31,16 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
     return engine
+
+
+def add_missing_columns(engine: Engine, added: list[tuple[str, str, str]]) -> None:
+    """Adds each (table, column, DDL) a database made by an older version lacks.
+
+    create_all makes missing tables, not missing columns; the services list the columns they added
+    since a table was first created, and this brings an existing database up to them.
+    """
+    existing = {table: {c["name"] for c in inspect(engine).get_columns(table)} for table in {t for t, _, _ in added}}
+    with engine.begin() as conn:
+        for table, column, ddl in added:
+            if column not in existing[table]:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))

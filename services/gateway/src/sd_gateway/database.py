@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, delete, func, inspect, select, text, update
+from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, delete, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
-from sd_common.sql import make_engine
+from sd_common.sql import add_missing_columns, make_engine
 from scale_diffusion.common.v1 import common_pb2
 
 STATE_OPEN = common_pb2.SESSION_STATE_OPEN
@@ -128,16 +128,8 @@ class GatewayDatabase:
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
         _Base.metadata.create_all(self._engine)
-        self._add_missing_columns()
+        add_missing_columns(self._engine, _ADDED_COLUMNS)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-
-    def _add_missing_columns(self) -> None:
-        existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
-                    for table in {t for t, _, _ in _ADDED_COLUMNS}}
-        with self._engine.begin() as conn:
-            for table, column, ddl in _ADDED_COLUMNS:
-                if column not in existing[table]:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     @property
     def engine(self) -> Engine:

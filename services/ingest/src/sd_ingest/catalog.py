@@ -41,15 +41,13 @@ from sqlalchemy import (
     and_,
     delete,
     func,
-    inspect,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sd_common.sql import make_engine
+from sd_common.sql import add_missing_columns, make_engine
 from sd_ingest.ledger import Ledger, LedgerConfig
 from sd_ingest.ledger import create_tables as create_ledger_tables
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -420,20 +418,12 @@ class Catalog:
         self._engine = make_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         _Base.metadata.create_all(self._engine)
-        self._add_missing_columns()
+        add_missing_columns(self._engine, _ADDED_COLUMNS)
         create_ledger_tables(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
         # The contribution ledger shares the database: a session's segments and credits commit together.
         self.ledger = Ledger(self._sessions, ledger_config, clock=clock)
-
-    def _add_missing_columns(self) -> None:
-        existing = {table: {c["name"] for c in inspect(self._engine).get_columns(table)}
-                    for table in {t for t, _, _ in _ADDED_COLUMNS}}
-        with self._engine.begin() as conn:
-            for table, column, ddl in _ADDED_COLUMNS:
-                if column not in existing[table]:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     def close(self) -> None:
         """Releases pooled connections."""

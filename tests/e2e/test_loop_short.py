@@ -55,7 +55,20 @@ def loop(stack, drive, second_drive, tmp_path_factory):
 
 
 def _accepted(store: Path, sid: str) -> list[dict]:
-    return [s for s in json.loads((store / "processed" / sid / "segments.json").read_text())["segments"] if s["accepted"]]
+    """The segments the processor accepted, less those the catalog then rejected as replays of an earlier
+    session (the stack's scripted drives repeat one another: docs/verification.md, "Duplicates and replays")."""
+    from sd_ingest.catalog import Catalog
+    catalog = Catalog(f"sqlite:///{store.parent / 'ingest' / 'catalog.db'}")
+    try:
+        verdict = {seg.segment_id: seg for seg in catalog.segments(sid)}
+    finally:
+        catalog.close()
+    processed = [s for s in json.loads((store / "processed" / sid / "segments.json").read_text())["segments"]
+                 if s["accepted"]]
+    for s in processed:
+        seg = verdict[s["segment_id"]]
+        assert seg.accepted or {"duplicate_frames", "duplicate_log"} & set(seg.reasons), (s["segment_id"], seg.reasons)
+    return [s for s in processed if verdict[s["segment_id"]].accepted]
 
 
 @needs_browser

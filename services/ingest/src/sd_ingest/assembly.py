@@ -15,7 +15,6 @@ from sd_ingest.dispatch import ProcessorPool
 from sd_ingest.intake import EventConsumer
 from sd_ingest.pipeline import Pipeline
 from sd_ingest.rewards import RewardsOperations
-from sd_ingest.rewards import WalletEvent as RewardsWalletEvent
 from sd_ingest.rewards_server import register_rewards
 from sd_ingest.server import register
 from sd_ingest.service import CatalogService
@@ -88,10 +87,8 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     wallets = WalletStore(settings.sqlalchemy_url())  # the catalog's database, tables of its own
     rt.on_stop(lambda: asyncio.to_thread(wallets.close))
     register_wallets(rt, wallets)
-    rewards = RewardsOperations(
-        catalog, label_secret=rewards_settings.label_secret, wallets=wallets.active_wallets,
-        wallet_events=lambda player: [RewardsWalletEvent(e.action, e.address, e.at.isoformat().replace("+00:00", "Z"))
-                                      for e in wallets.events(player)])
+    rewards = RewardsOperations(catalog, label_secret=rewards_settings.label_secret,
+                                wallets=wallets.active_wallets, wallet_events=wallets.events)
     register_rewards(rt, rewards)
 
     async def start_background() -> None:

@@ -16,6 +16,7 @@ from sd_common.problems import Problem
 
 from sd_ingest.catalog import Catalog, SegmentRecord, SessionState
 from sd_ingest.errors import InvalidArgument, NotFound
+from sd_ingest.wallets import WalletEvent
 from sd_ingest.ledger import (
     Audit,
     CreditRecord,
@@ -30,15 +31,6 @@ from sd_ingest.ledger import (
 
 MAX_PAGE = 500
 FINAL_STATES = frozenset({SessionState.PROCESSED, SessionState.REJECTED, SessionState.FAILED})
-
-
-@dataclass(frozen=True)
-class WalletEvent:
-    """A link or unlink of a player's wallet."""
-
-    action: str
-    address: str
-    at: str
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 from sd_ingest.ledger import CreditRecord, PayoutRecord, rfc3339
 from sd_ingest.rewards import RewardsOperations
 from sd_ingest.server import CATALOG_STATE, _problems
+from sd_ingest.wallet_server import wallet_event_pb
 
 SERVICE_NAME = "scale_diffusion.ingest.v1.RewardsService"
 
@@ -80,7 +81,7 @@ class RewardsService(ingest_pb2_grpc.RewardsServiceServicer):
         a = await self._ops.audit(request.player_id)
         return pb.AuditPlayerResponse(
             player_id=a.audit.player_id, credits=[credit_pb(c) for c in a.audit.credits], balances=a.audit.balances,
-            wallet_events=[pb.WalletEvent(action=e.action, address=e.address, at=e.at) for e in a.wallet_events],
+            wallet_events=[wallet_event_pb(e) for e in a.wallet_events],
             problems=a.audit.problems)
 
 

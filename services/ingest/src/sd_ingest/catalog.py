@@ -666,6 +666,7 @@ class Catalog:
         s.execute(update(SegmentRow).where(SegmentRow.session_id == session_id,
                                            SegmentRow.segment_id.in_(credited - new_ids)).values(
             accepted=False, reasons_json=json.dumps(["not_in_latest_processing"]), attempt_id=attempt_id))
+        s.scalars(select(SegmentRow).where(SegmentRow.session_id == session_id)).all()  # merge finds them loaded
         for seg in segments:
             s.merge(SegmentRow(
                 segment_id=seg.segment_id, session_id=session_id, player_id=seg.player_id or player_id,

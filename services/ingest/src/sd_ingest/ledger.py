@@ -15,8 +15,8 @@ Every change is one journal transaction whose postings sum to zero:
 
 Append-only: this module only ever INSERTs into the ledger's tables, and database triggers (SQLite and
 PostgreSQL, made beside the tables) abort any UPDATE or DELETE of them. The two small tables that do
-change, ``ledger_player_days`` (today's credited total, the row that serialises a player's credits for
-the cap) and ``ledger_locks`` (serialises epoch closes and payments), are counters, not the record:
+change, ``ledger_player_days`` (a player's live credits of one UTC day, the row that serialises their
+credits against the daily cap; a reversal gives its day the room back) and ``ledger_locks`` (serialises epoch closes and payments), are counters, not the record:
 the audit recomputes them from the postings.
 
 A segment is credited once: ``(segment_id, credit_no)`` is unique, and ``credit_no`` is the number of
@@ -373,8 +373,11 @@ class Ledger:
         s.add_all([PostingRow(txn_id=txn_id, account=account, millipoints=amount) for account, amount in legs])
 
     def _accounts(self, s: Session, player_id: str, now: datetime) -> None:
-        for name in (pending_account(player_id), epoch_account(player_id), paid_account(player_id)):
-            _insert_ignore(s, AccountRow, {"name": name, "player_id": player_id, "created_at": now})
+        dialect = postgresql if self._pg(s) else sqlite
+        s.execute(dialect.insert(AccountRow).values([
+            {"name": name, "player_id": player_id, "created_at": now}
+            for name in (pending_account(player_id), epoch_account(player_id), paid_account(player_id))
+        ]).on_conflict_do_nothing())
 
     # ---- crediting (inside the catalog's transaction) ---------------------------------------------------
 
@@ -402,48 +405,55 @@ class Ledger:
         same segments again adds nothing.
         """
         now = self._now()
+        today = now.date().isoformat()
         live = self._live_credits(s, session_id)
         accepted = {seg.segment_id: seg for seg in segments if seg.accepted and (seg.player_id or player_id)}
         by_id = {seg.segment_id: seg for seg in segments}
+        to_reverse = [credit for segment_id, credit in sorted(live.items()) if segment_id not in accepted]
+        todo = [seg for sid, seg in sorted(accepted.items()) if sid not in live]
+        if not to_reverse and not todo:
+            return SettleResult([], [])
+        # Every player-day row this settlement changes, locked up front in one order: no deadlocks.
+        keys = sorted({(c.player_id, c.day) for c in to_reverse} | {(seg.player_id or player_id, today) for seg in todo})
+        days = {key: self._lock_day(s, *key) for key in keys}
         reversed_ids: list[str] = []
-        for segment_id, credit in sorted(live.items()):
-            if segment_id in accepted:
-                continue
-            seg = by_id.get(segment_id)
+        for credit in to_reverse:
+            seg = by_id.get(credit.segment_id)
             reason = (f"rejected on reprocessing: {', '.join(seg.reasons) or 'no reason given'}" if seg is not None
                       else "not among the segments of the latest processing")
             reversed_ids.append(self._reverse(s, credit, reason, now))
-        todo = [seg for sid, seg in sorted(accepted.items()) if sid not in live]
-        if not todo:
-            return SettleResult([], reversed_ids)
-        coverage = self.coverage_s(s)
+            days[(credit.player_id, credit.day)].credited_millipoints -= credit.millipoints  # room again
         credited: list[str] = []
-        players = sorted({seg.player_id or player_id for seg in todo})
-        for player in players:  # one player-day row locked at a time, in a fixed order: no deadlocks
-            credited += self._credit_player(s, player, [seg for seg in todo if (seg.player_id or player_id) == player],
-                                            coverage, now)
+        if todo:
+            coverage = self.coverage_s(s)
+            for player in sorted({seg.player_id or player_id for seg in todo}):
+                mine = [seg for seg in todo if (seg.player_id or player_id) == player]
+                credited += self._credit_player(s, player, mine, days[(player, today)], coverage, now)
         return SettleResult(credited, reversed_ids)
 
-    def _credit_player(self, s: Session, player_id: str, segments: list[LedgerSegment], coverage: dict[str, float],
-                       now: datetime) -> list[str]:
-        day = now.date().isoformat()
+    def _lock_day(self, s: Session, player_id: str, day: str) -> PlayerDayRow:
         _insert_ignore(s, PlayerDayRow, {"player_id": player_id, "day": day, "credited_millipoints": 0})
         q = select(PlayerDayRow).where(PlayerDayRow.player_id == player_id, PlayerDayRow.day == day)
-        day_row = s.scalars(q.with_for_update() if self._pg(s) else q).one()
-        so_far = day_row.credited_millipoints
+        return s.scalars(q.with_for_update() if self._pg(s) else q).one()
+
+    def _credit_player(self, s: Session, player_id: str, segments: list[LedgerSegment], day_row: PlayerDayRow,
+                       coverage: dict[str, float], now: datetime) -> list[str]:
+        day = day_row.day
         cap = self.config.daily_cap_millipoints
         self._accounts(s, player_id, now)
         done = []
+        reversals = dict(s.execute(select(ReversalRow.segment_id, func.count()).where(
+            ReversalRow.segment_id.in_([seg.segment_id for seg in segments])).group_by(ReversalRow.segment_id)).all())
         for seg in segments:
             facts = _facts(seg)
             price = price_segment(self.config.rule, facts, coverage)
             amount, note = price.millipoints, ""
+            so_far = day_row.credited_millipoints
             if cap != _NO_CAP and so_far + amount > cap:
                 amount = max(0, cap - so_far)
                 note = (f"daily cap of {cap} millipoints reached on {day} (UTC): "
                         f"{price.millipoints - amount} of {price.millipoints} not credited")
-            credit_no = s.scalar(select(func.count()).select_from(ReversalRow)
-                                 .where(ReversalRow.segment_id == seg.segment_id)) or 0
+            credit_no = reversals.get(seg.segment_id, 0)
             entry_id = _entry_id("c", f"{seg.segment_id}#{credit_no}")
             per_class = class_seconds(facts)
             inserted = _insert_ignore(s, CreditRow, dict(
@@ -455,12 +465,10 @@ class Ledger:
                 continue  # the same segment, credited by the same result already
             self._post(s, f"credit:{entry_id}", "credit", now,
                        [(ISSUANCE, -amount), (pending_account(player_id), amount)])
-            so_far += amount
+            day_row.credited_millipoints = so_far + amount
             for c in CLASSES:
                 coverage[c] = coverage.get(c, 0.0) + per_class[c]
             done.append(entry_id)
-        if so_far != day_row.credited_millipoints:
-            day_row.credited_millipoints = so_far
         return done
 
     def _reverse(self, s: Session, credit: CreditRow, reason: str, now: datetime) -> str:
@@ -675,7 +683,8 @@ class Ledger:
             live_per_segment: dict[str, int] = defaultdict(int)
             per_day: dict[tuple[str, str], int] = defaultdict(int)
             for c in credits:
-                per_day[(c.player_id, c.day)] += c.millipoints
+                if c.entry_id not in reversals:
+                    per_day[(c.player_id, c.day)] += c.millipoints
                 legs = sorted(postings.get(f"credit:{c.entry_id}", []))
                 want = sorted(leg for leg in [(ISSUANCE, -c.millipoints), (pending_account(c.player_id), c.millipoints)]
                               if leg[1] != 0)
@@ -693,12 +702,17 @@ class Ledger:
                 if n > 1:
                     problems.append(f"segment {sid} is credited {n} times")
             cap = self.config.daily_cap_millipoints
+            for player, day in s.execute(select(PlayerDayRow.player_id, PlayerDayRow.day) if player_id is None else
+                                         select(PlayerDayRow.player_id, PlayerDayRow.day)
+                                         .where(PlayerDayRow.player_id == player_id)).all():
+                per_day.setdefault((player, day), 0)
             for (player, day), total in sorted(per_day.items()):
                 if cap != _NO_CAP and total > cap:
                     problems.append(f"player {player} was credited {total} on {day}, over the cap of {cap}")
                 row = s.get(PlayerDayRow, (player, day))
                 if (row.credited_millipoints if row else 0) != total:
-                    problems.append(f"player {player} on {day}: day counter disagrees with the credits ({total})")
+                    problems.append(f"player {player} on {day}: the day's counter disagrees with its live credits "
+                                    f"({total})")
             q = (select(_segments.c.segment_id).join(_sessions, _sessions.c.session_id == _segments.c.session_id)
                  .where(_segments.c.accepted.is_(True), _sessions.c.state == "PROCESSED", _segments.c.player_id != ""))
             if player_id is not None:

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from rewards_fixtures import Clock, segment, to_processing
 
 CAP = 40_000
-EVENTS = 1000
+EVENTS = 2000
 THREADS = 6
 
 
@@ -103,7 +103,7 @@ def test_concurrent_results_duplicates_reprocessing_and_epochs_keep_the_invarian
         t.join()
     assert errors == []
     assert sum(done.values()) >= EVENTS * 0.95, done
-    assert done[("finish", "ok")] > 200 and done[("finish", "refused")] > 200 and done[("close", "ok")] > 2, done
+    assert done[("finish", "ok")] > 400 and done[("finish", "refused")] > 400 and done[("close", "ok")] > 2, done
 
     with catalog._engine.connect() as conn:
         q = lambda sql: conn.execute(text(sql)).all()  # noqa: E731
@@ -129,7 +129,10 @@ def test_concurrent_results_duplicates_reprocessing_and_epochs_keep_the_invarian
         [(segment_sum,)] = q(f"SELECT COALESCE(SUM(l.millipoints), 0) FROM ({live}) l JOIN catalog_segments g "
                              "ON g.segment_id = l.segment_id WHERE g.accepted")
         [(players_sum,)] = q("SELECT COALESCE(SUM(millipoints), 0) FROM ledger_postings WHERE account <> 'issuance'")
+        [(n_credits,)] = q("SELECT COUNT(*) FROM ledger_credits")
+        [(n_reversals,)] = q("SELECT COUNT(*) FROM ledger_reversals")
         [(issuance,)] = q("SELECT COALESCE(SUM(millipoints), 0) FROM ledger_postings WHERE account = 'issuance'")
+        assert n_credits + n_reversals > 800  # ledger entries written concurrently, besides the refusals
         assert live_sum == segment_sum == players_sum == -issuance > 0
         # Per player and UTC day, live credits stay within the cap (which was reached: some were cut).
         per_day = q(f"SELECT player_id, day, SUM(millipoints) FROM ({live}) l GROUP BY player_id, day")
@@ -142,3 +145,4 @@ def test_concurrent_results_duplicates_reprocessing_and_epochs_keep_the_invarian
         per_player[p] = sum(catalog.ledger.balances(p).values())
     assert sum(per_player.values()) == live_sum
     assert catalog.ledger.check() == []
+    print(f"ledger: {n_credits} credits, {n_reversals} reversals, events {dict(done)}")

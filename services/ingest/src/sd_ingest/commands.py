@@ -1,4 +1,5 @@
-"""`sdctl dataset create|list|show` and `sdctl catalog list|show|reprocess`: the ingest's API from a shell."""
+"""`sdctl dataset create|list|show`, `sdctl catalog list|show|reprocess` and `sdctl rewards …`
+(rewards_commands.py): the ingest's API from a shell."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``dataset`` and ``catalog`` to sdctl's argument parser (handler in ``fn``)."""
+    """Adds ``dataset``, ``catalog`` and ``rewards`` to sdctl's argument parser (handler in ``fn``)."""
     dataset = subparsers.add_parser("dataset", help="dataset versions of the accepted segments (ingest)")
     dsub = dataset.add_subparsers(dest="action", required=True)
     create = dsub.add_parser("create", help="snapshot every accepted segment into a new dataset version")
@@ -148,3 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     crep.add_argument("session_id")
     _common(crep)
     crep.set_defaults(fn=_catalog_reprocess)
+
+    from sd_ingest.rewards_commands import register as register_rewards
+
+    register_rewards(subparsers)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from solders.hash import Hash
+from solders.hash import Hash, ParseHashError
 from solders.instruction import AccountMeta, Instruction
 from solders.message import Message
 from solders.pubkey import Pubkey
@@ -107,7 +107,7 @@ def build_transfers(payout: Mapping[str, Any], *, mint: str, source_owner: str, 
     payer_key = _pubkey(fee_payer, "fee payer")
     try:
         blockhash = Hash.from_string(recent_blockhash)
-    except ValueError:
+    except (ValueError, ParseHashError):
         raise PayoutFileInvalid(f"blockhash {recent_blockhash!r} is not a base58 hash") from None
     decimals = int(payout["token"]["decimals"])
     source = get_associated_token_address(owner_key, mint_key)

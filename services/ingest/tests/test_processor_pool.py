@@ -3,11 +3,14 @@ gRPC servers (the scripted processor of fake_processor.py) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from scale_diffusion.processor.v1 import processor_pb2
 
 from sd_common.objectstore import make_store
 from sd_common.settings import StoreSettings
-from sd_ingest.dispatch import ProcessorPool
+from sd_ingest.dispatch import DispatchFailed, ProcessorPool
 from tests.ports import free_port
 
 from .fake_processor import start_fake_processor
@@ -68,6 +71,30 @@ async def test_an_unreachable_pod_is_passed_over_and_tried_again_after_its_backo
         assert (await pool.reserve()).target == f"127.0.0.1:{live}"
     finally:
         await pool.close()
+
+
+async def test_a_pod_lost_after_its_slot_was_reserved_fails_the_call_as_fast_as_a_reservation(tmp_path):
+    store = make_store(StoreSettings(backend="local", root=tmp_path / "store"))
+    servers = [await start_fake_processor(store, ["ok"], tmp_path / f"calls{i}") for i in range(2)]
+    # The idle timeout is long: waiting for it would overrun the bound below.
+    pool = ProcessorPool(",".join(f"127.0.0.1:{port}" for _, port, _ in servers), slots_per_pod=1,
+                         idle_timeout_s=120, timeout_s=300, connect_timeout_s=0.5, down_s=30)
+    try:
+        slot = await pool.reserve()
+        server = next(srv for srv, port, _ in servers if f"127.0.0.1:{port}" == slot.target)
+        await server.stop(0)
+        with pytest.raises(DispatchFailed, match="unreachable for 0.5 s") as failed:
+            await asyncio.wait_for(slot.process(processor_pb2.ProcessSessionRequest(session_id="s")), 20)
+        assert failed.value.pod_down
+        slot.release()
+        other = await pool.reserve()  # the lost pod is passed over; the other takes the next session
+        assert other is not None and other.target != slot.target
+        other.release()
+    finally:
+        await pool.close()
+        for server, _, _ in servers:
+            await server.stop(0)
+        await store.close()
 
 
 async def test_a_dns_target_names_every_address_as_a_pod(processors):

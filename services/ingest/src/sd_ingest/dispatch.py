@@ -84,13 +84,16 @@ class ProcessorClient:
 
     async def process(self, request: processor_pb2.ProcessSessionRequest,
                       on_progress: Callable[[processor_pb2.ProcessSessionResponse], None] | None = None,
-                      ) -> processor_pb2.ProcessSessionResult:
-        """Runs ProcessSession to its end; the final result, or DispatchFailed."""
-        # A processor that is restarting (a crash, a rollout) is waited for, up to the idle timeout,
-        # rather than costing the session an attempt it never got.
-        if not await self.ready(self._idle_timeout_s):
-            raise DispatchFailed(f"processor {self.target} was unreachable for {self._idle_timeout_s:g} s",
-                                 pod_down=True)
+                      *, ready_timeout_s: float | None = None) -> processor_pb2.ProcessSessionResult:
+        """Runs ProcessSession to its end; the final result, or DispatchFailed.
+
+        The channel must connect within ``ready_timeout_s`` (default: the idle timeout).
+        """
+        # A processor that is restarting (a crash, a rollout) is waited for rather than costing the
+        # session an attempt it never got; the pool waits less when other pods can take the session.
+        wait_s = self._idle_timeout_s if ready_timeout_s is None else ready_timeout_s
+        if not await self.ready(wait_s):
+            raise DispatchFailed(f"processor {self.target} was unreachable for {wait_s:g} s", pod_down=True)
         call = self._stub().ProcessSession(request, timeout=self._timeout_s, wait_for_ready=False)
         # iterated, not read(): a tracing interceptor hands back an iterator that read() refuses
         messages = call.__aiter__()
@@ -137,10 +140,11 @@ class _Pod:
 class ProcessorSlot:
     """One session's place on one pod, from ``ProcessorPool.reserve`` until ``release``."""
 
-    def __init__(self, pool: ProcessorPool, pod: _Pod) -> None:
+    def __init__(self, pool: ProcessorPool, pod: _Pod, ready_timeout_s: float) -> None:
         self._pool = pool
         self._pod = pod
         self.target = pod.client.target
+        self._ready_timeout_s = ready_timeout_s  # the reservation's: a pod lost since fails as fast
         self._released = False
 
     async def process(self, request: processor_pb2.ProcessSessionRequest,
@@ -148,7 +152,7 @@ class ProcessorSlot:
                       ) -> processor_pb2.ProcessSessionResult:
         """ProcessSession on this slot's pod; a pod found down is passed over by later reservations."""
         try:
-            result = await self._pod.client.process(request, on_progress)
+            result = await self._pod.client.process(request, on_progress, ready_timeout_s=self._ready_timeout_s)
         except DispatchFailed as exc:
             if exc.pod_down:
                 self._pool.mark_down(self._pod, str(exc))
@@ -229,7 +233,7 @@ class ProcessorPool:
             pod.in_flight += 1  # held while connecting, so concurrent reservations see it
             if pod.in_flight <= self._slots and await pod.client.ready(wait_s):
                 metrics.POD_IN_FLIGHT.labels(pod.client.target).set(pod.in_flight)
-                return ProcessorSlot(self, pod)
+                return ProcessorSlot(self, pod, wait_s)
             pod.in_flight -= 1
             if pod.in_flight < self._slots:  # not full: it did not connect
                 self.mark_down(pod, f"did not connect within {wait_s:g} s")

@@ -1201,6 +1201,18 @@ def test_gateway_replicas_share_rate_limits_when_they_share_a_database(gateway_v
     assert env_of(docs, by_component(docs, "Deployment")["gateway"])["SD_GATEWAY_RATE_LIMIT_STORE"] == store
 
 
+def test_the_ingest_checks_wallet_links_against_the_gateways_sign_in_fields():
+    siws = {"domain": "play.example.com", "uri": "https://play.example.com", "chainId": "mainnet"}
+    for values, want in (({}, None), ({"gateway": {"siws": siws}}, siws)):
+        docs = render(values)
+        deployments = by_component(docs, "Deployment")
+        gateway, ingest = (env_of(docs, deployments[svc]) for svc in ("gateway", "ingest"))
+        for field in ("DOMAIN", "URI", "CHAIN_ID"):
+            assert ingest.get(f"SD_INGEST_SIWS_{field}") == gateway.get(f"SD_GATEWAY_SIWS_{field}")
+        if want is not None:
+            assert ingest["SD_INGEST_SIWS_DOMAIN"] == "play.example.com" and ingest["SD_INGEST_SIWS_CHAIN_ID"] == "mainnet"
+
+
 def test_an_unknown_rate_limit_store_is_refused():
     with pytest.raises(helm.HelmRenderError, match="rateLimitStore must be auto, memory or database"):
         render({"gateway": {"rateLimitStore": "redis"}})

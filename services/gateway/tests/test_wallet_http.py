@@ -19,7 +19,7 @@ from scale_diffusion.ingest.v1 import ingest_pb2_grpc
 from sqlalchemy import text
 
 from sd_common.grpc_runtime import GrpcRuntime
-from sd_common.siws import build_message, parse_message
+from sd_common.siws import SiwsAudience, build_message, parse_message
 from sd_gateway.http_api import OPERATION_ERRORS
 from sd_ingest.errors import ERRORS as INGEST_ERRORS
 from sd_ingest.errors import NotFound as IngestNotFound
@@ -81,10 +81,12 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(tmp_path):
-    rt = GrpcRuntime("ingest", IngestSettings(grpc_port=0, metrics_port=0, state_dir=tmp_path / "ingest",
-                                              shutdown_grace_s=0))
+    settings = IngestSettings(grpc_port=0, metrics_port=0, state_dir=tmp_path / "ingest", shutdown_grace_s=0)
+    rt = GrpcRuntime("ingest", settings)
     rt.map_errors(INGEST_ERRORS)
-    store = WalletStore(f"sqlite:///{tmp_path / 'catalog.db'}")
+    # The ingest's SIWS defaults are the gateway's, as the chart sets both from one value.
+    store = WalletStore(f"sqlite:///{tmp_path / 'catalog.db'}",
+                        audience=SiwsAudience(settings.siws_domain, settings.siws_uri, settings.siws_chain_id))
     register_wallets(rt, store)
     rewards = FixedRewards()
     rt.add(ingest_pb2_grpc.add_RewardsServiceServicer_to_server, rewards, "scale_diffusion.ingest.v1.RewardsService")

@@ -12,7 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import text
 
-from sd_common.siws import build_message
+from sd_common.siws import SiwsAudience, build_message
 from sd_ingest.wallets import (InvalidLink, LinkExpired, NonceUsed, NoWallet, PlayerHasWallet, WalletStore,
                                WalletTaken)
 
@@ -34,12 +34,13 @@ def clock():
 
 @pytest.fixture
 def store(db_url, clock):
-    s = WalletStore(db_url, clock=clock)
+    s = WalletStore(db_url, audience=AUDIENCE, clock=clock)
     yield s
     s.close()
 
 
 _nonces = iter(range(10**6))
+AUDIENCE = SiwsAudience("127.0.0.1:8080", "http://127.0.0.1:8080", "devnet")  # what signed() names
 
 
 def address_of(key: SigningKey) -> str:
@@ -47,10 +48,10 @@ def address_of(key: SigningKey) -> str:
 
 
 def signed(key: SigningKey, *, nonce: str | None = None, expires_in: timedelta = timedelta(minutes=10),
-           signer: SigningKey | None = None) -> tuple[str, bytes]:
+           signer: SigningKey | None = None, audience: SiwsAudience = AUDIENCE) -> tuple[str, bytes]:
     """A SIWS message naming ``key``'s address, signed by ``signer`` (the key itself by default)."""
-    m = build_message(domain="127.0.0.1:8080", address=address_of(key), statement="Link this wallet.",
-                      uri="http://127.0.0.1:8080", chain_id="devnet", nonce=nonce or f"n{next(_nonces):011d}",
+    m = build_message(domain=audience.domain, address=address_of(key), statement="Link this wallet.",
+                      uri=audience.uri, chain_id=audience.chain_id, nonce=nonce or f"n{next(_nonces):011d}",
                       issued_at=T0, expiration_time=T0 + expires_in)
     msg = m.text()
     return msg, (signer or key).sign(msg.encode()).signature
@@ -100,6 +101,11 @@ def test_refused_links_change_nothing(store, clock):
         (InvalidLink, ("p2", msg + "\n", sig)),                 # not the exact SIWS text
         (InvalidLink, ("p2", msg.replace("devnet", "mainnet"), sig)),  # a field changed after signing
         (InvalidLink, ("", msg, sig)),
+        # signed by the wallet, but meant for another site, another URI, another chain
+        (InvalidLink, ("p2", *signed(b, audience=SiwsAudience("evil.example", AUDIENCE.uri, AUDIENCE.chain_id)))),
+        (InvalidLink, ("p2", *signed(b, audience=SiwsAudience(AUDIENCE.domain, "https://evil.example",
+                                                              AUDIENCE.chain_id)))),
+        (InvalidLink, ("p2", *signed(b, audience=SiwsAudience(AUDIENCE.domain, AUDIENCE.uri, "mainnet")))),
         (WalletTaken, ("p2", *signed(a))),                      # p1's wallet, with a fresh nonce
         (PlayerHasWallet, ("p1", *signed(b))),                  # a second wallet for p1
         (PlayerHasWallet, ("p1", *signed(a))),                  # p1's own wallet again
@@ -130,7 +136,7 @@ def test_a_replayed_link_message_is_refused_after_an_unlink(store):
 def test_two_players_racing_for_one_wallet_have_exactly_one_winner(pg_cluster, clock):
     """Both pass the pre-check before either inserts: PostgreSQL's unique address decides."""
     url = pg_cluster.new_database()
-    stores = [WalletStore(url, clock=clock) for _ in range(2)]
+    stores = [WalletStore(url, audience=AUDIENCE, clock=clock) for _ in range(2)]
     key = SigningKey.generate()
     both_checked = threading.Barrier(2, timeout=10)
     original = WalletStore._refuse_conflicts

@@ -143,6 +143,22 @@ def build_message(*, domain: str, address: str, statement: str, uri: str, chain_
     return m
 
 
+@dataclass(frozen=True)
+class SiwsAudience:
+    """Where a message must be meant for: the game's domain and URI, and the chain payouts go to."""
+
+    domain: str
+    uri: str
+    chain_id: str
+
+    def check(self, m: SiwsMessage) -> None:
+        """SiwsError naming the first field of ``m`` that is meant for somewhere else."""
+        for name, got, want in (("domain", m.domain, self.domain), ("URI", m.uri, self.uri),
+                                ("chain id", m.chain_id, self.chain_id)):
+            if got != want:
+                raise SiwsError(f"the message's {name} is {got!r}, this deployment's is {want!r}")
+
+
 def parse_message(text: str) -> SiwsMessage:
     """The fields of a received message; SiwsError for anything that is not exactly the format above."""
     if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:

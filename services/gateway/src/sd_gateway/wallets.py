@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from sd_common.siws import SiwsError, build_message, decode_signature, parse_message, verify_signature
+from sd_common.siws import (SiwsAudience, SiwsError, build_message, decode_signature, parse_message,
+                             verify_signature)
 from sd_gateway.database import GatewayDatabase
 from sd_gateway.errors import FailedPrecondition, InvalidArgument, RateLimited
 from sd_gateway.ratelimit import make_limiter
@@ -90,10 +91,10 @@ class WalletLinking:
         except SiwsError as exc:
             raise InvalidArgument(f"the signed message is refused: {exc}") from None
         s = self._settings
-        for name, got, want in (("domain", m.domain, s.siws_domain), ("URI", m.uri, s.siws_uri),
-                                ("chain id", m.chain_id, s.siws_chain_id)):
-            if got != want:
-                raise InvalidArgument(f"the message's {name} is {got!r}, this gateway's is {want!r}")
+        try:
+            SiwsAudience(s.siws_domain, s.siws_uri, s.siws_chain_id).check(m)
+        except SiwsError as exc:
+            raise InvalidArgument(str(exc)) from None
         issued = await asyncio.to_thread(self._db.get_wallet_nonce, m.nonce)
         if issued is None or issued.player_id != player_id:
             raise InvalidArgument("the message's nonce was not issued to this player; ask for a challenge")

@@ -9,7 +9,7 @@ import structlog
 from sd_common.grpc_runtime import GrpcRuntime
 from sd_common.objectstore import EventQueue, ObjectStore, make_event_queue, make_store
 from sd_common.settings import StoreSettings
-
+from sd_common.siws import SiwsAudience
 from sd_ingest.catalog import Catalog
 from sd_ingest.dispatch import ProcessorPool
 from sd_ingest.intake import EventConsumer
@@ -84,7 +84,8 @@ async def build_ingest(rt: GrpcRuntime, store_settings: StoreSettings) -> Runnin
     service = CatalogService(settings, catalog, store, on_change=pipeline.nudge,
                              on_dataset=publisher.publish if publisher is not None else None)
     register(rt, service)
-    wallets = WalletStore(settings.sqlalchemy_url())  # the catalog's database, tables of its own
+    wallets = WalletStore(settings.sqlalchemy_url(),  # the catalog's database, tables of its own
+                          audience=SiwsAudience(settings.siws_domain, settings.siws_uri, settings.siws_chain_id))
     rt.on_stop(lambda: asyncio.to_thread(wallets.close))
     register_wallets(rt, wallets)
     rewards = RewardsOperations(catalog, label_secret=rewards_settings.label_secret,

@@ -59,6 +59,11 @@ class IngestSettings(ServiceSettings):
     dataset_version_resources: bool = False
     dataset_version_namespace: str = ""
     dataset_version_policy: str = ""
+    # Sign-In With Solana: a wallet link is refused unless its message names these, as the gateway's
+    # SD_GATEWAY_SIWS_* do (the chart sets both from gateway.siws).
+    siws_domain: str = Field("127.0.0.1:8080", min_length=1, max_length=255)
+    siws_uri: str = Field("http://127.0.0.1:8080", min_length=1, max_length=512)
+    siws_chain_id: str = Field("devnet", min_length=1, max_length=64)
 
     @field_validator("processor_target")
     @classmethod

@@ -22,7 +22,7 @@ from sqlalchemy import DateTime, Integer, String, Text, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from sd_common.siws import SiwsError, parse_message, verify_signature
+from sd_common.siws import SiwsAudience, SiwsError, parse_message, verify_signature
 from sd_common.sql import make_engine
 
 MAX_PLAYER_ID_CHARS = 128
@@ -116,7 +116,9 @@ def _check_player(player_id: str) -> None:
 class WalletStore:
     """Synchronous repository of wallet links; the async servicer calls it through worker threads."""
 
-    def __init__(self, url: str, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, url: str, *, audience: SiwsAudience,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._audience = audience
         self._engine = make_engine(url)
         _Base.metadata.create_all(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
@@ -131,6 +133,7 @@ class WalletStore:
         _check_player(player_id)
         try:
             m = parse_message(message)
+            self._audience.check(m)  # the gateway checked it too: this holds for any other caller
             verify_signature(message, m.address, signature)
         except SiwsError as exc:
             raise InvalidLink(f"the wallet link is refused: {exc}") from None

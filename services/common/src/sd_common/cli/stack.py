@@ -44,6 +44,11 @@ def stack_env(state_dir: Path, http_port: int, spec: ServiceSpec, base: dict[str
         env.setdefault(p + "STATE_DIR", str(state_dir / "ingest"))
         if processor_port is not None:
             env.setdefault(p + "PROCESSOR_TARGET", f"127.0.0.1:{processor_port}")
+        # wallet links are checked for the gateway's sign-in fields, whatever the gateway was given
+        env.setdefault(p + "SIWS_DOMAIN", base.get("SD_GATEWAY_SIWS_DOMAIN", f"127.0.0.1:{http_port}"))
+        env.setdefault(p + "SIWS_URI", base.get("SD_GATEWAY_SIWS_URI", f"http://127.0.0.1:{http_port}"))
+        if "SD_GATEWAY_SIWS_CHAIN_ID" in base:
+            env.setdefault(p + "SIWS_CHAIN_ID", base["SD_GATEWAY_SIWS_CHAIN_ID"])
     return env
 
 

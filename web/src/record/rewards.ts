@@ -216,3 +216,21 @@ export function creditWhy(c: Credit): string[] {
   else if (c.note) lines.push(c.note);
   return lines;
 }
+
+/** The ISO week of `d` (UTC), spelt as the leaderboard takes it: `2026-W49`. */
+export function isoWeek(d: Date): string {
+  const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+  t.setUTCDate(t.getUTCDate() + 4 - (t.getUTCDay() || 7)); // the Thursday of its week names the year
+  const year = t.getUTCFullYear();
+  const week = Math.ceil(((t.getTime() - Date.UTC(year, 0, 1)) / 86_400_000 + 1) / 7);
+  return `${year}-W${String(week).padStart(2, '0')}`;
+}
+
+/** The ISO week `by` weeks after `week` (before, when negative). */
+export function shiftWeek(week: string, by: number): string {
+  const m = /^(\d{4})-W(\d{2})$/.exec(week);
+  if (!m) throw new Error(`not an ISO week: ${week}`);
+  const jan4 = Date.UTC(Number(m[1]), 0, 4); // always in week 1
+  const monday1 = jan4 - (((new Date(jan4).getUTCDay() || 7) - 1) * 86_400_000);
+  return isoWeek(new Date(monday1 + ((Number(m[2]) - 1 + by) * 7 + 3) * 86_400_000));
+}

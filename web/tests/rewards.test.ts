@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  creditWhy, epochTotals, parseContributions, parseLeaderboard, parseWallet, parseWalletChallenge, parseWalletState, type Credit,
+  creditWhy, epochTotals, isoWeek, parseContributions, shiftWeek, parseLeaderboard, parseWallet, parseWalletChallenge, parseWalletState, type Credit,
 } from '../src/record/rewards';
 import { ShapeError } from '../src/record/shape';
 import { GatewayClient } from '../src/record/upload';
@@ -118,5 +118,18 @@ describe('the client asks for the rewards views', () => {
     await expect(client.leaderboard()).rejects.toThrow(/leaderboard: rows is not a list/);
     expect(urls).toEqual(Object.keys(answers));
     expect(new Set(auth)).toEqual(new Set(['Bearer tok-1']));
+  });
+});
+
+describe('ISO weeks for the leaderboard', () => {
+  it('names the week of a day and steps across years, 53-week years included', () => {
+    expect(isoWeek(new Date('2026-12-02T10:00:00Z'))).toBe('2026-W49');
+    expect(isoWeek(new Date('2026-01-01T00:00:00Z'))).toBe('2026-W01');
+    expect(isoWeek(new Date('2021-01-03T23:59:59Z'))).toBe('2020-W53');
+    expect(shiftWeek('2026-W49', -1)).toBe('2026-W48');
+    expect(shiftWeek('2026-W01', -1)).toBe('2025-W52');
+    expect(shiftWeek('2021-W01', -1)).toBe('2020-W53');
+    expect(shiftWeek('2020-W53', 1)).toBe('2021-W01');
+    expect(() => shiftWeek('2026-49', 1)).toThrow(/not an ISO week/);
   });
 });

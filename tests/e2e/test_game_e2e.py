@@ -161,6 +161,11 @@ def test_the_contributions_page_lists_the_credited_segments_and_links_a_wallet(s
     assert page["pending"] == ledger.pending_millipoints / 1000
     assert page["yourRank"] and any(r["you"] and r["points"] >= sum(want.values()) - 1e-9 for r in page["leaderboard"])
 
+    # before the drive, from the start screen: nothing credited yet, and no wallet to link in the page
+    start = drive["result"]["startScreen"]["contributions"]
+    assert start["none"] and start["credits"] == 0 and start["closedWithEscape"], start
+    assert start["noWallet"]["kind"] == "no_wallet" and "No Solana wallet was found" in start["noWallet"]["text"]
+
     w = page["wallet"]
     assert w["error"] is None and w["shown"] == w["expected"], w
     message = w["signed"][0]

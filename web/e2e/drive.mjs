@@ -71,6 +71,7 @@ try {
   const startScreen = { city: await page.evaluate(() => window.__sdGame.snapshot().cityName),
     attribution: (await attribution.count()) ? await attribution.innerText() : null };
   log(`start screen shown: ${JSON.stringify(startScreen)}`);
+  if (a.contributions) startScreen.contributions = await contributionsFromStart(page, testWallet);
   await page.getByTestId('start').click();
   await page.waitForFunction(() => window.__sdGame?.currentPhase === 'driving', null, { timeout: left() });
   log('recording');
@@ -132,6 +133,31 @@ async function waitOutcome(page) {
     waited_s: (Date.now() - started) / 1000,
   };
   log(`processed outcome shown: ${JSON.stringify(shown)}`);
+  return shown;
+}
+
+/**
+ * Opens the contributions page from the start screen (a new player: nothing credited yet), tries
+ * Link wallet with the wallet hidden from the page, and closes the page with Esc.
+ */
+async function contributionsFromStart(page, testWallet) {
+  await page.getByTestId('open-contributions').click();
+  await page.getByTestId('contributions-page').waitFor({ state: 'visible', timeout: left() });
+  await page.waitForFunction(() => document.querySelector('[data-testid=contrib-credit], [data-testid=contrib-none], [data-testid=contributions-error]')
+    && document.querySelector('[data-testid=wallet-link], [data-testid=wallet-address], [data-testid=wallet-load-error]'), null, { timeout: left(), polling: 250 });
+  const shown = { none: (await page.getByTestId('contrib-none').count()) === 1, credits: await page.getByTestId('contrib-credit').count() };
+  if (testWallet) {
+    await page.evaluate(() => { window.__sdHiddenWallet = window.solana; delete window.solana; });
+    await page.getByTestId('wallet-link').click();
+    const err = page.getByTestId('wallet-error');
+    await err.waitFor({ state: 'visible', timeout: left() });
+    shown.noWallet = { kind: await err.getAttribute('data-kind'), text: await err.innerText() };
+    await page.evaluate(() => { window.solana = window.__sdHiddenWallet; });
+  }
+  await page.keyboard.press('Escape');
+  await page.getByTestId('start-screen').waitFor({ state: 'visible', timeout: left() });
+  shown.closedWithEscape = (await page.getByTestId('contributions-page').count()) === 0;
+  log(`contributions from the start screen: ${JSON.stringify(shown)}`);
   return shown;
 }
 

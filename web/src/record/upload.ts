@@ -110,6 +110,7 @@ export class GatewayClient {
   private readonly attempts: number;
   private readonly backoffMs: number;
   private readonly clientBuild: string;
+  private pendingPlayer: Promise<string> | null = null;
 
   constructor(opts: GatewayClientOptions = {}) {
     this.base = (opts.baseUrl ?? '').replace(/\/$/, '');
@@ -190,8 +191,16 @@ export class GatewayClient {
     return data;
   }
 
-  /** Makes sure there is a player with a working device token; returns the player id. */
-  async ensurePlayer(): Promise<string> {
+  /**
+   * Makes sure there is a player with a working device token; returns the player id. Calls made
+   * while one is under way share it, so two screens asking at once make one player, not two.
+   */
+  ensurePlayer(): Promise<string> {
+    this.pendingPlayer ??= this.makePlayer().finally(() => { this.pendingPlayer = null; });
+    return this.pendingPlayer;
+  }
+
+  private async makePlayer(): Promise<string> {
     if (this.token) {
       try {
         const me = await this.me();

@@ -42,7 +42,8 @@ export function App() {
       <canvas ref={canvasRef} className="view" data-testid="view" />
       {phase === 'loading' && <div className="screen"><div className="card"><h1>Loading the city…</h1></div></div>}
       {game && hud && driving && <Hud game={game} hud={hud} />}
-      {game && hud?.contributions && <ContributionsPage game={game} onClose={() => game.setContributions(false)} />}
+      {game && hud?.contributions && <ContributionsPage game={game} onClose={() => game.setContributions(false)}
+        refreshKey={hud.result?.outcome?.final ? hud.result.sessionId : null} />}
       {game && hud && !hud.contributions && phase === 'menu' && <StartScreen game={game} hud={hud} />}
       {game && hud && phase === 'uploading' && <UploadScreen hud={hud} />}
       {game && hud && !hud.contributions && phase === 'result' && <ResultScreen game={game} hud={hud} />}

@@ -21,7 +21,11 @@ const STATUS_TEXT: Record<string, string> = { pending: 'pending', in_epoch: 'in 
  * data-points), `wallet-address` (data-address), `wallet-link`, `wallet-unlink`, `wallet-error`
  * (data-kind), and each section's `*-error`.
  */
-export function ContributionsPage({ game, onClose }: { game: Game; onClose: () => void }) {
+export function ContributionsPage({ game, onClose, refreshKey = null }: {
+  game: Game; onClose: () => void;
+  /** Changes when there may be new credits (a drive's outcome became final while the page is open). */
+  refreshKey?: string | null;
+}) {
   const client = game.client;
   const [contrib, setContrib] = useState<Loaded<Contributions>>(loading);
   const [board, setBoard] = useState<Loaded<Leaderboard>>(loading);
@@ -54,9 +58,12 @@ export function ContributionsPage({ game, onClose }: { game: Game; onClose: () =
   }, [client, ready]);
 
   useEffect(() => {
-    void loadContributions();
     void loadWallet();
-  }, [loadContributions, loadWallet]);
+  }, [loadWallet]);
+
+  useEffect(() => {
+    void loadContributions();
+  }, [loadContributions, refreshKey]);
 
   useEffect(() => {
     let live = true;
@@ -71,7 +78,7 @@ export function ContributionsPage({ game, onClose }: { game: Game; onClose: () =
       }
     })();
     return () => { live = false; };
-  }, [client, ready, week]);
+  }, [client, ready, week, refreshKey]);
 
   const loadMore = async () => {
     const c = contrib.data;

@@ -48,14 +48,19 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def drive(stack):
-    """One scripted drive through the browser; returns the game's result and the stored session."""
+    """One scripted drive through the browser, followed to its processed outcome and the contributions
+    page; returns the game's result and the stored session."""
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
     started = time.monotonic()
+    # After the upload the browser stays on the result screen until it shows the processed outcome,
+    # then opens the contributions page and links a wallet there (web/e2e/drive.mjs).
+    limit_s = 240 + PROCESSED_TIMEOUT_S
     run = subprocess.run(["node", str(WEB / "e2e" / "drive.mjs"), "--url", stack["url"], "--out", str(ARTIFACTS),
-                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}"],
-                         capture_output=True, text=True, timeout=240, check=False)
+                          "--seed", "7", "--duration", str(DRIVE_S), "--size", f"{SIZE[0]}x{SIZE[1]}",
+                          "--wait-outcome", "--contributions", "--link-wallet", "--timeout", str(int(limit_s))],
+                         capture_output=True, text=True, timeout=limit_s + 30, check=False)
     log = (ARTIFACTS / "console.log").read_text() if (ARTIFACTS / "console.log").exists() else ""
     assert run.returncode == 0, f"the scripted drive failed:\n{run.stdout}\n{run.stderr}\n{log[-4000:]}"
     result = json.loads((ARTIFACTS / "result.json").read_text())

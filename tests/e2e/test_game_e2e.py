@@ -101,6 +101,83 @@ def test_screenshots_are_not_blank(drive):
         assert pixels.std() > 12, f"{name} looks blank (pixel standard deviation {pixels.std():.1f})"
 
 
+def _ingest(stack, stub_name: str):
+    """A stub of the stack's ingest (RewardsService or WalletService) and its channel."""
+    import grpc
+    from scale_diffusion.ingest.v1 import ingest_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{50052 + stack['offset']}")
+    return getattr(ingest_pb2_grpc, f"{stub_name}Stub")(channel), channel
+
+
+def test_the_result_screen_shows_the_processed_outcome_and_the_points_credited(stack, drive):
+    """In headless Chromium, the drive's result screen shows the processed outcome and the points the
+    ledger credited: the same accepted seconds, points and rejected segments as the ingest's view."""
+    from scale_diffusion.ingest.v1 import ingest_pb2 as pb
+
+    shown = drive["result"]["outcome"]
+    assert shown is not None, f"the result screen showed no processed outcome: {drive['result']}"
+    rewards, channel = _ingest(stack, "RewardsService")
+    with channel:
+        o = rewards.GetSessionOutcome(pb.GetSessionOutcomeRequest(session_id=drive["sid"],
+                                                                  player_id=drive["result"]["playerId"]), timeout=10)
+        credits = rewards.GetContributions(pb.GetContributionsRequest(player_id=drive["result"]["playerId"],
+                                                                      page_size=200), timeout=10).credits
+    assert o.state == pb.CATALOG_STATE_PROCESSED and o.final
+    assert shown["state"] == "processed" and shown["stateText"].startswith("Processed")
+    assert shown["accepted_s"] == pytest.approx(o.accepted_s, abs=1e-9)
+    assert o.accepted_s == pytest.approx(sum(g.duration_s for g in o.segments if g.accepted), abs=1e-9)
+    assert shown["points"] == o.millipoints / 1000 > 0, "an accepted drive must be credited points"
+    assert shown["pointsText"] == f"{o.millipoints / 1000:.3f}"
+    # the ledger's credits for this session are the points shown, segment by segment
+    session_credits = [c for c in credits if c.session_id == drive["sid"] and c.status != "reversed"]
+    assert sum(c.millipoints for c in session_credits) == o.millipoints
+    assert sorted(c.segment_id for c in session_credits) == sorted(g.segment_id for g in o.segments
+                                                                   if g.accepted and g.millipoints)
+    assert sorted(r["reasons"] for r in shown["rejected"]) == sorted(",".join(g.reasons) for g in o.segments
+                                                                     if not g.accepted)
+    print(f"\nshown: {shown['accepted_s']:.1f} s accepted, {shown['points']} points, {len(shown['rejected'])} rejected "
+          f"segments, {shown['waited_s']:.0f} s after the upload")
+
+
+def test_the_contributions_page_lists_the_credited_segments_and_links_a_wallet(stack, drive):
+    """The contributions page, opened from the result screen, lists each credited segment of the drive
+    with the ledger's points and rule, ranks the player on this week's leaderboard, and links a wallet
+    with Sign-In With Solana: a test wallet in the page signs the gateway's message with a real key,
+    and the ingest keeps the link."""
+    from scale_diffusion.ingest.v1 import ingest_pb2 as pb
+
+    page = drive["result"]["contributions"]
+    assert page is not None and page["error"] is None, drive["result"]
+    player = drive["result"]["playerId"]
+    rewards, channel = _ingest(stack, "RewardsService")
+    with channel:
+        ledger = rewards.GetContributions(pb.GetContributionsRequest(player_id=player, page_size=200), timeout=10)
+    want = {c.segment_id: c.millipoints / 1000 for c in ledger.credits if c.session_id == drive["sid"]}
+    assert want and {c["segment_id"]: c["points"] for c in page["sessionCredits"]} == want
+    assert sum(want.values()) == pytest.approx(drive["result"]["outcome"]["points"], abs=1e-9)
+    for c in page["sessionCredits"]:
+        assert c["status"] == "pending" and c["why"].startswith("segment-v1") and " s × quality " in c["why"], c
+    assert page["pending"] == ledger.pending_millipoints / 1000
+    assert page["yourRank"] and any(r["you"] and r["points"] >= sum(want.values()) - 1e-9 for r in page["leaderboard"])
+
+    # before the drive, from the start screen: nothing credited yet, and no wallet to link in the page
+    start = drive["result"]["startScreen"]["contributions"]
+    assert start["none"] and start["credits"] == 0 and start["closedWithEscape"], start
+    assert start["noWallet"]["kind"] == "no_wallet" and "No Solana wallet was found" in start["noWallet"]["text"]
+
+    w = page["wallet"]
+    assert w["error"] is None and w["shown"] == w["expected"], w
+    message = w["signed"][0]
+    assert message.splitlines()[0] == f"{stack['url'].removeprefix('http://')} wants you to sign in with your Solana account:"
+    assert message.splitlines()[1] == w["expected"]
+    wallets, channel = _ingest(stack, "WalletService")
+    with channel:
+        kept = wallets.GetWallet(pb.GetWalletRequest(player_id=player), timeout=10)
+    assert kept.wallet.address == w["expected"]
+    assert [(e.action, e.address) for e in kept.events] == [("link", w["expected"])]
+
+
 def test_the_diffusion_view_is_what_gets_recorded_when_a_stream_answers(stack, diffusion_drive):
     """The diffusion path end to end: the game's offer goes through the gateway's signaling to the stack's
     diffusion service (CPU look backend), whose stream the game shows and records, its own barcode on top."""

@@ -4,7 +4,8 @@
 // input path), upload, result. Saves screenshots and result.json into --out.
 //
 //   node web/e2e/drive.mjs --url http://127.0.0.1:8080 --out /tmp/e2e [--seed 7] [--duration 32]
-//        [--size 640x360] [--diffusion] [--corrupt events.jsonl]
+//        [--size 640x360] [--diffusion] [--corrupt events.jsonl] [--wait-outcome] [--contributions]
+//        [--link-wallet]
 //
 // --corrupt FILE changes one byte of FILE on its way to the store (same size), so the gateway
 // rejects the session and the result screen must say why.
@@ -12,16 +13,25 @@
 // --diffusion turns the diffusion view on: the offer goes through the gateway to the stack's
 // diffusion service, which streams its backend's frames back.
 // --diffusion-provider mirage (with --diffusion) streams to the gateway's hosted provider instead.
+//
+// --wait-outcome waits, after an accepted upload, until the result screen shows the processed
+// outcome (result-state final) and records accepted seconds, points and rejected segments.
+// --contributions then opens the contributions page from the result screen and records its credits,
+// balances and leaderboard; --link-wallet (with --contributions) also links a wallet there, through
+// a test wallet standing in for the browser extension (e2e/wallet.mjs).
 import { mkdirSync, writeFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { launch } from './browser.mjs';
+import { installTestWallet } from './wallet.mjs';
+
+const FLAGS = new Set(['diffusion', 'wait-outcome', 'contributions', 'link-wallet']);
 
 function args(argv) {
   const out = { url: 'http://127.0.0.1:8080', out: join(tmpdir(), 'scale-diffusion-e2e'), seed: '7', duration: '32', size: '640x360', diffusion: false, timeout: '240' };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i].replace(/^--/, '');
-    if (k === 'diffusion') out.diffusion = true;
+    if (FLAGS.has(k)) out[k] = true;
     else out[k] = argv[++i];
   }
   return out;
@@ -38,7 +48,9 @@ const left = () => Math.max(1000, deadline - Date.now());
 const browser = await launch();
 let exitCode = 1;
 try {
-  const page = await browser.newPage({ viewport: { width: 960, height: 540 } });
+  const context = await browser.newContext({ viewport: { width: 960, height: 540 } });
+  const testWallet = a['link-wallet'] ? await installTestWallet(context) : null;
+  const page = await context.newPage();
   page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log(`pageerror: ${e.message}`));
   if (a.corrupt) {
@@ -59,6 +71,7 @@ try {
   const startScreen = { city: await page.evaluate(() => window.__sdGame.snapshot().cityName),
     attribution: (await attribution.count()) ? await attribution.innerText() : null };
   log(`start screen shown: ${JSON.stringify(startScreen)}`);
+  if (a.contributions) startScreen.contributions = await contributionsFromStart(page, testWallet);
   await page.getByTestId('start').click();
   await page.waitForFunction(() => window.__sdGame?.currentPhase === 'driving', null, { timeout: left() });
   log('recording');
@@ -85,7 +98,9 @@ try {
     afterRetry = await page.getByTestId('verdict').getAttribute('data-verdict');
     await page.screenshot({ path: join(a.out, 'result-after-retry.png') });
   }
-  const result = { phase: snap.phase, verdict, afterRetry, problemsShown: problems, result: snap.result, error: snap.error, diffusionMessage: driving.diffusionMessage,
+  const outcome = a['wait-outcome'] && verdict === 'accepted' ? await waitOutcome(page) : null;
+  const contributions = a.contributions && outcome ? await openContributions(page, snap.result.sessionId, testWallet) : null;
+  const result = { phase: snap.phase, verdict, afterRetry, outcome, contributions, playerId: snap.playerId, problemsShown: problems, result: snap.result, error: snap.error, diffusionMessage: driving.diffusionMessage,
     diffusionMessageAtEnd: snap.diffusionMessage,
     startScreen,
     hudWhileDriving: { command: driving.command, speed_kmh: driving.speed_kmh, fps: driving.fps, recording: driving.recording, attribution: drivingAttribution },
@@ -100,3 +115,84 @@ try {
   await browser.close();
 }
 process.exit(exitCode);
+
+/** Waits for the result screen's processed outcome; what it shows, and a screenshot. */
+async function waitOutcome(page) {
+  const started = Date.now();
+  const state = page.getByTestId('result-state');
+  await page.waitForFunction(() => window.__sdGame?.snapshot().result?.outcome?.final === true, null, { timeout: left(), polling: 500 });
+  await page.getByTestId('result-points').waitFor({ state: 'visible', timeout: left() });
+  await page.screenshot({ path: join(a.out, 'result-processed.png') });
+  const shown = {
+    state: await state.getAttribute('data-state'),
+    stateText: await state.innerText(),
+    accepted_s: Number(await page.getByTestId('result-accepted-s').getAttribute('data-value')),
+    points: Number(await page.getByTestId('result-points').getAttribute('data-value')),
+    pointsText: await page.getByTestId('result-points').innerText(),
+    rejected: await page.getByTestId('result-rejected').evaluateAll((els) => els.map((e) => ({ reasons: e.dataset.reasons, text: e.textContent }))),
+    waited_s: (Date.now() - started) / 1000,
+  };
+  log(`processed outcome shown: ${JSON.stringify(shown)}`);
+  return shown;
+}
+
+/**
+ * Opens the contributions page from the start screen (a new player: nothing credited yet), tries
+ * Link wallet with the wallet hidden from the page, and closes the page with Esc.
+ */
+async function contributionsFromStart(page, testWallet) {
+  await page.getByTestId('open-contributions').click();
+  await page.getByTestId('contributions-page').waitFor({ state: 'visible', timeout: left() });
+  await page.waitForFunction(() => document.querySelector('[data-testid=contrib-credit], [data-testid=contrib-none], [data-testid=contributions-error]')
+    && document.querySelector('[data-testid=wallet-link], [data-testid=wallet-address], [data-testid=wallet-load-error]'), null, { timeout: left(), polling: 250 });
+  const shown = { none: (await page.getByTestId('contrib-none').count()) === 1, credits: await page.getByTestId('contrib-credit').count() };
+  if (testWallet) {
+    await page.evaluate(() => { window.__sdHiddenWallet = window.solana; delete window.solana; });
+    await page.getByTestId('wallet-link').click();
+    const err = page.getByTestId('wallet-error');
+    await err.waitFor({ state: 'visible', timeout: left() });
+    shown.noWallet = { kind: await err.getAttribute('data-kind'), text: await err.innerText() };
+    await page.evaluate(() => { window.solana = window.__sdHiddenWallet; });
+  }
+  await page.keyboard.press('Escape');
+  await page.getByTestId('start-screen').waitFor({ state: 'visible', timeout: left() });
+  shown.closedWithEscape = (await page.getByTestId('contributions-page').count()) === 0;
+  log(`contributions from the start screen: ${JSON.stringify(shown)}`);
+  return shown;
+}
+
+/** Opens the contributions page from the result screen; its credits for `sid`, balances, leaderboard, and a linked wallet. */
+async function openContributions(page, sid, testWallet) {
+  await page.getByTestId('result-contributions').click();
+  await page.getByTestId('contributions-page').waitFor({ state: 'visible', timeout: left() });
+  await page.waitForFunction(() => document.querySelector('[data-testid=contrib-credit], [data-testid=contrib-none], [data-testid=contributions-error]')
+    && document.querySelector('[data-testid=leaderboard-your-rank], [data-testid=leaderboard-error]'), null, { timeout: left(), polling: 250 });
+  const read = async () => ({
+    credits: await page.getByTestId('contrib-credit').evaluateAll((els) => els.map((e) => ({ session_id: e.dataset.session,
+      segment_id: e.dataset.segment, points: Number(e.dataset.points), status: e.dataset.status,
+      why: e.querySelector('[data-testid=contrib-why]')?.textContent ?? '' }))),
+    pending: Number(await page.getByTestId('contrib-pending').getAttribute('data-value')),
+    leaderboard: await page.getByTestId('leaderboard-row').evaluateAll((els) => els.map((e) => ({ rank: Number(e.dataset.rank),
+      you: e.dataset.you === 'true', points: Number(e.dataset.points) }))),
+    yourRank: await page.getByTestId('leaderboard-your-rank').getAttribute('data-value'),
+    error: (await page.getByTestId('contributions-error').count()) ? await page.getByTestId('contributions-error').innerText() : null,
+  });
+  const shown = await read();
+  shown.sessionCredits = shown.credits.filter((c) => c.session_id === sid);
+  await page.screenshot({ path: join(a.out, 'contributions.png'), fullPage: true });
+  if (testWallet) {
+    await page.getByTestId('wallet-link').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid=wallet-address], [data-testid=wallet-error]'), null, { timeout: left(), polling: 250 });
+    const err = page.getByTestId('wallet-error');
+    shown.wallet = {
+      expected: testWallet.address,
+      shown: (await page.getByTestId('wallet-address').count()) ? await page.getByTestId('wallet-address').getAttribute('data-address') : null,
+      error: (await err.count()) ? await err.innerText() : null,
+      signed: testWallet.signed,
+    };
+    await page.screenshot({ path: join(a.out, 'contributions-wallet.png'), fullPage: true });
+    log(`wallet: ${JSON.stringify(shown.wallet)}`);
+  }
+  log(`contributions shown: ${JSON.stringify(shown)}`);
+  return shown;
+}

@@ -107,6 +107,15 @@ describe('gateway client', () => {
     expect(client.token).toBe('tok-1');
   });
 
+  it('makes one player when two screens ask at once', async () => {
+    const gw = fakeGateway({ multipartAbove: 1e9, partSize: 1 });
+    const client = new GatewayClient({ fetch: gw.fetchImpl, storage: new Store(), sleep: async () => {} });
+    expect(await Promise.all([client.ensurePlayer(), client.ensurePlayer()])).toEqual(['p-1', 'p-1']);
+    expect(gw.calls.filter((c) => c.url === '/v1/players')).toHaveLength(1);
+    expect(await client.ensurePlayer()).toBe('p-1'); // later: the stored token is checked again
+    expect(gw.calls.filter((c) => c.url === '/v1/players/me')).toHaveLength(1);
+  });
+
   it('asks for the diffusion stream once and reports the 503 reason', async () => {
     const gw = fakeGateway({ multipartAbove: 1e9, partSize: 1, offer503: true });
     const client = new GatewayClient({ fetch: gw.fetchImpl, storage: new Store(), sleep: async () => {} });

@@ -28,6 +28,8 @@ export interface HudSnapshot {
   phase: Phase;
   paused: boolean;
   help: boolean;
+  /** The contributions page is open (over the start or the result screen). */
+  contributions: boolean;
   viewMode: ViewMode;
   countdown: number;
   speed_kmh: number;
@@ -103,6 +105,7 @@ export class Game {
   private raf = 0;
   private paused = false;
   private help = false;
+  private contributionsOpen = false;
   private viewMode: ViewMode = 'driver';
   private countdownEnd = 0;
   private notice: { text: string; until: number } | null = null;
@@ -223,7 +226,9 @@ export class Game {
   }
 
   private command(c: CommandKey): void {
-    if (c === 'start' && this.phase === 'menu') void this.start(true);
+    if (this.contributionsOpen) {
+      if (c === 'pause') this.contributionsOpen = false; // Esc closes the page; nothing else acts under it
+    } else if (c === 'start' && this.phase === 'menu') void this.start(true);
     else if (c === 'pause' && (this.phase === 'driving' || this.phase === 'practice')) this.togglePause();
     else if (c === 'pause' && this.phase === 'menu' && this.help) this.help = false;
     else if (c === 'help') this.help = !this.help;
@@ -247,6 +252,12 @@ export class Game {
     this.publish();
   }
 
+  /** Opens or closes the contributions page (from the start or the result screen). */
+  setContributions(open: boolean): void {
+    this.contributionsOpen = open && (this.phase === 'menu' || this.phase === 'result');
+    this.publish();
+  }
+
   setDiffusionWanted(on: boolean): void {
     this.diffusionWanted = on;
     this.publish();
@@ -255,6 +266,7 @@ export class Game {
   /** Starts a drive: recorded (the default) or practice (no recording, chase camera). */
   async start(recorded: boolean): Promise<void> {
     if (this.phase !== 'menu' && this.phase !== 'result') return;
+    this.contributionsOpen = false;
     this.result = null;
     this.upload = null;
     this.error = null;
@@ -632,6 +644,7 @@ export class Game {
       phase: this.phase,
       paused: this.paused,
       help: this.help,
+      contributions: this.contributionsOpen && (this.phase === 'menu' || this.phase === 'result'),
       viewMode: this.viewMode,
       countdown: Math.max(0, Math.ceil((this.countdownEnd - performance.now()) / 1000)),
       speed_kmh: w ? w.speed_mps * 3.6 : 0,

@@ -3,6 +3,7 @@
  * segments with their reasons, and the points the ledger credited (GET /v1/sessions/{id}/outcome).
  * The upload's own check only says the files arrived intact; this is the verdict that counts.
  */
+import { ShapeError, shape } from './shape';
 
 export interface SegmentOutcome {
   segment_id: string;
@@ -26,38 +27,32 @@ export interface SessionOutcome {
 }
 
 /** Thrown when the gateway's answer does not have the outcome's shape. */
-export class OutcomeShapeError extends Error {}
+export class OutcomeShapeError extends ShapeError {}
 
-const num = (v: unknown, where: string): number => {
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new OutcomeShapeError(`outcome: ${where} is not a number`);
-  return v;
-};
-const str = (v: unknown, where: string): string => {
-  if (typeof v !== 'string') throw new OutcomeShapeError(`outcome: ${where} is not a string`);
-  return v;
-};
+const check = shape('outcome', (m) => new OutcomeShapeError(m));
 
 /** The outcome in `data`, checked field by field; OutcomeShapeError names the first field at fault. */
 export function parseOutcome(data: unknown): SessionOutcome {
   if (typeof data !== 'object' || data === null) throw new OutcomeShapeError('outcome: not an object');
   const d = data as Record<string, unknown>;
-  if (typeof d.final !== 'boolean') throw new OutcomeShapeError('outcome: final is not a boolean');
-  if (!Array.isArray(d.segments)) throw new OutcomeShapeError('outcome: segments is not a list');
+  const { num, str, bool, list } = check;
+  const final = bool(d.final, 'final');
+  const segments = list(d.segments, 'segments');
   const problems = Array.isArray(d.problems) ? d.problems : [];
   return {
     session_id: str(d.session_id, 'session_id'),
     state: str(d.state, 'state'),
-    final: d.final,
+    final,
     accepted_s: num(d.accepted_s, 'accepted_s'),
     rejected_s: num(d.rejected_s, 'rejected_s'),
     points: num(d.points, 'points'),
-    segments: d.segments.map((s, i) => {
+    segments: segments.map((s, i) => {
       const g = (s ?? {}) as Record<string, unknown>;
-      if (typeof g.accepted !== 'boolean') throw new OutcomeShapeError(`outcome: segments[${i}].accepted is not a boolean`);
-      if (!Array.isArray(g.reasons)) throw new OutcomeShapeError(`outcome: segments[${i}].reasons is not a list`);
+      const accepted = bool(g.accepted, `segments[${i}].accepted`);
+      const reasons = list(g.reasons, `segments[${i}].reasons`);
       return {
         segment_id: str(g.segment_id, `segments[${i}].segment_id`), index: num(g.index, `segments[${i}].index`),
-        accepted: g.accepted, reasons: g.reasons.map((r, j) => str(r, `segments[${i}].reasons[${j}]`)),
+        accepted, reasons: reasons.map((r, j) => str(r, `segments[${i}].reasons[${j}]`)),
         duration_s: num(g.duration_s, `segments[${i}].duration_s`), points: num(g.points, `segments[${i}].points`),
       };
     }),

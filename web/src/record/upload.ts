@@ -2,10 +2,14 @@
  * The gateway's HTTP API as the game uses it (docs/api.md): an anonymous player whose device token
  * is kept in localStorage, sessions, presigned uploads (single PUT or multipart, every request
  * retried with backoff so an upload resumes after a dropped connection), completion, the
- * diffusion signaling offer and the hosted diffusion token. No DOM: fetch, storage and sleep are injected so tests run it in Node.
+ * diffusion signaling offer, the hosted diffusion token, and the player's rewards and wallet. No DOM: fetch, storage and sleep are injected so tests run it in Node.
  */
 import { MANIFEST_NAME, type SessionFile } from './session';
 import { parseOutcome, type SessionOutcome } from './outcome';
+import {
+  parseContributions, parseLeaderboard, parseWallet, parseWalletChallenge, parseWalletState,
+  type Contributions, type Leaderboard, type Wallet, type WalletChallenge, type WalletState,
+} from './rewards';
 
 export interface Problem {
   code: string;
@@ -106,6 +110,7 @@ export class GatewayClient {
   private readonly attempts: number;
   private readonly backoffMs: number;
   private readonly clientBuild: string;
+  private pendingPlayer: Promise<string> | null = null;
 
   constructor(opts: GatewayClientOptions = {}) {
     this.base = (opts.baseUrl ?? '').replace(/\/$/, '');
@@ -186,8 +191,16 @@ export class GatewayClient {
     return data;
   }
 
-  /** Makes sure there is a player with a working device token; returns the player id. */
-  async ensurePlayer(): Promise<string> {
+  /**
+   * Makes sure there is a player with a working device token; returns the player id. Calls made
+   * while one is under way share it, so two screens asking at once make one player, not two.
+   */
+  ensurePlayer(): Promise<string> {
+    this.pendingPlayer ??= this.makePlayer().finally(() => { this.pendingPlayer = null; });
+    return this.pendingPlayer;
+  }
+
+  private async makePlayer(): Promise<string> {
     if (this.token) {
       try {
         const me = await this.me();
@@ -218,6 +231,41 @@ export class GatewayClient {
   /** What processing made of the session (accepted seconds, rejected segments, points); see outcome.ts. */
   async sessionOutcome(sessionId: string): Promise<SessionOutcome> {
     return parseOutcome(await this.call<unknown>('GET', `/v1/sessions/${encodeURIComponent(sessionId)}/outcome`));
+  }
+
+  /** The player's credits (newest first, `pageSize` of them from `pageToken`), balances and today's cap. */
+  async contributions(pageSize = 50, pageToken = ''): Promise<Contributions> {
+    const q = new URLSearchParams({ page_size: String(pageSize) });
+    if (pageToken) q.set('page_token', pageToken);
+    return parseContributions(await this.call<unknown>('GET', `/v1/players/me/contributions?${q}`));
+  }
+
+  /** Points credited in an ISO week (`2026-W49`; this week when empty), highest first, the player's row marked. */
+  async leaderboard(week = ''): Promise<Leaderboard> {
+    return parseLeaderboard(await this.call<unknown>('GET', `/v1/leaderboard${week ? `?week=${encodeURIComponent(week)}` : ''}`));
+  }
+
+  /** The player's linked wallet (null if none) and its link log. */
+  async wallet(): Promise<WalletState> {
+    return parseWalletState(await this.call<unknown>('GET', '/v1/wallet'));
+  }
+
+  /** The Sign-In With Solana message the wallet at `address` (base58) must sign. Asked once: it is rate limited. */
+  async walletChallenge(address: string): Promise<WalletChallenge> {
+    return parseWalletChallenge(await this.call<unknown>('POST', '/v1/wallet/challenge', { address }, true, false));
+  }
+
+  /**
+   * Links the wallet that signed `message` (its ed25519 signature, base58). Sent once, never retried:
+   * a retry of a link that did arrive would find its challenge spent.
+   */
+  async linkWallet(message: string, signatureB58: string): Promise<Wallet> {
+    return parseWallet(await this.call<unknown>('POST', '/v1/wallet/link', { message, signature: signatureB58 }, true, false));
+  }
+
+  /** Unlinks the player's wallet; GatewayError 404 when none is linked. */
+  async unlinkWallet(): Promise<void> {
+    await this.call<unknown>('DELETE', '/v1/wallet', undefined, true, false);
   }
 
   getSession(sessionId: string): Promise<SessionView> {

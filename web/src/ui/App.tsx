@@ -2,6 +2,7 @@ import { useEffect, useRef, useState } from 'react';
 import { Game, type HudSnapshot } from '../game/controller';
 import { startAgentMode } from '../game/agentMode';
 import { parseConfig } from '../game/config';
+import { ContributionsPage } from './Contributions';
 import { Hud } from './Hud';
 import { ErrorScreen, HelpPanel, ResultScreen, StartScreen, UploadScreen } from './Screens';
 
@@ -41,9 +42,11 @@ export function App() {
       <canvas ref={canvasRef} className="view" data-testid="view" />
       {phase === 'loading' && <div className="screen"><div className="card"><h1>Loading the city…</h1></div></div>}
       {game && hud && driving && <Hud game={game} hud={hud} />}
-      {game && hud && phase === 'menu' && <StartScreen game={game} hud={hud} />}
+      {game && hud?.contributions && <ContributionsPage game={game} onClose={() => game.setContributions(false)}
+        refreshKey={hud.result?.outcome?.final ? hud.result.sessionId : null} />}
+      {game && hud && !hud.contributions && phase === 'menu' && <StartScreen game={game} hud={hud} />}
       {game && hud && phase === 'uploading' && <UploadScreen hud={hud} />}
-      {game && hud && phase === 'result' && <ResultScreen game={game} hud={hud} />}
+      {game && hud && !hud.contributions && phase === 'result' && <ResultScreen game={game} hud={hud} />}
       {game && hud && phase === 'error' && <ErrorScreen game={game} hud={hud} />}
       {game && hud?.help && <HelpPanel onClose={() => game.setHelp(false)} />}
     </div>

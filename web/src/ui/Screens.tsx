@@ -17,6 +17,7 @@ export function StartScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
           <button className="primary" data-testid="start" onClick={() => void game.start(true)}>Start recording · 1 min</button>
           <button data-testid="practice" onClick={() => void game.start(false)}>Practice drive</button>
           <button onClick={() => game.setHelp(true)}>Controls</button>
+          <button data-testid="open-contributions" onClick={() => game.setContributions(true)}>Contributions</button>
         </div>
         <label className="toggle">
           <input type="checkbox" data-testid="diffusion-toggle" checked={hud.diffusionOn}
@@ -114,6 +115,7 @@ export function ResultScreen({ game, hud }: { game: Game; hud: HudSnapshot }) {
               {r.uploadError ? 'Retry upload' : 'Upload again'}
             </button>
           )}
+          <button data-testid="result-contributions" onClick={() => game.setContributions(true)}>Contributions</button>
           <button className="primary" onClick={() => game.backToMenu()}>Drive again</button>
         </div>
       </div>

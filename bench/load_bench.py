@@ -349,6 +349,21 @@ def _ts(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339).timestamp()
 
 
+def database_rows(state: Path) -> dict[str, dict]:
+    """Rows per table and file size of each SQLite database the stack wrote (the gateway's, the catalog)."""
+    import sqlite3
+    out = {}
+    for db in sorted(state.glob("*/*.db")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = [t for (t,) in con.execute("select name from sqlite_master where type='table'")]
+            rows = {t: con.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables}
+        finally:
+            con.close()
+        out[f"{db.parent.name}/{db.name}"] = {"bytes": db.stat().st_size, "rows": {t: n for t, n in rows.items() if n}}
+    return out
+
+
 def _dir_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
@@ -422,6 +437,17 @@ def _report(out: Path, stack: Stack, sampler: Sampler, locust_rc: int, events: l
     raw_bytes = sum(_dir_bytes(store / "raw" / sid) for sid in processed)
     processed_bytes = sum(_dir_bytes(store / "processed" / sid) for sid in processed)
     cpu = {svc: round(sampler.cpu_s(svc), 1) for svc in SERVICES}
+    gw_first, gw_last = sampler.first["gateway"][0], sampler.last["gateway"][0]
+    routes: dict[str, int] = {}
+    for (n, ls), v in gw_last.items():
+        if n == "sd_http_requests_total":
+            d = dict(ls)
+            key = f"{d.get('method')} {d.get('route')}"
+            routes[key] = routes.get(key, 0) + int(v - gw_first.get((n, ls), 0.0))
+    store_puts = sum(v for k, v in routes.items() if k.startswith("PUT /v1/store"))
+    api_calls = sum(v for k, v in routes.items() if not k.startswith("PUT /v1/store") and "/healthz" not in k
+                    and "metrics" not in k)
+    dbs = database_rows(stack.running.state)
     peak = max(sampler.timeline, key=lambda r: r["backlog"], default={})
     waiting = {st: max((r[st] for r in sampler.timeline), default=0)
                for st in ("receiving", "complete", "validated", "processing")}
@@ -475,6 +501,10 @@ def _report(out: Path, stack: Stack, sampler: Sampler, locust_rc: int, events: l
             "gateway_requests_per_play_min": round(agg["requests"] / (sum(e["duration_s"] for e in completed.values())
                                                                        / 60), 1) if completed else None,
             "gateway_failures": agg["failures"],
+            "gateway_http_by_route": routes,
+            # in the cluster the uploads' PUTs go to S3, not the gateway: these are the gateway's own calls
+            "gateway_api_calls_per_session": round(api_calls / len(completed), 2) if completed else None,
+            "store_puts_per_session": round(store_puts / len(completed), 2) if completed else None,
             "cpu_s": cpu,
             "gateway_cpu_ms_per_request": round(1000 * cpu["gateway"] / agg["requests"], 2) if agg["requests"] else None,
             "ingest_cpu_s_per_session": round(cpu["ingest"] / len(processed), 3) if processed else None,
@@ -482,6 +512,12 @@ def _report(out: Path, stack: Stack, sampler: Sampler, locust_rc: int, events: l
             "raw_bytes_per_play_min": round(raw_bytes / played_min) if played_min else None,
             "processed_bytes_per_play_min": round(processed_bytes / played_min) if played_min else None,
             "play_min_processed": round(played_min, 2),
+        },
+        "database": {
+            "files": dbs,
+            "rows_per_session": {f"{db}:{t}": round(n / len(processed), 1) for db, d in dbs.items()
+                                 for t, n in d["rows"].items()} if processed else {},
+            "bytes_per_play_min": round(sum(d["bytes"] for d in dbs.values()) / played_min) if played_min else None,
         },
     }
 
@@ -533,12 +569,18 @@ def markdown(report: dict, command: str) -> str:
         "| unit cost | value |", "| --- | ---: |",
         f"| gateway requests per session | {u['gateway_requests_per_session']} |",
         f"| gateway requests per minute of play | {u['gateway_requests_per_play_min']} |",
+        f"| of which the gateway's own API calls per session (the rest are the uploads' PUTs, S3's in the cluster) | "
+        f"{u['gateway_api_calls_per_session']} |",
         f"| gateway CPU ms per request (uploads' bytes included: the embedded store) | {u['gateway_cpu_ms_per_request']} |",
         f"| ingest CPU s per session | {u['ingest_cpu_s_per_session']} |",
         f"| processor CPU s per minute of play ({c['size']}) | {u['processor_cpu_s_per_play_min']} |",
         f"| raw bytes per minute of play | {u['raw_bytes_per_play_min']:,} |" if u["raw_bytes_per_play_min"] else "",
         f"| processed bytes per minute of play | {u['processed_bytes_per_play_min']:,} |"
         if u["processed_bytes_per_play_min"] else "",
+        f"| database rows written per session (gateway + catalog) | "
+        f"{round(sum(report['database']['rows_per_session'].values()), 1)} |",
+        f"| database bytes per minute of play (SQLite files) | {report['database']['bytes_per_play_min']:,} |"
+        if report["database"]["bytes_per_play_min"] else "",
         f"| CPU s over the run: gateway / ingest / processors | {u['cpu_s']['gateway']} / {u['cpu_s']['ingest']} / "
         f"{u['cpu_s']['processor']} |",
     ]

@@ -63,4 +63,8 @@ def test_players_uploads_are_each_processed_once_and_reported(tmp_path):
     assert u["cpu_s"]["processor"] > 0 and u["processor_cpu_s_per_play_min"] > 0
     assert u["raw_bytes_per_play_min"] > 0 and u["processed_bytes_per_play_min"] > 0
     assert report["throughput"]["processed_per_min_overall"] > 0
+    assert u["gateway_api_calls_per_session"] >= 5 and u["store_puts_per_session"] == 5  # the PUTs: S3's in a cluster
+    rows = report["database"]["rows_per_session"]  # one row per session in each catalog, five objects
+    assert rows["gateway/gateway.db:sessions"] == 1 and rows["ingest/catalog.db:catalog_sessions"] == 1
+    assert rows["ingest/catalog.db:catalog_objects"] == 5 and report["database"]["bytes_per_play_min"] > 0
     assert "| completion → PROCESSED (s) |" in bench.markdown(report, "python bench/load_bench.py")

@@ -19,8 +19,8 @@ waits for every completed upload to be final in the catalog, then reports:
 
 The drives come from a pool of distinct synthetic sessions (--pool of them, cached under
 .run/load-pool); each is uploaded once before any is uploaded again (a repeat is a replay to the
-catalog: its segments are rejected, but it is processed all the same). `--write-results` replaces
-this benchmark's section of bench/RESULTS.md with the run's table.
+catalog: its segments are rejected, but it is processed all the same). `--write-results` adds the run's
+tables to this benchmark's section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -528,11 +528,11 @@ def _r(v: float | None, nd: int = 2) -> float | None:
 
 # ---- the table for RESULTS.md -----------------------------------------------------------------------
 
-def markdown(report: dict, command: str) -> str:
-    """The run as the section of bench/RESULTS.md."""
+def markdown(report: dict, command: str, heading: str = SECTION) -> str:
+    """The run as a section (or, with another heading, a subsection) of bench/RESULTS.md."""
     c, s, th, lat, q, u = (report[k] for k in ("config", "sessions", "throughput", "latency", "queue", "units"))
     lines = [
-        f"{SECTION} — `{command}`", "",
+        f"{heading} — `{command}`", "",
         f"{datetime.now():%Y-%m-%d}: {c['players']} players for {c['minutes']:g} min, {c['processors']} processor(s), "
         f"{c['size']} drives of {c['drive_s']:g} s at {c['bitrate_bps'] / 1e6:g} Mbps (the game's rate for that size), "
         f"a pool of {c['pool']} distinct drives; {c['cpus']} cores shared by Locust and every service.", "",
@@ -599,15 +599,16 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:,.0f}"
 
 
-def write_results(text: str) -> None:
-    """Replaces this benchmark's section of RESULTS.md (up to its end marker), or appends it."""
+def write_results(report: dict, command: str) -> None:
+    """Adds the run to this benchmark's section of RESULTS.md, as its last subsection (the section is made
+    when there is none); earlier runs and their readings stay."""
     md = RESULTS_MD.read_text()
-    block = text + END + "\n"
     if SECTION in md and END in md:
-        head, rest = md.split(SECTION, 1)
-        md = head + block + rest.split(END, 1)[1].lstrip("\n")
+        head, rest = md.split(END, 1)
+        text = markdown(report, command, heading=f"### Run of {datetime.now():%Y-%m-%d %H:%M}")
+        md = head.rstrip("\n") + "\n\n" + text + END + rest
     else:
-        md = md.rstrip("\n") + "\n\n" + block
+        md = md.rstrip("\n") + "\n\n" + markdown(report, command) + END + "\n"
     RESULTS_MD.write_text(md)
 
 
@@ -624,17 +625,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bitrate", type=int, default=None, help="video bits/s (default: the game's for the size)")
     p.add_argument("--drain-s", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=REPO / ".run" / "load")
-    p.add_argument("--write-results", action="store_true", help="replace this section of bench/RESULTS.md")
+    p.add_argument("--write-results", action="store_true", help="add the run to its section of bench/RESULTS.md")
     a = p.parse_args(argv)
     w, h = (int(x) for x in a.size.split("x"))
     report = run(a.out, players=a.players, minutes=a.minutes, processors=a.processors, spawn_rate=a.spawn_rate,
                  width=w, height=h, drive_s=a.drive_s, pool=a.pool, play_s=a.play_s, bitrate=a.bitrate,
                  drain_s=a.drain_s)
     command = "python bench/load_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(report, command.replace(str(a.out), "OUT"))
-    print(text)
+    command = command.replace(str(a.out), "OUT")
+    print(markdown(report, command))
     if a.write_results:
-        write_results(text)
+        write_results(report, command)
     return 0 if report["sessions"]["processed_exactly_once"] else 1
 
 

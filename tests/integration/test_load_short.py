@@ -15,16 +15,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("load_bench", REPO / "bench" / "load_bench.py")
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["load_bench"] = module  # its dataclasses and its pool's worker processes look it up by name
+    sys.modules[name] = module  # its dataclasses and its pool's worker processes look it up by name
     spec.loader.exec_module(module)
     return module
 
 
-def test_players_uploads_are_each_processed_once_and_reported(tmp_path):
-    bench = _bench()
+def test_players_uploads_are_each_processed_once_and_reported(tmp_path, capsys):
+    bench = _module("load_bench")
     report = bench.run(tmp_path / "load", players=3, minutes=0.2, processors=1, spawn_rate=3, drive_s=4.0,
                        pool=3, drain_s=60, sample_s=0.5, pool_root=tmp_path / "pool",
                        env_extra={"SD_INGEST_SCAN_INTERVAL_S": "0.3"})
@@ -68,3 +68,15 @@ def test_players_uploads_are_each_processed_once_and_reported(tmp_path):
     assert rows["gateway/gateway.db:sessions"] == 1 and rows["ingest/catalog.db:catalog_sessions"] == 1
     assert rows["ingest/catalog.db:catalog_objects"] == 5 and report["database"]["bytes_per_play_min"] > 0
     assert "| completion → PROCESSED (s) |" in bench.markdown(report, "python bench/load_bench.py")
+
+    # the sizing model reads this report: its unit costs are the report's, its rows scale with the players
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    drive = next(p for p in sorted((tmp_path / "pool").glob("*/seed-*")) if (p / "manifest.json").is_file())
+    capsys.readouterr()
+    assert _module("capacity_model").main(["--load", str(tmp_path / "report.json"), "--session", str(drive),
+                                           "--players", "1000,10000", "--json"]) == 0
+    sized = json.loads(capsys.readouterr().out)
+    assert sized["units"]["processor_cpu_s_per_play_min"] == u["processor_cpu_s_per_play_min"]
+    assert sized["units"]["gateway_calls_per_session"] == u["gateway_api_calls_per_session"]
+    small, big = sized["rows"]
+    assert big["processor_pods"] >= 9 * small["processor_pods"] and big["diffusion_gpus"] == 10 * small["diffusion_gpus"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,12 @@ class RunningStack:
         return self.proc.returncode
 
 
-def start_stack(state: Path, env: dict[str, str] | None = None, timeout_s: float = 120,
-                attempts: int = 5) -> RunningStack:
+def start_stack(state: Path, env: dict[str, str] | Callable[[int], dict[str, str]] | None = None,
+                timeout_s: float = 120, attempts: int = 5) -> RunningStack:
     """Starts a stack in `state` and returns once every service is healthy.
 
+    `env` is the stack's environment, or a function of the port offset that returns it (for settings
+    that name the stack's own ports, such as a second processor beside the stack's).
     The stack's output is read on a thread for its whole life (a full pipe would block the services).
     A port taken between choosing the offset and binding it means another try on another offset.
     """
@@ -56,7 +59,8 @@ def start_stack(state: Path, env: dict[str, str] | None = None, timeout_s: float
         offset = stack_port_offset()
         proc = subprocess.Popen([str(BIN / "sdctl"), "stack", "up", "--state-dir", str(state),
                                  "--port-offset", str(offset)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env(offset) if callable(env) else env)
         stack = RunningStack(proc, offset, "", state)
         ready = threading.Event()
 

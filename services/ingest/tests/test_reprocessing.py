@@ -191,7 +191,8 @@ async def test_sdctl_reprocess_all_in_two_worker_processes(tmp_path, session_6s)
         assert [r["shard"] for r in first["shards"]] == [0, 1]
         assert [r["selected"] for r in first["shards"]] == [sum(shard_of(s, 2) == k for s in ids) for k in (0, 1)]
         assert first["total"] | {"selected": 0} == {"selected": 0, "sent": 3, "already": 0, "busy": 0,
-                                                      "processed": 3, "failed": 0, "rejected": 0, "pending": 0}
+                                                      "processed": 3, "failed": 0, "rejected": 0, "pending": 0,
+                                                      "superseded": 0}
         await settle(h)
         assert ok_calls(h.log_dir) == {sid: 2 for sid in ids}
         assert {h.session(sid).reprocess_run for sid in ids} == {first["run_id"]}
@@ -207,3 +208,38 @@ async def test_sdctl_reprocess_all_in_two_worker_processes(tmp_path, session_6s)
         assert ok_calls(h.log_dir) == {sid: 2 for sid in ids}
     finally:
         await h.close()
+
+
+def test_a_shard_keeps_at_most_its_window_out_and_counts_each_outcome(db_url):
+    """run_shard's own loop, with the ingest's part played between its looks at the catalog: each
+    sleep finishes the sessions sent (one fails for good), and another run takes one over."""
+    from test_catalog import _processed
+
+    catalog = Catalog(db_url)
+    try:
+        ids = [f"w{i}" for i in range(7)]
+        for sid in ids:
+            _processed(catalog, sid)
+        seen_open: list[int] = []
+
+        def ingest_step(_s: float) -> None:
+            sent = [r for r in catalog.get_sessions(ids).values() if r.state == S.VALIDATED]
+            seen_open.append(len(sent))
+            for rec in sent:
+                catalog.claim(rec.session_id, S.VALIDATED, "ingest", 30)
+                catalog.start_attempt(rec.session_id, "ingest", "2-x")
+                if rec.session_id == "w3":
+                    catalog.finish_failed_attempt("w3", "ingest", "bad", permanent=True, max_attempts=3, backoff_s=0)
+                    continue
+                catalog.finish_processed(rec.session_id, "ingest", "2-x", segments=[], qc_report_uri="q", problems=[])
+                if rec.session_id == "w5":
+                    catalog.reprocess_for_run("w5", "other-run", [S.PROCESSED])
+
+        report = run_shard(catalog, Selector(), shard=0, shards=1, run_id="r", window=3, sleep=ingest_step)
+        assert max(seen_open) == 3 and len(seen_open) == 3  # 7 sessions, 3 at a time
+        assert (report.selected, report.sent, report.processed, report.failed, report.superseded, report.pending) == (
+            7, 7, 5, 1, 1, 0)
+        assert {sid: catalog.get_session(sid).reprocess_run for sid in ids} == {
+            **{sid: "r" for sid in ids}, "w5": "other-run"}
+    finally:
+        catalog.close()

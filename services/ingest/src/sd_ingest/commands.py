@@ -184,7 +184,7 @@ def _reprocess_corpus(a: argparse.Namespace) -> int:
     else:
         reports = [_shard_worker(*x) for x in args]
     totals = {k: sum(r[k] for r in reports) for k in ("selected", "sent", "already", "busy", "processed",
-                                                       "failed", "rejected", "pending")}
+                                                       "failed", "rejected", "pending", "superseded")}
     if a.json:
         print(json.dumps({"run_id": run_id, "selector": selector.describe(), "dry_run": a.dry_run,
                           "shards": reports, "total": totals}, indent=1))
@@ -193,7 +193,8 @@ def _reprocess_corpus(a: argparse.Namespace) -> int:
         for r in [*reports, {"shard": "all", "shards": shards, **totals}]:
             line = (f"shard {r['shard']}/{r['shards']}: selected={r['selected']} sent={r['sent']} "
                     f"already={r['already']} busy={r['busy']} processed={r['processed']} failed={r['failed']} "
-                    f"rejected={r['rejected']} pending={r['pending']}")
+                    f"rejected={r['rejected']} pending={r['pending']}"
+                    + (f" superseded={r['superseded']}" if r["superseded"] else ""))
             if a.dry_run and r["shard"] != "all":
                 line += f" would_send={len(r['session_ids'])}"
             print(line)

@@ -115,6 +115,7 @@ class ShardReport:
     failed: int = 0     # ... FAILED
     rejected: int = 0   # ... REJECTED
     pending: int = 0    # not ended when this call stopped waiting
+    superseded: int = 0  # sent again by another run meanwhile: that run follows them now
     dry_run: bool = False
     session_ids: list[str] = field(default_factory=list)  # what a dry run would send
 
@@ -202,7 +203,14 @@ def _count_ended(catalog: Catalog, report: ShardReport, ids: list[str], run_id: 
                  open_ids: set[str] | None = None) -> None:
     """Counts the outcome of each of ``ids`` that has ended, and takes it out of ``open_ids``."""
     for sid, rec in catalog.get_sessions(ids).items():
-        if rec.reprocess_run != run_id or rec.state not in ENDED:
+        if rec.reprocess_run != run_id:
+            if open_ids is not None and sid in open_ids:
+                open_ids.discard(sid)
+                report.superseded += 1
+                log.warning("session sent again by another reprocessing run", session_id=sid, run_id=run_id,
+                            other_run=rec.reprocess_run)
+            continue
+        if rec.state not in ENDED:
             continue
         if open_ids is not None:
             open_ids.discard(sid)

@@ -145,7 +145,14 @@ def _shard_worker(url: str, selector, shard: int, shards: int, run_id: str, wind
         catalog.close()
 
 
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _reprocess_corpus(a: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from sd_common.logs import configure_logging
     from sd_ingest.catalog import Catalog, SessionState
     from sd_ingest.reprocessing import DEFAULT_STATES, Selector, SelectorError, parse_time
@@ -168,12 +175,20 @@ def _reprocess_corpus(a: argparse.Namespace) -> int:
             raise SelectorError("--shard runs one shard in this process; --workers runs every shard of --shards")
         if a.shard is not None and not 0 <= a.shard < shards:
             raise SelectorError(f"--shard {a.shard} is not one of 0..{shards - 1} (--shards {shards})")
+        if a.window < 1:
+            raise SelectorError(f"--window must be at least 1, got {a.window}")
+        if a.run_id is not None and not 1 <= len(a.run_id) <= 64:
+            raise SelectorError("--run-id is 1 to 64 characters")
     except SelectorError as exc:
         print(f"sdctl catalog reprocess: {exc}", file=sys.stderr)
         return 2
     run_id = a.run_id or selector.default_run_id()
     url = a.database_url or IngestSettings().sqlalchemy_url()
-    Catalog(url).close()  # brings the schema up to date once, before workers open it side by side
+    try:
+        Catalog(url).close()  # brings the schema up to date once, before workers open it side by side
+    except SQLAlchemyError as exc:
+        print(f"sdctl catalog reprocess: cannot open the catalog at {_safe_url(url)}: {exc}", file=sys.stderr)
+        return 1
     todo = [a.shard] if a.shard is not None else list(range(shards))
     args = [(url, selector, k, shards, run_id, a.window, not a.no_wait, a.poll_s, a.timeout_s, a.dry_run, log_level,
              a.log_format)

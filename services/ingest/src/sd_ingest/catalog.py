@@ -15,6 +15,9 @@ State machine (``TRANSITIONS`` is the whole of it)::
     PROCESSING ──(transient failure / lease expired, attempts < max)──► VALIDATED (after a backoff)
     PROCESSING ──(permanent failure, or attempts exhausted)──► FAILED
     PROCESSED | FAILED ──(reprocess)──► VALIDATED (attempts reset)
+
+A corpus reprocessing run (reprocessing.py) takes the same reprocess edges, recording its run id on the
+session in the same conditional UPDATE (``reprocess_for_run``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -139,8 +140,9 @@ def _shard_worker(url: str, selector, shard: int, shards: int, run_id: str, wind
     configure_logging("sdctl", log_format, level=log_level)  # on stderr: stdout carries the report
     catalog = Catalog(url)
     try:
-        return run_shard(catalog, selector, shard=shard, shards=shards, run_id=run_id, window=window, wait=wait,
-                         poll_s=poll_s, timeout_s=timeout_s, dry_run=dry_run).to_dict()
+        report = run_shard(catalog, selector, shard=shard, shards=shards, run_id=run_id, window=window, wait=wait,
+                           poll_s=poll_s, timeout_s=timeout_s, dry_run=dry_run).to_dict()
+        return {**report, "pid": os.getpid()}
     finally:
         catalog.close()
 

@@ -52,12 +52,17 @@ def test_selectors_and_shards_that_cannot_run_are_refused_with_the_value():
     assert Selector(processor_version="v1").default_run_id() != Selector().default_run_id()
 
 
+_TABLES: dict[str, MetaData] = {}
+
+
 def snapshot(url: str) -> dict[str, list[tuple]]:
-    """Every row of every table of the database, sorted."""
+    """Every row of every table of the database, sorted (the tables reflected once per database)."""
     engine = create_engine(normalize_url(url))
     try:
-        meta = MetaData()
-        meta.reflect(engine)
+        if url not in _TABLES:
+            _TABLES[url] = MetaData()
+            _TABLES[url].reflect(engine)
+        meta = _TABLES[url]
         with engine.connect() as conn:
             return {name: sorted((tuple(map(str, row)) for row in conn.execute(select(table))))
                     for name, table in meta.tables.items()}

@@ -1298,8 +1298,8 @@ def test_the_reprocessing_job_gives_each_completion_index_its_shard_and_the_cata
         "Indexed", 8, 3, 86400)
     assert pod_spec(job)["restartPolicy"] == "Never" and pod_spec(job)["automountServiceAccountToken"] is False
     assert c["image"] == "registry.example.com/sd/scale-diffusion/ingest:1.2.3"  # the ingest's image
-    assert c["command"] == ["sdctl"] and c["args"][:2] == ["catalog", "reprocess"]
-    assert list(zip(c["args"][2::2], c["args"][3::2])) == [
+    assert c["command"] == ["sdctl"] and c["args"][:3] == ["catalog", "reprocess", "--verbose"]
+    assert list(zip(c["args"][3::2], c["args"][4::2])) == [
         ("--shard", "$(JOB_COMPLETION_INDEX)"), ("--shards", "8"), ("--run-id", "crop-fix-2026-12"),
         ("--window", "4"), ("--log-format", "json"), ("--state", "PROCESSED"), ("--state", "FAILED"),
         ("--processor-version", "1.2.2"), ("--since", "2026-11-01T00:00:00Z")]

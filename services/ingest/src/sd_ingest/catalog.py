@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sd_common.problems import Problem
 from sd_common.session_format.spec import EVENTS_NAME, VIDEO_NAME
@@ -349,6 +349,13 @@ class DeadLetter:
     receive_count: int
     reason: str
     created_at: datetime
+
+
+class SelectedSession(NamedTuple):
+    """A session a reprocessing selection picked: its id, and the run that last sent it back."""
+
+    session_id: str
+    reprocess_run: str
 
 
 @dataclass(frozen=True)
@@ -835,7 +842,7 @@ class Catalog:
     def select_sessions(self, *, states: Iterable[SessionState], run_id: str = "", processor_version: str | None = None,
                         received_since: datetime | None = None, received_until: datetime | None = None,
                         processed_since: datetime | None = None, processed_until: datetime | None = None,
-                        after_id: str = "", limit: int = 500) -> list[SessionRecord]:
+                        after_id: str = "", limit: int = 500) -> list[SelectedSession]:
         """Sessions in id order after ``after_id`` that a reprocessing run selects: in ``states`` and
         every filter given (since inclusive, until exclusive), or already sent by ``run_id``."""
         picked = [SessionRow.state.in_([st.value for st in states])]
@@ -850,11 +857,11 @@ class Catalog:
         wanted = and_(*picked)
         if run_id:
             wanted = or_(wanted, SessionRow.reprocess_run == run_id)
-        q = select(SessionRow).where(wanted)
+        q = select(SessionRow.session_id, SessionRow.reprocess_run).where(wanted)
         if after_id:
             q = q.where(SessionRow.session_id > after_id)
         with self._sessions() as s:
-            return [_session(r) for r in s.scalars(q.order_by(SessionRow.session_id).limit(limit))]
+            return [SelectedSession(sid, run or "") for sid, run in s.execute(q.order_by(SessionRow.session_id).limit(limit))]
 
     def get_sessions(self, session_ids: Iterable[str]) -> dict[str, SessionRecord]:
         """Session id → record of those of ``session_ids`` in the catalog."""

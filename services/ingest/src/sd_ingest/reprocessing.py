@@ -129,12 +129,12 @@ class ShardReport:
 
 def run_shard(catalog: Catalog, selector: Selector, *, shard: int, shards: int, run_id: str, window: int = 4,
               wait: bool = True, poll_s: float = 1.0, timeout_s: float | None = None, dry_run: bool = False,
-              sleep: Callable[[float], None] = time.sleep,
-              on_progress: Callable[[ShardReport], None] | None = None) -> ShardReport:
+              sleep: Callable[[float], None] = time.sleep, progress_every_s: float = 60.0) -> ShardReport:
     """Runs shard ``shard`` of ``shards`` of reprocessing run ``run_id``; returns its report.
 
     With ``wait``, at most ``window`` of the shard's sessions are unfinished at once and the call
     returns once every session it sent has ended (or ``timeout_s`` passed: the rest count as pending).
+    The report so far is logged every ``progress_every_s``.
     """
     if not 0 <= shard < shards:
         raise SelectorError(f"shard {shard} is not one of 0..{shards - 1}")
@@ -167,6 +167,7 @@ def run_shard(catalog: Catalog, selector: Selector, *, shard: int, shards: int, 
         return report
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_progress = time.monotonic()
     # Sessions of the run not ended yet: those sent now, and any an earlier call left in flight.
     open_ids = set(ours)
     _count_ended(catalog, report, ours, run_id, open_ids)
@@ -189,13 +190,15 @@ def run_shard(catalog: Catalog, selector: Selector, *, shard: int, shards: int, 
             break
         if open_ids:
             _count_ended(catalog, report, list(open_ids), run_id, open_ids)
-        if on_progress is not None:
-            on_progress(report)
+        if time.monotonic() - last_progress >= progress_every_s:
+            last_progress = time.monotonic()
+            log.info("reprocessing shard progress", **report.to_dict(), to_send=len(to_send), in_flight=len(open_ids))
         if open_ids:  # the window is full, or nothing is left to send
             if deadline is not None and time.monotonic() > deadline:
                 break
             sleep(poll_s)
     report.pending = len(open_ids)
+    log.info("reprocessing shard done", **report.to_dict())
     return report
 
 

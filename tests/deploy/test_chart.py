@@ -72,7 +72,10 @@ EVERYTHING: dict[str, Any] = {
             "grpc": {"enabled": True},
         },
     },
-    "ingest": {"database": {"existingSecret": "ingest-db"}},
+    "ingest": {"database": {"existingSecret": "ingest-db"},
+               "reprocess": {"enabled": True, "runId": "crop-fix-2026-12", "shards": 8, "parallelism": 3,
+                             "processorVersion": "1.2.2", "receivedSince": "2026-11-01T00:00:00Z",
+                             "states": ["PROCESSED", "FAILED"], "activeDeadlineSeconds": 86400}},
     "diffusion": {
         "replicas": 2,
         # Helm merges maps with the defaults: null removes the default label.
@@ -89,7 +92,8 @@ SECRETS_AS_VALUES: dict[str, Any] = {
     "gateway": {"tokenSecret": {"value": "a-device-token-signing-key-of-40-bytes!!"},
                 "database": {"url": "postgresql+psycopg://gw:pw@db:5432/gateway"},
                 "hostedDiffusion": {"provider": "mirage", "apiKey": {"value": "dk-example-key"}}},
-    "ingest": {"database": {"url": "postgresql+psycopg://in:pw@db:5432/ingest"}},
+    "ingest": {"database": {"url": "postgresql+psycopg://in:pw@db:5432/ingest"},
+               "reprocess": {"enabled": True, "runId": "all-again", "shards": 3}},
 }
 # What every installation must give: with the default S3 store, the queue of its object-created events
 # (the chart refuses to render without it). Merged under every value set below unless a test says not.
@@ -680,10 +684,12 @@ def allowed(policies, src: Pod, dst: Pod, port: str, protocol: str = "TCP") -> b
 
 
 def release_pods(docs, namespace: str) -> dict[str, Pod]:
+    """The pods of every Deployment and Job (the reprocessing run's, when on) of the release."""
     ns_labels = {"kubernetes.io/metadata.name": namespace}
+    workloads = {**by_component(docs, "Deployment"), **by_component(docs, "Job")}
     return {svc: Pod(svc, namespace, d["spec"]["template"]["metadata"]["labels"], ns_labels,
-                     {p["name"]: p["containerPort"] for p in container(d)["ports"]})
-            for svc, d in by_component(docs, "Deployment").items()}
+                     {p["name"]: p["containerPort"] for p in container(d).get("ports", [])})
+            for svc, d in workloads.items()}
 
 
 def outside_pods(namespace: str) -> dict[str, Pod]:
@@ -749,7 +755,7 @@ def test_network_policies_admit_exactly_the_calls_the_code_makes(key):
     admitted = {(s, d, port) for s, src in everyone.items() for d, dst in pods.items() if s != d
                 for port in dst.ports if allowed(policies, src, dst, port)}
     want = {(caller, callee, "grpc") for caller, callee in code_calls}
-    want |= {("prometheus", svc, "metrics") for svc in pods}
+    want |= {("prometheus", svc, "metrics") for svc, pod in pods.items() if "metrics" in pod.ports}
     gateway_public = not SCENARIOS[key][0].get("gateway", {}).get("networkPolicy", {}).get("from")
     gateway_callers = [s for s in everyone if s != "gateway"] if gateway_public else ["ingress-controller"]
     want |= {(s, "gateway", port) for s in gateway_callers for port in ("http", "grpc")}
@@ -768,12 +774,15 @@ def test_egress_policies_let_pods_reach_dns_their_callees_and_the_store_only():
     # The processor reaches no service of the release; the gateway not the processor; diffusion nothing.
     assert not allowed(policies, pods["processor"], pods["ingest"], "grpc")
     assert not allowed(policies, pods["gateway"], pods["processor"], "grpc")
+    # The reprocessing Job's pods work on the catalog's database and call no service of the release.
+    assert all(not allowed(policies, pods["reprocess"], pod, port) for svc, pod in pods.items() if svc != "gateway"
+               for port in pod.ports)
     # The store and the databases: only the services that use them get the configured destinations.
     external = SCENARIOS["everything"][0]["networkPolicy"]["egress"]["external"]
     by_svc = by_component(docs, "NetworkPolicy")
     for svc, policy in by_svc.items():
         has_external = any(r.get("to") == external for r in policy["spec"]["egress"])
-        assert has_external == (svc in STORE_SERVICES), svc
+        assert has_external == (svc in (*STORE_SERVICES, "reprocess")), svc
 
 
 def test_the_policy_check_would_see_an_open_policy():
@@ -1284,3 +1293,80 @@ def test_without_autoscaling_nothing_keda_is_rendered():
 def test_autoscaling_settings_that_cannot_work_are_refused(autoscaling, message):
     with pytest.raises(helm.HelmRenderError, match=message):
         render({"processor": {"autoscaling": autoscaling}})
+
+
+# --- reprocessing the corpus (ingest.reprocess) ----------------------------------------------------
+
+def test_no_reprocessing_job_unless_asked():
+    assert not objects(scenario("defaults")[0], "Job")
+
+
+def test_the_reprocessing_job_gives_each_completion_index_its_shard_and_the_catalogs_database():
+    docs, _, _ = scenario("everything")
+    (job,) = objects(docs, "Job")
+    spec, c = job["spec"], container(job)
+    assert job["metadata"]["name"] == "sd-scale-diffusion-reprocess-crop-fix-2026-12"
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["activeDeadlineSeconds"]) == (
+        "Indexed", 8, 3, 86400)
+    assert pod_spec(job)["restartPolicy"] == "Never" and pod_spec(job)["automountServiceAccountToken"] is False
+    assert c["image"] == "registry.example.com/sd/scale-diffusion/ingest:1.2.3"  # the ingest's image
+    assert c["command"] == ["sdctl"] and c["args"][:3] == ["catalog", "reprocess", "--verbose"]
+    assert list(zip(c["args"][3::2], c["args"][4::2])) == [
+        ("--shard", "$(JOB_COMPLETION_INDEX)"), ("--shards", "8"), ("--run-id", "crop-fix-2026-12"),
+        ("--window", "4"), ("--log-format", "json"), ("--state", "PROCESSED"), ("--state", "FAILED"),
+        ("--processor-version", "1.2.2"), ("--since", "2026-11-01T00:00:00Z")]
+    ingest = by_component(docs, "Deployment")["ingest"]
+    assert env_of(docs, job) == {"SD_INGEST_DATABASE_URL": env_of(docs, ingest)["SD_INGEST_DATABASE_URL"]}
+    # No Service of the release sends calls to the Job's pods.
+    assert not [s for s in objects(docs, "Service") if selects(s["spec"]["selector"], job)]
+    # The processor names its image tag in what it writes, which the catalog records per session.
+    assert env_of(docs, by_component(docs, "Deployment")["processor"])["SD_PROCESSOR_VERSION"] == "1.2.3"
+
+
+@pytest.mark.parametrize("reprocess, message", [
+    ({"enabled": True}, "runId .. must be lowercase letters"),
+    ({"enabled": True, "runId": "Fix_Crop"}, "runId .Fix_Crop. must be"),
+    ({"enabled": True, "runId": "x" * 60}, "longer than 63 characters"),
+])
+def test_a_reprocessing_job_without_a_usable_run_id_is_refused(reprocess, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render({"ingest": {"database": {"existingSecret": "db"}, "reprocess": reprocess}})
+
+
+def test_a_reprocessing_job_without_a_catalog_database_is_refused():
+    with pytest.raises(helm.HelmRenderError, match="needs ingest.database"):
+        render({"ingest": {"reprocess": {"enabled": True, "runId": "again"}}})
+
+
+def test_the_rendered_reprocessing_command_runs_its_shard(tmp_path):
+    """The Job's command as the kubelet runs it (index 2 of 3, the database URL from the chart's Secret)
+    selects exactly the sessions of shard 2: a dry run, on a real catalog with PROCESSED sessions."""
+    from sd_ingest.catalog import Catalog
+    from sd_ingest.reprocessing import shard_of
+    from sqlalchemy import create_engine, text
+
+    docs, _, _ = scenario("secrets-as-values")
+    (job,) = objects(docs, "Job")
+    env = pod_environment(docs, job)
+    assert env == {"SD_INGEST_DATABASE_URL": SECRETS_AS_VALUES["ingest"]["database"]["url"]}
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"  # the URL in the values names no server that runs here
+    catalog = Catalog(url)
+    ids = [f"sess-{i}" for i in range(12)]
+    for sid in ids:
+        catalog.record_object(key=f"raw/{sid}/manifest.json", session_id=sid, raw_prefix=f"raw/{sid}/",
+                              size_bytes=1, etag="e", sequencer=None)
+    catalog.close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE catalog_sessions SET state = 'PROCESSED'"))
+    engine.dispose()
+    c = container(job)
+    args = [a.replace("$(JOB_COMPLETION_INDEX)", "2") for a in c["args"]]
+    assert c["command"] == ["sdctl"]  # sdctl's entry point is sd_common.cli.main:main
+    run = subprocess.run([sys.executable, "-m", "sd_common.cli.main", *args, "--dry-run", "--json"],
+                         env={**os.environ, "SD_INGEST_DATABASE_URL": url, "JOB_COMPLETION_INDEX": "2"},
+                         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    (report,) = json.loads(run.stdout)["shards"]
+    assert (report["shard"], report["shards"], report["run_id"]) == (2, 3, "all-again")
+    assert report["session_ids"] == sorted(sid for sid in ids if shard_of(sid, 3) == 2) != []

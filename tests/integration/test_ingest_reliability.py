@@ -76,7 +76,8 @@ class Procs:
         log = open(self.tmp / f"processor-{len(self.running)}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "sd_processor"], env=self.env(
             SD_PROCESSOR_GRPC_PORT=str(port), SD_PROCESSOR_METRICS_PORT="0", SD_PROCESSOR_LOG_FORMAT="json",
-            SD_PROCESSOR_WORK_DIR=str(self.tmp / "work"), SD_PROCESSOR_SHUTDOWN_GRACE_S="2"),
+            SD_PROCESSOR_WORK_DIR=str(self.tmp / "work"), SD_PROCESSOR_SHUTDOWN_GRACE_S="2",
+            SD_PROCESSOR_VERSION="9.9.9-test"),
             stdout=log, stderr=subprocess.STDOUT)
         self.running.append(proc)
         self._wait_healthy(proc, port, Path(log.name), "the processor")
@@ -205,6 +206,8 @@ def test_the_real_processor_killed_mid_session_is_retried_and_finishes_once(proc
     try:
         segments = [seg for seg in catalog.accepted_segments() if seg.session_id == "sess-real-kill"]
         assert len(segments) == done.segments_accepted  # the killed attempt left nothing counted
+        # what a reprocessing selects by: the release named in the processor's segments.json
+        assert catalog.get_session("sess-real-kill").processor_version == "9.9.9-test"
     finally:
         catalog.close()
 

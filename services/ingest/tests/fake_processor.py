@@ -51,7 +51,7 @@ def _jpeg(i: int) -> bytes:
 
 
 async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *, stop_after_segments: int | None = None,
-                       fingerprint: bool = False
+                       fingerprint: bool = False, processor_version: str = ""
                        ) -> pb.ProcessSessionResult:
     """Writes the processor's output contract for the raw session, _SUCCESS.json last."""
     raw, out, sid = request.raw_uri, request.output_uri, request.session_id
@@ -99,6 +99,8 @@ async def write_output(store: ObjectStore, request: pb.ProcessSessionRequest, *,
            "intrinsics": {"fx": intr["fx"], "fy": intr["fy"], "cx": intr["cx"], "cy": intr["cy"],
                           "fov_deg": intr["fov_deg"]},
            "segments": segments}
+    if processor_version:
+        doc["processor_version"] = processor_version
     if fingerprint:
         # the stand-in's fingerprint: the events' bytes (the same upload under another id repeats it). Off
         # unless asked: the tests that upload one recording under several ids mean them as several drives.
@@ -121,6 +123,7 @@ class FakeProcessor(processor_pb2_grpc.ProcessorServiceServicer):
 
     def __init__(self, store: ObjectStore, script: list[str], log_dir: Path, *, fingerprints: bool = False) -> None:
         self.fingerprints = fingerprints
+        self.version = ""  # written into segments.json as processor_version when set
         self.store = store
         self.script = list(script)
         self.calls = 0
@@ -152,7 +155,8 @@ class FakeProcessor(processor_pb2_grpc.ProcessorServiceServicer):
             for i in range(ticks):
                 await asyncio.sleep(seconds / ticks)
                 yield pb.ProcessSessionResponse(stage=pb.PROCESSING_STAGE_ALIGN, frames_done=i, frames_total=ticks)
-        result = await write_output(self.store, request, fingerprint=self.fingerprints)
+        result = await write_output(self.store, request, fingerprint=self.fingerprints,
+                                    processor_version=self.version)
         self._log(request, step, "ok")
         yield pb.ProcessSessionResponse(stage=pb.PROCESSING_STAGE_DONE, frames_done=1, frames_total=1, result=result)
 

@@ -260,3 +260,85 @@ def test_segment_facts_round_trip_and_an_older_database_gains_their_columns(db_u
         Catalog(db_url).close()  # opening once more finds every column and adds none
     finally:
         again.close()
+
+
+def _processed(catalog: Catalog, sid: str, version: str = "v1") -> None:
+    _to_validated(catalog, sid)
+    catalog.claim(sid, S.VALIDATED, "a", 30)
+    catalog.start_attempt(sid, "a", f"1-{sid}")
+    catalog.finish_processed(sid, "a", f"1-{sid}", segments=[_segment(sid, 0)], qc_report_uri="q", problems=[],
+                             processor_version=version)
+
+
+def test_a_reprocessing_run_sends_a_session_once_and_only_from_a_state_it_selects(catalog, clock):
+    _processed(catalog, "s1")
+    assert catalog.get_session("s1").processor_version == "v1"
+    rec = catalog.reprocess_for_run("s1", "run-a", [S.PROCESSED])
+    assert (rec.state, rec.attempts, rec.reprocess_run, rec.lease_owner) == (S.VALIDATED, 0, "run-a", None)
+    assert catalog.reprocess_for_run("s1", "run-a", [S.PROCESSED, S.FAILED]) is None  # VALIDATED: not selected
+    catalog.claim("s1", S.VALIDATED, "a", 30)
+    catalog.start_attempt("s1", "a", "1-again")
+    catalog.finish_processed("s1", "a", "1-again", segments=[_segment("s1", 0)], qc_report_uri="q", problems=[],
+                             processor_version="v2")
+    done = catalog.get_session("s1")
+    assert (done.state, done.processor_version, done.reprocess_run) == (S.PROCESSED, "v2", "run-a")
+    assert catalog.reprocess_for_run("s1", "run-a", [S.PROCESSED]) is None  # this run sent it already
+    assert catalog.get_session("s1") == done
+    # A session under a live lease is not sent; once the lease has run out it is.
+    _processed(catalog, "s2")
+    assert catalog.claim("s2", S.PROCESSED, "other", 30) is not None
+    assert catalog.reprocess_for_run("s2", "run-a", [S.PROCESSED]) is None
+    clock.t += 31
+    assert catalog.reprocess_for_run("s2", "run-a", [S.PROCESSED]).state == S.VALIDATED
+    # A rejected session is validated again, as reprocess() does; a state with no reprocess edge is refused.
+    _seen(catalog, "s3", "manifest.json")
+    rec = catalog.claim("s3", S.RECEIVING, "a", 30)
+    catalog.finish_check("s3", "a", rec.generation, complete=True, problems=[])
+    catalog.claim("s3", S.COMPLETE, "a", 30)
+    catalog.finish_validation("s3", "a", S.REJECTED, [], [])
+    assert catalog.reprocess_for_run("s3", "run-b", [S.REJECTED]).state == S.COMPLETE
+    with pytest.raises(InvalidTransition):
+        catalog.reprocess_for_run("s3", "run-b", [S.PROCESSING])
+
+
+def test_the_selection_filters_by_version_and_time_and_keeps_what_its_run_sent(catalog, clock):
+    from datetime import UTC, datetime
+
+    _processed(catalog, "a1", "v1")
+    clock.t += 100
+    _processed(catalog, "a2", "v2")
+    t1 = datetime.fromtimestamp(clock.t - 50, UTC)
+
+    def picked(**kw):
+        return [r.session_id for r in catalog.select_sessions(states=[S.PROCESSED], **kw)]
+
+    assert picked() == ["a1", "a2"]
+    assert picked(processor_version="v1") == ["a1"]
+    assert picked(received_until=t1) == ["a1"] and picked(received_since=t1) == ["a2"]
+    assert picked(processed_since=t1) == ["a2"] and picked(processed_until=t1, processed_since=t1) == []
+    assert picked(after_id="a1") == ["a2"]
+    catalog.reprocess_for_run("a1", "r", [S.PROCESSED])
+    assert picked(processor_version="v1") == []  # VALIDATED now
+    assert picked(processor_version="v1", run_id="r") == ["a1"]  # ... but its run still sees it
+
+
+def test_an_older_catalog_gains_the_reprocessing_columns(db_url):
+    from sqlalchemy import create_engine, text
+
+    from sd_common.sql import normalize_url
+
+    first = Catalog(db_url)
+    _processed(first, "s1", "v9")
+    first.close()
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        for column in ("processor_version", "reprocess_run"):
+            conn.execute(text(f"ALTER TABLE catalog_sessions DROP COLUMN {column}"))
+    engine.dispose()
+    again = Catalog(db_url)
+    try:
+        old = again.get_session("s1")
+        assert (old.state, old.processor_version, old.reprocess_run) == (S.PROCESSED, "", "")
+        assert again.reprocess_for_run("s1", "r", [S.PROCESSED]).reprocess_run == "r"
+    finally:
+        again.close()

@@ -18,7 +18,7 @@ from sd_processor.settings import ProcessorSettings
 
 @pytest.fixture
 async def service(tmp_path):
-    settings = ProcessorSettings(grpc_port=0, metrics_port=0, shutdown_grace_s=1)
+    settings = ProcessorSettings(grpc_port=0, metrics_port=0, shutdown_grace_s=1, version="2026.12.1")
     store = make_store(StoreSettings(backend="local", root=tmp_path / "store"))
     rt = GrpcRuntime("processor", settings)
     register(rt, store, settings, settings.processing_config())
@@ -67,6 +67,8 @@ async def test_process_session_streams_progress_and_writes_the_outputs(service, 
     images = [k for k in keys if k.endswith(".jpg")]
     assert len(images) == r.frames_kept and f"processed/{sid}/route_{sid}_000/measurements.json" in keys
     assert {f"processed/{sid}/{n}" for n in ("qc_report.json", "segments.json")} <= set(keys)
+    # segments.json names the release that wrote it (SD_PROCESSOR_VERSION), which the catalog records
+    assert json.loads((store.root / f"processed/{sid}/segments.json").read_text())["processor_version"] == "2026.12.1"
     # The store's key rules refuse a leading "_": _SUCCESS.json is written beside them (see job.py).
     success_path = store.root / f"processed/{sid}/_SUCCESS.json"
     assert r.success_uri == f"processed/{sid}/_SUCCESS.json"

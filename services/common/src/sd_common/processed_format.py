@@ -75,6 +75,9 @@ class SegmentsDocument(_Doc):
     # SHA-256 of the session's input events, normalized so that a re-upload under another session id
     # or with shifted clocks hashes the same (docs/dataset-format.md §4); "" when too few to tell.
     log_fingerprint: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    # The processor release that wrote the document (its image tag in a cluster); "" in documents
+    # written before it was recorded. The catalog keeps it per session, to select sessions to reprocess.
+    processor_version: str = Field(default="", max_length=128)
 
 
 class SuccessMarker(_Doc):

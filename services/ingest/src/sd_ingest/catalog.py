@@ -15,6 +15,9 @@ State machine (``TRANSITIONS`` is the whole of it)::
     PROCESSING ──(transient failure / lease expired, attempts < max)──► VALIDATED (after a backoff)
     PROCESSING ──(permanent failure, or attempts exhausted)──► FAILED
     PROCESSED | FAILED ──(reprocess)──► VALIDATED (attempts reset)
+
+A corpus reprocessing run (reprocessing.py) takes the same reprocess edges, recording its run id on the
+session in the same conditional UPDATE (``reprocess_for_run``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sd_common.problems import Problem
 from sd_common.session_format.spec import EVENTS_NAME, VIDEO_NAME
@@ -39,6 +42,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     delete,
     func,
     or_,
@@ -138,6 +142,11 @@ class SessionRow(_Base):
     segments_rejected: Mapped[int] = mapped_column(Integer, default=0)
     qc_report_uri: Mapped[str] = mapped_column(String(512), default="")
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # What segments.json of the registered attempt names as the processor's version ("" before it did).
+    processor_version: Mapped[str] = mapped_column(String(128), default="")
+    # The corpus reprocessing run that last sent the session back (reprocessing.py): a run that finds
+    # its own id here has done this session already, so running a shard again changes nothing.
+    reprocess_run: Mapped[str] = mapped_column(String(64), default="")
 
 
 class ObjectRow(_Base):
@@ -181,6 +190,8 @@ _ADDED_COLUMNS = [
     ("catalog_segments", "diffusion_frames", "INTEGER NOT NULL DEFAULT 0"),
     ("catalog_segments", "route_progress_start", "FLOAT NOT NULL DEFAULT 0.0"),
     ("catalog_segments", "route_progress_end", "FLOAT NOT NULL DEFAULT 0.0"),
+    ("catalog_sessions", "processor_version", "VARCHAR(128) NOT NULL DEFAULT ''"),
+    ("catalog_sessions", "reprocess_run", "VARCHAR(64) NOT NULL DEFAULT ''"),
 ]
 
 
@@ -279,6 +290,8 @@ class SessionRecord:
     segments_rejected: int
     qc_report_uri: str
     processed_at: datetime | None
+    processor_version: str = ""
+    reprocess_run: str = ""
 
 
 @dataclass(frozen=True)
@@ -338,6 +351,13 @@ class DeadLetter:
     created_at: datetime
 
 
+class SelectedSession(NamedTuple):
+    """A session a reprocessing selection picked: its id, and the run that last sent it back."""
+
+    session_id: str
+    reprocess_run: str
+
+
 @dataclass(frozen=True)
 class ObjectOutcome:
     """What recording one object-created event did."""
@@ -380,7 +400,8 @@ def _session(row: SessionRow) -> SessionRecord:
         attempts=row.attempts, attempt_id=row.attempt_id, last_error=row.last_error,
         next_attempt_s=row.next_attempt_s, lease_owner=row.lease_owner, lease_expires_s=row.lease_expires_s,
         segments_accepted=row.segments_accepted, segments_rejected=row.segments_rejected,
-        qc_report_uri=row.qc_report_uri, processed_at=_utc(row.processed_at))
+        qc_report_uri=row.qc_report_uri, processed_at=_utc(row.processed_at),
+        processor_version=row.processor_version or "", reprocess_run=row.reprocess_run or "")
 
 
 def _segment(row: SegmentRow) -> SegmentRecord:
@@ -460,7 +481,8 @@ class Catalog:
                 created_at=now, updated_at=now, generation=0, checked_generation=0, problems_json="[]",
                 warnings_json="[]", manifest_sha256="", duration_s=0.0, frame_count=0, attempts=0,
                 attempt_id="", last_error="", next_attempt_s=0.0, lease_owner=None, lease_expires_s=0.0,
-                segments_accepted=0, segments_rejected=0, qc_report_uri=""))
+                segments_accepted=0, segments_rejected=0, qc_report_uri="", processor_version="",
+                reprocess_run=""))
             inserted = self._insert_ignore(s, ObjectRow, dict(
                 key=key, session_id=session_id, size_bytes=size_bytes, etag=etag, sequencer=seq,
                 first_seen_at=now, deliveries=1))
@@ -630,7 +652,8 @@ class Catalog:
 
     def finish_processed(self, session_id: str, owner: str, attempt_id: str, *, segments: list[SegmentRecord],
                          qc_report_uri: str, problems: list[Problem],
-                         fingerprints: SessionFingerprints | None = None) -> SessionRecord:
+                         fingerprints: SessionFingerprints | None = None,
+                         processor_version: str = "") -> SessionRecord:
         """PROCESSING → PROCESSED with the attempt's segments, replacing any earlier ones, in one transaction.
 
         With ``fingerprints``, segments that replay an earlier session are first marked rejected
@@ -652,6 +675,7 @@ class Catalog:
             row.problems_json = _problems_json(problems)
             row.last_error = ""
             row.processed_at = self._now()
+            row.processor_version = processor_version[:128]
             self._move(row, S.PROCESSED)
             return _session(row)
 
@@ -792,7 +816,63 @@ class Catalog:
             self._move(row, dst)
             return _session(row)
 
+    def reprocess_for_run(self, session_id: str, run_id: str, states: Iterable[SessionState]) -> SessionRecord | None:
+        """Sends a session back as :meth:`reprocess` does, on behalf of reprocessing run ``run_id``.
+
+        One conditional UPDATE: only a session in ``states``, under no live lease, and not sent by this
+        run before moves (the run id is recorded with the move). None when it did not move, so two
+        workers of one shard, or a shard run twice, send each session once.
+        """
+        wanted = [st.value for st in states]
+        bad = sorted(set(wanted) - {S.PROCESSED.value, S.FAILED.value, S.REJECTED.value})
+        if bad:
+            raise InvalidTransition(session_id, bad[0], S.VALIDATED.value)
+        now = self._clock()
+        with self._sessions.begin() as s:
+            got = s.execute(update(SessionRow).where(
+                SessionRow.session_id == session_id, SessionRow.state.in_(wanted),
+                SessionRow.reprocess_run != run_id,
+                or_(SessionRow.lease_owner.is_(None), SessionRow.lease_expires_s < now)).values(
+                state=case((SessionRow.state == S.REJECTED.value, S.COMPLETE.value), else_=S.VALIDATED.value),
+                attempts=0, next_attempt_s=0.0, last_error="", reprocess_run=run_id[:64],
+                lease_owner=None, lease_expires_s=0.0, updated_at=self._now())).rowcount
+            return _session(s.get(SessionRow, session_id)) if got == 1 else None
+
     # ---- queries -----------------------------------------------------------------------------------
+
+    def select_sessions(self, *, states: Iterable[SessionState], run_id: str = "", processor_version: str | None = None,
+                        received_since: datetime | None = None, received_until: datetime | None = None,
+                        processed_since: datetime | None = None, processed_until: datetime | None = None,
+                        after_id: str = "", limit: int = 500) -> list[SelectedSession]:
+        """Sessions in id order after ``after_id`` that a reprocessing run selects: in ``states`` and
+        every filter given (since inclusive, until exclusive), or already sent by ``run_id``."""
+        picked = [SessionRow.state.in_([st.value for st in states])]
+        if processor_version is not None:
+            picked.append(SessionRow.processor_version == processor_version)
+        for column, since, until in ((SessionRow.created_at, received_since, received_until),
+                                     (SessionRow.processed_at, processed_since, processed_until)):
+            if since is not None:
+                picked.append(column >= since)
+            if until is not None:
+                picked.append(column < until)
+        wanted = and_(*picked)
+        if run_id:
+            wanted = or_(wanted, SessionRow.reprocess_run == run_id)
+        q = select(SessionRow.session_id, SessionRow.reprocess_run).where(wanted)
+        if after_id:
+            q = q.where(SessionRow.session_id > after_id)
+        with self._sessions() as s:
+            return [SelectedSession(sid, run or "") for sid, run in s.execute(q.order_by(SessionRow.session_id).limit(limit))]
+
+    def get_sessions(self, session_ids: Iterable[str]) -> dict[str, SessionRecord]:
+        """Session id → record of those of ``session_ids`` in the catalog."""
+        ids = list(session_ids)
+        out: dict[str, SessionRecord] = {}
+        with self._sessions() as s:
+            for start in range(0, len(ids), 500):
+                for row in s.scalars(select(SessionRow).where(SessionRow.session_id.in_(ids[start:start + 500]))):
+                    out[row.session_id] = _session(row)
+        return out
 
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None."""

@@ -38,6 +38,7 @@ class ProcessedOutput:
     intrinsics: dict[str, Any]
     segments: list[SegmentRecord]
     fingerprints: SessionFingerprints | None = None  # what the replay check compares
+    processor_version: str = ""  # the processor release that wrote it
 
 
 async def read_json(store: ObjectStore, key: str, max_bytes: int = MAX_META_BYTES) -> Any | None:
@@ -83,7 +84,8 @@ async def read_output(store: ObjectStore, out_prefix: str, session_id: str) -> P
         segments=segments, fingerprints=SessionFingerprints(
             log_fingerprint=doc.log_fingerprint,
             frames={seg.segment_id: [FrameHash(t, parse_hash(h)) for t, h in zip(seg.frame_hash_t_ms, seg.frame_hashes)]
-                    for seg in doc.segments}))
+                    for seg in doc.segments}),
+        processor_version=doc.processor_version)
 
 
 async def read_measurements(store: ObjectStore, segment_uri: str) -> list[dict[str, Any]]:

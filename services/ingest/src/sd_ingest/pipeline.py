@@ -309,10 +309,10 @@ class Pipeline:
 
     async def _register(self, rec: SessionRecord, attempt_id: str, *, problems: list[Problem],
                         qc_report_uri: str = "", rejected: bool = False) -> None:
-        fingerprints = None
+        fingerprints, version = None, ""
         try:
             output = await read_output(self.store, self._out_prefix(rec.session_id), rec.session_id)
-            segments, fingerprints = output.segments, output.fingerprints
+            segments, fingerprints, version = output.segments, output.fingerprints, output.processor_version
         except OutputInvalid:
             if not rejected:
                 raise
@@ -323,7 +323,7 @@ class Pipeline:
         done = await asyncio.to_thread(
             self.catalog.finish_processed, rec.session_id, self.owner, attempt_id, segments=segments,
             qc_report_uri=qc_report_uri or self._out_prefix(rec.session_id) + QC_REPORT_NAME, problems=problems,
-            fingerprints=fingerprints)
+            fingerprints=fingerprints, processor_version=version)
         self._moved(done)
         if any(p.code in (REASON_FRAMES, REASON_LOG) for p in done.problems):
             log.warning("the session replays an earlier one; its repeated segments are rejected",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,14 @@ class MotionConfig:
 
 
 LABEL_CONTROLS = ("shown", "rendered")
+
+
+def package_version() -> str:
+    """The installed sd-processor's version: what segments.json names unless SD_PROCESSOR_VERSION says otherwise."""
+    try:
+        return importlib.metadata.version("sd-processor")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing it
+        return "0+unknown"
 
 
 @dataclass(frozen=True)

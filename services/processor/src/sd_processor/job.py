@@ -120,12 +120,12 @@ async def _fetch(store: ObjectStore, raw_prefix: str, folder: Path) -> None:
 
 async def process_from_store(store: ObjectStore, *, session_id: str | None, raw_prefix: str, sink: OutputSink,
                              config: ProcessorConfig, attempt_id: str, work_dir: Path | None = None,
-                             progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
-                             ) -> ProcessingResult:
+                             progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                             processor_version: str | None = None) -> ProcessingResult:
     """Processes the raw session under ``raw_prefix`` (ending in '/') of ``store`` into ``sink``."""
     def run(folder: Path) -> ProcessingResult:
         return process_session(folder, sink, config=config, attempt_id=attempt_id, expected_session_id=session_id,
-                               progress=progress, should_stop=should_stop)
+                               progress=progress, should_stop=should_stop, processor_version=processor_version)
 
     try:
         if isinstance(store, LocalObjectStore):

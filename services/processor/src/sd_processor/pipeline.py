@@ -37,7 +37,7 @@ from sd_common.session_format.validate import (
 
 from . import align as al
 from .clean import FrameCleaner, segment_reasons
-from .config import ProcessorConfig
+from .config import ProcessorConfig, package_version
 from .decode import FrameDecoder, VideoRejected, probe_video, read_barcode_track, truncated_problem
 from .export import (
     QC_REPORT_NAME,
@@ -134,12 +134,13 @@ class _Run:
     replay: ReplayResult | None = None  # the logged states against the logged events (None: rule off)
     log_fingerprint: str = ""  # fingerprint.log_fingerprint of events.jsonl ("" for a rejected session)
     motion: MotionMeter | None = None  # the video's turns between consecutive pictures (None: rule off)
+    processor_version: str = ""  # written into segments.json
 
 
 def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorConfig | None = None,
                     attempt_id: str = "", expected_session_id: str | None = None,
-                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
-                    ) -> ProcessingResult:
+                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                    processor_version: str | None = None) -> ProcessingResult:
     """Processes the raw session in ``session_dir`` (read only) and writes its outputs to ``sink``.
 
     Bad input never raises: it ends in a result with ``rejected`` and named problems. Raises only
@@ -148,6 +149,7 @@ def process_session(session_dir: Path, sink: OutputSink, *, config: ProcessorCon
     run = _Run(Path(session_dir), sink, config or ProcessorConfig(), attempt_id,
                progress or (lambda *_: None), should_stop or (lambda: False))
     run.session_id = expected_session_id
+    run.processor_version = processor_version or package_version()
     run.progress(STAGE_VALIDATE, 0, 0)
     sink.begin()
     problems = _validate(run, expected_session_id)
@@ -372,7 +374,8 @@ def _finish(run: _Run, problems: list[Problem], *, rejected: bool) -> Processing
     docs = {
         SEGMENTS_NAME: segments_document(session_id=run.session_id, player_id=player, attempt_id=run.attempt_id,
                                          plan=run.plan, segments=qc.segments, config=run.cfg.to_dict(),
-                                         mount=mount, log_fingerprint="" if rejected else run.log_fingerprint),
+                                         mount=mount, log_fingerprint="" if rejected else run.log_fingerprint,
+                                         processor_version=run.processor_version),
         QC_REPORT_NAME: qc.report(),
     }
     run.sink.put_many([(k, json_bytes(v)) for k, v in docs.items()])

@@ -178,7 +178,8 @@ class QcReport:
 
 def segments_document(*, session_id: str, player_id: str | None, attempt_id: str, plan: CropPlan | None,
                       segments: list[SegmentRecord], config: dict[str, Any],
-                      mount: dict[str, float] | None = None, log_fingerprint: str = "") -> dict[str, Any]:
+                      mount: dict[str, float] | None = None, log_fingerprint: str = "",
+                      processor_version: str = "") -> dict[str, Any]:
     """The segments.json document."""
     return SegmentsDocument(
         session_id=session_id, player_id=player_id, attempt_id=attempt_id,
@@ -187,7 +188,7 @@ def segments_document(*, session_id: str, player_id: str | None, attempt_id: str
         output={"width": plan.output_width, "height": plan.output_height} if plan else None,
         intrinsics=plan.output.to_dict() if plan else None, mount=mount,
         segments=[SegmentEntry(**s.public()) for s in segments], config=config,
-        log_fingerprint=log_fingerprint).model_dump(mode="json")
+        log_fingerprint=log_fingerprint, processor_version=processor_version).model_dump(mode="json")
 
 
 def success_document(attempt_id: str, segments_accepted: int) -> dict[str, Any]:

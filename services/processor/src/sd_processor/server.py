@@ -80,7 +80,7 @@ class ProcessorService(processor_pb2_grpc.ProcessorServiceServicer):
             job = asyncio.create_task(process_from_store(
                 self.store, session_id=request.session_id, raw_prefix=raw, sink=StoreSink(self.store, out, loop),
                 config=self.config, attempt_id=request.attempt_id, work_dir=self.settings.work_dir,
-                progress=progress, should_stop=stop.is_set))
+                progress=progress, should_stop=stop.is_set, processor_version=self.settings.version))
             try:
                 while not job.done() or not updates.empty():
                     getter = asyncio.ensure_future(updates.get())

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from sd_common.settings import ServiceSettings
 
-from .config import ProcessorConfig
+from .config import ProcessorConfig, package_version
 
 
 class ProcessorSettings(ServiceSettings):
@@ -18,6 +18,9 @@ class ProcessorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SD_PROCESSOR_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50053, ge=0, le=65535)
+    # Written into every segments.json as processor_version; the chart sets the image tag. The catalog
+    # records it per session, so a corpus reprocessing can select what one release processed.
+    version: str = Field(default_factory=package_version, min_length=1, max_length=128)
     max_concurrent_sessions: int = Field(1, ge=1, le=64, description="sessions processed at once; more wait")
     work_dir: Path | None = Field(None, description="where sessions fetched from S3 are copied (default: system temp)")
     output_width: int = Field(256, ge=16, le=4096)

@@ -3,13 +3,10 @@ checked against its sha256, unsigned transfers built from it, the epoch marked p
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
 from nacl.signing import SigningKey
@@ -22,17 +19,9 @@ from solders.keypair import Keypair
 from solders.transaction import Transaction
 
 from rewards_fixtures import finish, segment, to_processing
+from test_datasets import _sdctl
 from test_pipeline import Harness
 from test_wallets import address_of, signed
-
-SDCTL = str(Path(sys.executable).parent / "sdctl")
-
-
-async def _sdctl(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(SDCTL, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_an_operator_closes_an_epoch_writes_its_payout_builds_transfers_and_marks_it_paid(tmp_path):

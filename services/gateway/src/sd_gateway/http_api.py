@@ -499,8 +499,8 @@ def create_app(service: SessionService, signaling: DiffusionSignaling, *, cors_o
     @app.post("/v1/sessions/{session_id}/upload-urls", response_model=UploadUrlsOut,
               **_documented("POST", "/v1/sessions/{session_id}/upload-urls"))
     async def upload_urls(session_id: str, body: UploadUrlsIn, authorization: Auth = None) -> UploadUrlsOut:
-        player = await service.authenticate(authorization)
-        targets = await service.create_upload_urls(player, session_id, [FileSpec(**f.model_dump()) for f in body.files])
+        targets = await service.create_upload_urls(authorization, session_id,
+                                                   [FileSpec(**f.model_dump()) for f in body.files])
         return UploadUrlsOut(targets=[TargetOut(
             path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
             parts=[PartOut(**p.__dict__) for p in t.parts], expires_at=t.expires_at) for t in targets])

@@ -24,10 +24,10 @@ protos: $(BIN)/python
 	@$(BIN)/python -c "import grpc_tools" 2>/dev/null || $(PIP) grpcio-tools
 	$(BIN)/python services/common/src/sd_common/protogen.py --protos protos --out services/common/src
 
-$(VENV)/.installed: $(BIN)/python constraints.txt tests/requirements.txt $(PYPROJECTS)
+$(VENV)/.installed: $(BIN)/python constraints.txt tests/requirements.txt bench/requirements.txt $(PYPROJECTS)
 	$(PIP) grpcio-tools
 	$(BIN)/python services/common/src/sd_common/protogen.py --protos protos --out services/common/src
-	$(PIP) -e 'services/common[media,city]' $(foreach s,$(SERVICES),-e services/$(s)) -e 'services/diffusion[models,standin]' -r tests/requirements.txt
+	$(PIP) -e 'services/common[media,city]' $(foreach s,$(SERVICES),-e services/$(s)) -e 'services/diffusion[models,standin]' -r tests/requirements.txt -r bench/requirements.txt
 	touch $@
 
 # Debian packages: needs root (as on CI and the dev machines); otherwise says what to install.

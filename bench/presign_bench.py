@@ -47,7 +47,9 @@ HELLO_ASGI = textwrap.dedent('''
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": BODY})
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    # the gateway's own stack: asyncio's loop, the httptools parser
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
+                loop="asyncio", http="httptools")
 ''')
 
 HELLO_GRPC = textwrap.dedent('''

@@ -2,7 +2,8 @@
 
 Each server runs in its own process pinned to CPU 0; the load generator runs pinned to CPU 1 with a
 fixed number of keep-alive connections. Every case gets the same client, so the ratios compare the
-servers. The gateway runs once per rate-limit store (``SD_GATEWAY_RATE_LIMIT_STORE``): ``memory``
+servers; each case also records the server's CPU time per request (from /proc), the share of a
+core a request costs whatever else the machine is doing. The gateway runs once per rate-limit store (``SD_GATEWAY_RATE_LIMIT_STORE``): ``memory``
 (this replica's buckets) and ``database`` (the shared buckets: one more database statement a call).
 
 Usage: `python bench/presign_bench.py [--seconds 10] [--concurrency 32] [--stores memory,database]
@@ -79,6 +80,13 @@ def pinned(cpu: int):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -90,8 +98,9 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-async def drive(call, seconds: float, concurrency: int) -> dict:
-    """Runs `call()` from `concurrency` workers for `seconds`; returns throughput and latency stats."""
+async def drive(call, seconds: float, concurrency: int, server_pid: int) -> dict:
+    """Runs `call()` from `concurrency` workers for `seconds`; returns throughput, latency, and the
+    server's CPU time per request (what a core's capacity follows, however busy the machine is)."""
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -108,13 +117,14 @@ async def drive(call, seconds: float, concurrency: int) -> dict:
 
     for _ in range(min(concurrency, 4)):  # warm up connections and caches
         await call()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s(server_pid)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, cpu_s(server_pid) - cpu0
     latencies.sort()
     return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
             "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "server_cpu_us_per_request": 1e6 * cpu / max(len(latencies), 1), "server_cpu_share": cpu / elapsed}
 
 
 def start_gateway(tmp: str, store: str) -> tuple[subprocess.Popen, int, int]:
@@ -190,7 +200,7 @@ async def bench_gateway(tmp: str, store: str, seconds: float, concurrency: int, 
 
             case = f"http_gateway_upload_urls[{store}]"
             spy = profiler.start(proc.pid, case, seconds)
-            results[case] = await drive(gw_call, seconds, concurrency)
+            results[case] = await drive(gw_call, seconds, concurrency, proc.pid)
             profiler.stop(spy)
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as gch:
@@ -205,7 +215,7 @@ async def bench_gateway(tmp: str, store: str, seconds: float, concurrency: int, 
 
             case = f"grpc_gateway_upload_urls[{store}]"
             spy = profiler.start(proc.pid, case, seconds)
-            results[case] = await drive(grpc_gw, seconds, concurrency)
+            results[case] = await drive(grpc_gw, seconds, concurrency, proc.pid)
             profiler.stop(spy)
     finally:
         proc.terminate()
@@ -239,7 +249,7 @@ async def run(seconds: float, concurrency: int, stores: list[str], profiler: Pro
                         await r.read()
                         return r.status == 200
 
-                results["http_hello"] = await drive(hello_call, seconds, concurrency)
+                results["http_hello"] = await drive(hello_call, seconds, concurrency, procs[0].pid)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{hello_port}") as hch:
                 echo = hch.unary_unary("/bench.Hello/Echo")
                 payload = pb.CreateUploadUrlsRequest(session_id="s", files=[common_pb2.SessionFile(
@@ -249,7 +259,7 @@ async def run(seconds: float, concurrency: int, stores: list[str], profiler: Pro
                     await echo(payload)
                     return True
 
-                results["grpc_hello"] = await drive(grpc_hello, seconds, concurrency)
+                results["grpc_hello"] = await drive(grpc_hello, seconds, concurrency, procs[1].pid)
             for store in stores:
                 await bench_gateway(tmp, store, seconds, concurrency, profiler, results)
         finally:
@@ -262,6 +272,8 @@ async def run(seconds: float, concurrency: int, stores: list[str], profiler: Pro
         for proto in ("http", "grpc"):
             g, h = results[f"{proto}_gateway_upload_urls[{store}]"], results[f"{proto}_hello"]
             ratios[f"{proto}[{store}]"] = {"throughput_vs_hello": g["rps"] / h["rps"],
+                                           "cpu_capacity_vs_hello": h["server_cpu_us_per_request"]
+                                           / g["server_cpu_us_per_request"],
                                            "p99_vs_hello": g["p99_ms"] / h["p99_ms"], "p99_ms": g["p99_ms"]}
     results["ratios"] = ratios
     return results
@@ -282,13 +294,16 @@ def main() -> None:
         sys.exit("--stores: memory, database or both")
     profiler = Profiler(a.profile)
     results = asyncio.run(run(a.seconds, a.concurrency, stores, profiler))
-    print(f"{'case':<36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'case':<36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'cpu us/req':>11} {'cpu share':>9}")
     for k, v in results.items():
         if "rps" in v:
-            print(f"{k:<36} {v['rps']:8.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['errors']:7d}")
+            print(f"{k:<36} {v['rps']:8.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['errors']:7d} "
+                  f"{v['server_cpu_us_per_request']:11.0f} {v['server_cpu_share']:9.2f}")
     for k, r in results["ratios"].items():
-        print(f"{k:<18} gateway/hello throughput {r['throughput_vs_hello']:.2f}x, p99 {r['p99_vs_hello']:.2f}x "
-              f"({r['p99_ms']:.1f} ms)")
+        print(f"{k:<18} gateway/hello throughput {r['throughput_vs_hello']:.2f}x, per-CPU capacity "
+              f"{r['cpu_capacity_vs_hello']:.2f}x, p99 {r['p99_vs_hello']:.2f}x ({r['p99_ms']:.1f} ms)")
+    print("cpu share: the server's CPU time over the case's wall time; well under 1.0 means the server was "
+          "waiting (for the client, or for a machine busy with other work), so read the CPU columns too")
     if a.profile:
         for case in [k for k in results if "gateway" in k]:
             lines = [f"{share:6.1%}  {frame}" for share, frame in hottest(a.profile / f"{case}.txt", top=60)]

@@ -178,3 +178,33 @@ def test_a_wallet_challenge_is_consumed_once_across_replicas(db_url):
     finally:
         for r in replicas:
             r.close()
+
+
+def test_a_replica_reads_what_another_changed_at_once(db_url):
+    """The upload path's one read (player and session together) never answers from an old snapshot:
+    each change another replica makes is seen by the next read, on SQLite's direct path as on PostgreSQL."""
+    a, b = GatewayDatabase(db_url), GatewayDatabase(db_url)
+    try:
+        sid = "20261124T120000Z-00000000000000aa"
+        b.add_player("p-1", "")
+        b.add_player("p-2", "")
+        b.add_session(sid, "p-1", f"raw/{sid}", "", "", "")
+        seen = a.player_session("p-1", sid)
+        assert (seen.player_status, seen.session.state, seen.uploads_json) == ("active", STATE_OPEN, "{}")
+        assert a.player_session("p-1", "20261124T120000Z-00000000000000bb").session is None
+        assert a.player_session("p-none", sid).player_status is None
+        assert a.player_session("p-2", sid).session.player_id == "p-1"  # another's: the caller decides
+        assert b.reserve_uploads(sid, {"v.webm": 5}, max_files=4, max_bytes=100, before=seen.uploads_json)
+        seen = a.player_session("p-1", sid)
+        assert seen.uploads_json == '{"v.webm": 5}'
+        # asked again at the same size: nothing to write, and nothing is written
+        assert not a.reserve_uploads(sid, {"v.webm": 5}, max_files=4, max_bytes=100, before=seen.uploads_json)
+        b.set_state(sid, STATE_UPLOADED, [], duration_s=3.0)
+        assert a.player_session("p-1", sid).session.state == STATE_UPLOADED
+        assert a.get_session(sid).state == STATE_UPLOADED
+        b.set_player_disabled("p-1", True)
+        assert a.player_session("p-1", sid).player_status == "disabled"
+        assert a.player_status("p-1") == "disabled"
+    finally:
+        a.close()
+        b.close()

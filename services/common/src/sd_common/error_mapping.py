@@ -187,6 +187,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, mapping: Callable[[], ErrorMapping]) -> None:
         self._service = service
         self._mapping = mapping
+        # method -> (the handler it was given, its wrapper), as in MetricsInterceptor: made once per method
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def _end(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)) or _status_already_set(context):
@@ -210,7 +212,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 

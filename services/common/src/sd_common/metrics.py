@@ -47,6 +47,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, service: str) -> None:
         self._service = service
+        # method -> (the handler it was given, the wrapper made for it): a method's handler is the same
+        # object call after call, so its wrapper is made once, not on every call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -56,11 +59,20 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        _, grpc_service, grpc_method = details.method.split("/", 2)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        _, grpc_service, grpc_method = method.split("/", 2)
         labels = (self._service, grpc_service, grpc_method)
+        seconds = GRPC_SECONDS.labels(*labels)
 
         def record(context: Any, start: float, exc: BaseException | None) -> None:
-            GRPC_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+            seconds.observe(time.perf_counter() - start)
             GRPC_HANDLED.labels(*labels, _code_of(context, exc)).inc()
 
         if handler.unary_unary or handler.stream_unary:

@@ -23,7 +23,9 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, pool_pre_ping=True, connect_args={"check_same_thread": False, "timeout": 30})
+    # no pre-ping: a SQLite connection is a file handle, never dropped by a server; the ping was one more
+    # statement on every checkout
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _wal(dbapi_conn, _record) -> None:  # readers beside one writer; a lock waits up to the timeout

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, Text, delete, func, select, update
+from sqlalchemy import (Boolean, DateTime, Engine, Float, Integer, String, Text, bindparam, delete, func, select,
+                        update)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
@@ -74,6 +78,18 @@ class UploadBudgetExceeded(Exception):
         self.what, self.total, self.limit = what, total, limit
 
 
+def merge_reservations(before: str, files: dict[str, int], *, max_files: int, max_bytes: int) -> dict[str, int] | None:
+    """The session's reservations (``before``, as stored) with ``files`` added, or None if they hold
+    them already at those sizes; raises UploadBudgetExceeded past a limit."""
+    reserved = json.loads(before)
+    merged = reserved | files
+    if len(merged) > max_files:
+        raise UploadBudgetExceeded("files", len(merged), max_files)
+    if sum(merged.values()) > max_bytes:
+        raise UploadBudgetExceeded("bytes", sum(merged.values()), max_bytes)
+    return None if merged == reserved else merged
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     """A session as the gateway knows it."""
@@ -113,23 +129,84 @@ class WalletNonce:
     consumed_s: int | None
 
 
-def _record(row: SessionRow) -> SessionRecord:
+@dataclass(frozen=True)
+class PlayerSession:
+    """One read of a player's status and one session: what an upload-urls call checks."""
+
+    player_status: str | None  # 'active', 'disabled', or None: no such player
+    session: SessionRecord | None  # None: no such session
+    uploads_json: str = "{}"  # the session's issued uploads as read with it (reserve_uploads' `before`)
+
+
+def _record(row) -> SessionRecord:
+    """A SessionRecord from a SessionRow, or from a Core row holding its columns."""
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    problems = row.problems_json
     return SessionRecord(
         session_id=row.session_id, player_id=row.player_id, state=row.state, created_at=created,
         client_build=row.client_build, city=row.city, route_id=row.route_id, key_prefix=row.key_prefix,
-        problems=[Problem(**p) for p in json.loads(row.problems_json)], duration_s=row.duration_s,
+        problems=[] if problems == "[]" else [Problem(**p) for p in json.loads(problems)],
+        duration_s=row.duration_s,
     )
 
 
+_SESSION_COLUMNS = [c for c in SessionRow.__table__.c]
+# The player's status and the session in one statement: the hot path's only read (Core, not the ORM).
+_PLAYER_SESSION = (select(PlayerRow.disabled, *_SESSION_COLUMNS)
+                   .select_from(PlayerRow.__table__)
+                   .outerjoin(SessionRow.__table__, SessionRow.session_id == bindparam("session_id"))
+                   .where(PlayerRow.player_id == bindparam("player_id")))
+_SESSION = select(*_SESSION_COLUMNS).where(SessionRow.session_id == bindparam("session_id"))
+_PLAYER_DISABLED = select(PlayerRow.disabled).where(PlayerRow.player_id == bindparam("player_id"))
+
+
 class GatewayDatabase:
-    """Synchronous repository; the async service calls it through a worker thread."""
+    """Synchronous repository; the async service calls it through a worker thread.
+
+    ``reads_inline``: on SQLite (WAL: a reader never waits for the writer) a short indexed read costs
+    less than the hand-off to a worker thread, so the service runs the read methods marked so on
+    its event loop; PostgreSQL reads go through a thread like everything else. Those reads on a
+    SQLite file go straight to the sqlite3 module on a connection of the calling thread's own, with
+    the SQL SQLAlchemy compiled for them once: the engine's per-statement machinery cost several
+    times the query itself.
+    """
 
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
         _Base.metadata.create_all(self._engine)
         add_missing_columns(self._engine, _ADDED_COLUMNS)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self.reads_inline = self._engine.dialect.name == "sqlite"
+        path = self._engine.url.database
+        self._sqlite_file = path if self.reads_inline and path and path != ":memory:" and "mode=memory" not in str(
+            self._engine.url) else None
+        self._local = threading.local()  # this thread's sqlite3 connection
+        self._compiled: dict[int, tuple[str, tuple[str, ...], type]] = {}
+
+    def _fetch_one(self, statement, params: dict):
+        """The first row of a read, by column name (``created_at`` as a datetime)."""
+        if self._sqlite_file is None:
+            with self._engine.connect() as c:
+                return c.execute(statement, params).first()
+        compiled = self._compiled.get(id(statement))
+        if compiled is None:
+            done = statement.compile(dialect=self._engine.dialect)
+            names = tuple(c.key for c in statement.selected_columns)
+            compiled = (done.string, tuple(done.positiontup), namedtuple("Row", names))
+            self._compiled[id(statement)] = compiled
+        sql, order, row_type = compiled
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = sqlite3.connect(self._sqlite_file, timeout=30)
+        # fetchall: the statement runs to its end and resets, so this connection holds no read snapshot
+        # between calls (a held one would keep showing the database as it was)
+        found = conn.execute(sql, tuple(params[name] for name in order)).fetchall()
+        if not found:
+            return None
+        row = row_type(*found[0])
+        if "created_at" in row._fields and isinstance(row.created_at, str):
+            row = row._replace(created_at=datetime.fromisoformat(row.created_at))
+        return row
 
     @property
     def engine(self) -> Engine:
@@ -137,7 +214,11 @@ class GatewayDatabase:
         return self._engine
 
     def close(self) -> None:
-        """Releases pooled connections."""
+        """Releases pooled connections (and this thread's own SQLite connection)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
         self._engine.dispose()
 
     def add_player(self, player_id: str, client_build: str) -> None:
@@ -147,10 +228,19 @@ class GatewayDatabase:
                             disabled=False))
 
     def player_status(self, player_id: str) -> str | None:
-        """'active' or 'disabled', or None if there is no such player."""
-        with self._sessions() as s:
-            row = s.get(PlayerRow, player_id)
-            return None if row is None else ("disabled" if row.disabled else "active")
+        """'active' or 'disabled', or None if there is no such player (a read that may run inline)."""
+        row = self._fetch_one(_PLAYER_DISABLED, {"player_id": player_id})
+        return None if row is None else ("disabled" if row.disabled else "active")
+
+    def player_session(self, player_id: str, session_id: str) -> PlayerSession:
+        """The player's status and the session, read together (a read that may run inline)."""
+        row = self._fetch_one(_PLAYER_SESSION, {"player_id": player_id, "session_id": session_id})
+        if row is None:
+            return PlayerSession(None, None)
+        status = "disabled" if row.disabled else "active"
+        if row.session_id is None:
+            return PlayerSession(status, None)
+        return PlayerSession(status, _record(row), row.uploads_json)
 
     def set_player_disabled(self, player_id: str, disabled: bool) -> None:
         """Disables (or re-enables) a player: a disabled player's device token is refused."""
@@ -160,29 +250,34 @@ class GatewayDatabase:
                 raise KeyError(player_id)
             row.disabled = disabled
 
-    def reserve_uploads(self, session_id: str, files: dict[str, int], *, max_files: int, max_bytes: int) -> None:
+    def reserve_uploads(self, session_id: str, files: dict[str, int], *, max_files: int, max_bytes: int,
+                        before: str | None = None) -> bool:
         """Adds ``{path: size_bytes}`` to the session's issued uploads, or raises UploadBudgetExceeded.
 
         A path asked for again (a renewed URL, a re-upload after rejection) counts once, at its
         latest size. The update is a compare-and-set on the previous value, so concurrent calls on
-        any replica cannot both spend the same budget.
+        any replica cannot both spend the same budget. ``before``: the value as already read (by
+        ``player_session``), saving the first read. Returns False, writing nothing, when the files
+        are already reserved at those sizes: the value read then was the state of the database, and
+        it holds them (the write would change nothing).
         """
         while True:
-            with self._sessions() as s:
-                before = s.scalar(select(SessionRow.uploads_json).where(SessionRow.session_id == session_id))
             if before is None:
-                raise KeyError(session_id)
-            merged = json.loads(before) | files
-            if len(merged) > max_files:
-                raise UploadBudgetExceeded("files", len(merged), max_files)
-            if sum(merged.values()) > max_bytes:
-                raise UploadBudgetExceeded("bytes", sum(merged.values()), max_bytes)
-            with self._sessions.begin() as s:
-                done = s.execute(update(SessionRow).where(SessionRow.session_id == session_id,
+                with self._engine.connect() as c:
+                    before = c.execute(select(SessionRow.uploads_json)
+                                       .where(SessionRow.session_id == session_id)).scalar()
+                if before is None:
+                    raise KeyError(session_id)
+            merged = merge_reservations(before, files, max_files=max_files, max_bytes=max_bytes)
+            if merged is None:
+                return False
+            with self._engine.begin() as c:
+                done = c.execute(update(SessionRow).where(SessionRow.session_id == session_id,
                                                           SessionRow.uploads_json == before)
                                  .values(uploads_json=json.dumps(merged, sort_keys=True)))
                 if done.rowcount == 1:
-                    return
+                    return True
+            before = None  # another call changed it first: read again
 
     def add_session(self, session_id: str, player_id: str, key_prefix: str, client_build: str,
                     city: str, route_id: str) -> SessionRecord:
@@ -196,10 +291,9 @@ class GatewayDatabase:
         return _record(row)
 
     def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session, or None."""
-        with self._sessions() as s:
-            row = s.get(SessionRow, session_id)
-            return _record(row) if row else None
+        """The session, or None (a read that may run inline)."""
+        row = self._fetch_one(_SESSION, {"session_id": session_id})
+        return _record(row) if row else None
 
     def list_sessions(self, player_id: str, limit: int, before_id: str | None) -> list[SessionRecord]:
         """The player's sessions, newest first, after the page cursor."""

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import Boolean, Engine, Float, String, case, delete, func, literal
+from sqlalchemy import Boolean, Engine, Float, String, bindparam, case, delete, func, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -96,6 +96,7 @@ class DatabaseTokenBuckets:
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
         self._next_prune_s = 0.0
+        self._take = None
         _Base.metadata.create_all(engine)
 
     async def acquire(self, key: str) -> float | None:
@@ -105,23 +106,32 @@ class DatabaseTokenBuckets:
         # PostgreSQL's clock, the same for every replica; SQLite is one machine's file.
         return func.extract("epoch", func.clock_timestamp()) if self._postgres else literal(self._clock())
 
+    def _take_statement(self):
+        """The upsert that takes a token, built once: building and keying it cost ten times running it."""
+        if self._take is None:
+            t = RateBucketRow.__table__
+            # the database's clock on PostgreSQL; this process's, as a parameter, on SQLite
+            now = (func.extract("epoch", func.clock_timestamp()) if self._postgres
+                   else bindparam("now", type_=Float()))
+            elapsed = case((now > t.c.updated_s, now - t.c.updated_s), else_=0.0)
+            grown = t.c.tokens + elapsed * self._rate_per_s
+            refilled = case((grown > self._burst, self._burst), else_=grown)
+            insert = (postgresql.insert(t) if self._postgres else sqlite.insert(t)).values(
+                bucket=self._bucket, key=bindparam("key"), tokens=self._burst - 1.0, updated_s=now, allowed=True)
+            self._take = insert.on_conflict_do_update(
+                index_elements=[t.c.bucket, t.c.key],
+                set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
+                      "allowed": refilled >= 1.0, "updated_s": now},
+            ).returning(t.c.tokens, t.c.allowed)
+        return self._take
+
     def take(self, key: str) -> float | None:
         """One token for key from the shared bucket: one upsert, atomic per key."""
-        key = key[:256]
-        t = RateBucketRow.__table__
-        now = self._now()
-        elapsed = case((now > t.c.updated_s, now - t.c.updated_s), else_=0.0)
-        grown = t.c.tokens + elapsed * self._rate_per_s
-        refilled = case((grown > self._burst, self._burst), else_=grown)
-        insert = (postgresql.insert(t) if self._postgres else sqlite.insert(t)).values(
-            bucket=self._bucket, key=key, tokens=self._burst - 1.0, updated_s=now, allowed=True)
-        statement = insert.on_conflict_do_update(
-            index_elements=[t.c.bucket, t.c.key],
-            set_={"tokens": case((refilled >= 1.0, refilled - 1.0), else_=refilled),
-                  "allowed": refilled >= 1.0, "updated_s": now},
-        ).returning(t.c.tokens, t.c.allowed)
+        params = {"key": key[:256]}
+        if not self._postgres:
+            params["now"] = self._clock()
         with self._engine.begin() as conn:
-            tokens, allowed = conn.execute(statement).one()
+            tokens, allowed = conn.execute(self._take_statement(), params).one()
         if self._clock() >= self._next_prune_s:
             self.prune()
         return None if allowed else (1.0 - tokens) / self._rate_per_s

@@ -69,7 +69,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateUploadUrls(self, request, context):
         files = [FileSpec(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256,
                           content_type=f.content_type or "application/octet-stream") for f in request.files]
-        targets = await self._svc.create_upload_urls(await self._player(context), request.session_id, files)
+        targets = await self._svc.create_upload_urls(_authorization(context), request.session_id, files)
         return pb.CreateUploadUrlsResponse(targets=[pb.UploadTarget(
             path=t.path, method=t.method, url=t.url, headers=t.headers, multipart_upload_id=t.multipart_upload_id,
             parts=[pb.UploadPart(**p.__dict__) for p in t.parts],

@@ -15,7 +15,7 @@ from sd_common.objectstore import ObjectSealed, ObjectStore, ObjectStoreError, S
 from sd_common.problems import Problem, ProblemError
 from sd_common.session_format.spec import file_name_problem, parse_manifest
 from sd_gateway.database import (STATE_OPEN, STATE_REJECTED, STATE_UPLOADED, GatewayDatabase,
-                                 PlayerTotals, SessionRecord, UploadBudgetExceeded)
+                                 PlayerTotals, SessionRecord, UploadBudgetExceeded, merge_reservations)
 from sd_gateway.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
                                RateLimited, TooLarge, Unauthenticated, Unavailable)
 from sd_gateway.ratelimit import RateLimiter, make_limiter
@@ -125,12 +125,21 @@ class SessionService:
     async def authenticate(self, authorization: str | None) -> str:
         """The player id behind an Authorization header value, if that player still exists and is enabled."""
         player_id = self._tokens.verify(bearer_token(authorization))
-        status = await asyncio.to_thread(self._db.player_status, player_id)
+        self._check_player(await self._read(self._db.player_status, player_id))
+        return player_id
+
+    @staticmethod
+    def _check_player(status: str | None) -> None:
         if status is None:
             raise Unauthenticated("device token names a player that no longer exists; create a new player identity")
         if status == "disabled":
             raise PermissionDenied("this player identity is disabled")
-        return player_id
+
+    async def _read(self, read, *args):
+        """A database read: on the event loop where that is cheaper (SQLite), else on a worker thread."""
+        if self._db.reads_inline:
+            return read(*args)
+        return await asyncio.to_thread(read, *args)
 
     async def player_totals(self, player_id: str) -> PlayerTotals:
         """The player's contribution totals."""
@@ -163,13 +172,24 @@ class SessionService:
 
     # uploads -------------------------------------------------------------------------------------
 
-    async def create_upload_urls(self, player_id: str, session_id: str, files: list[FileSpec]) -> list[UploadTargetView]:
-        """Presigned URLs for each file: one PUT below the multipart threshold, numbered parts above."""
+    async def create_upload_urls(self, authorization: str | None, session_id: str,
+                                 files: list[FileSpec]) -> list[UploadTargetView]:
+        """Presigned URLs for each file: one PUT below the multipart threshold, numbered parts above.
+
+        The caller's device token is checked here, and the player and the session are read from the
+        database in one statement (the hot path: no state is kept between calls, so every replica
+        answers from the database as it is now). The checks answer in the same order as
+        ``authenticate`` followed by ``_owned``.
+        """
+        player_id = self._tokens.verify(bearer_token(authorization))
+        well_formed = bool(session_id) and _SESSION_ID.match(session_id) is not None
+        found = await self._read(self._db.player_session, player_id, session_id if well_formed else "")
+        self._check_player(found.player_status)
         await self._limit(self._uploads_limit, player_id, "upload calls")
-        rec = await self._owned(player_id, session_id)
+        rec = self._check_owned(player_id, session_id, found.session)
         self._require_writable(rec)
         self._check_files(files)
-        await self._reserve(rec, files)
+        await self._reserve(rec, files, before=found.uploads_json)
         targets = []
         for f in files:
             key = f"{rec.key_prefix}/{f.path}"
@@ -318,7 +338,12 @@ class SessionService:
     async def _owned(self, player_id: str, session_id: str) -> SessionRecord:
         if not session_id or not _SESSION_ID.match(session_id):
             raise InvalidArgument("session_id is malformed")
-        rec = await asyncio.to_thread(self._db.get_session, session_id)
+        return self._check_owned(player_id, session_id, await self._read(self._db.get_session, session_id))
+
+    @staticmethod
+    def _check_owned(player_id: str, session_id: str, rec: SessionRecord | None) -> SessionRecord:
+        if not session_id or not _SESSION_ID.match(session_id):
+            raise InvalidArgument("session_id is malformed")
         if rec is None:
             raise NotFound(f"no session {session_id}")
         if rec.player_id != player_id:
@@ -335,12 +360,17 @@ class SessionService:
         if reason is not None:
             raise InvalidArgument(f"file name {path!r} is not allowed: it {reason}")
 
-    async def _reserve(self, rec: SessionRecord, files: list[FileSpec]) -> None:
-        """Counts the files against the session's limits across all its upload-urls calls."""
+    async def _reserve(self, rec: SessionRecord, files: list[FileSpec], before: str) -> None:
+        """Counts the files against the session's limits across all its upload-urls calls.
+
+        ``before``: the session's reservations as read with it. Files already reserved at their sizes
+        (a renewed URL) need no write, and that check runs without a thread; a write goes to one.
+        """
+        asked = {f.path: f.size_bytes for f in files}
+        limits = {"max_files": self._settings.max_files_per_session, "max_bytes": self._settings.max_session_bytes}
         try:
-            await asyncio.to_thread(self._db.reserve_uploads, rec.session_id, {f.path: f.size_bytes for f in files},
-                                    max_files=self._settings.max_files_per_session,
-                                    max_bytes=self._settings.max_session_bytes)
+            if merge_reservations(before, asked, **limits) is not None:
+                await asyncio.to_thread(self._db.reserve_uploads, rec.session_id, asked, before=before, **limits)
         except UploadBudgetExceeded as e:
             if e.what == "files":
                 raise InvalidArgument(f"a session holds at most {e.limit} files; with these it would have "

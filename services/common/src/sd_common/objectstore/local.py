@@ -40,11 +40,12 @@ import os
 import re
 import secrets
 import shutil
+import stat as stat_mode
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from sd_common.objectstore import events as s3_events
 from sd_common.objectstore.base import (
@@ -117,6 +118,7 @@ class LocalObjectStore(ObjectStore):
         self._multipart = self.root / ".multipart"
         self._meta = self.root / ".meta"
         self._seals = self.root / ".seals"
+        self._root_str, self._seals_str = str(self.root), str(self._seals)
         # Prefixes frozen by this process (a completion being checked); sealed ones have a file too.
         self._frozen: set[str] = set()
         for folder in (self._tmp, self._multipart, self._meta, self._seals):
@@ -132,6 +134,25 @@ class LocalObjectStore(ObjectStore):
         if not path.is_relative_to(self.root) or path == self.root:
             raise InvalidKey(f"object key {key!a} resolves outside the store")
         return path
+
+    def _check_inside(self, key: str) -> None:
+        """``path_for`` without building the path: raises InvalidKey for a bad key or one resolving outside root.
+
+        A valid key has no ``..`` or empty segment, so only a symlink on the way can lead out: the
+        existing segments are checked for one (a few lstat calls), and a key that meets one is
+        resolved in full by ``path_for``.
+        """
+        validate_key(key)
+        path = self._root_str
+        for segment in key.split("/"):
+            path = f"{path}/{segment}"
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return  # nothing below exists, so nothing below is a symlink
+            if stat_mode.S_ISLNK(mode):
+                self.path_for(key)
+                return
 
     def _check_no_conflict(self, key: str, path: Path) -> None:
         # A file system cannot hold both "a" and "a/b"; S3 can. Refuse before reading any body.
@@ -156,15 +177,12 @@ class LocalObjectStore(ObjectStore):
         return hmac.new(self._signing_key, canonical, hashlib.sha256).hexdigest()
 
     def _url(self, key: str, expires: int, max_bytes: int, upload_id: str = "", part: str = "") -> str:
-        query: dict[str, str] = {}
-        if upload_id:
-            query = {"uploadId": upload_id, "partNumber": part}
-        query |= {
-            EXPIRES_PARAM: str(expires),
-            MAX_BYTES_PARAM: str(max_bytes),
-            SIGNATURE_PARAM: self._sign("PUT", key, expires, max_bytes, upload_id, part),
-        }
-        return f"{self.public_base_url}/v1/store/{quote(key, safe='/')}?{urlencode(query)}"
+        # Every name and value is URL-safe as it is (digits, hex, the fixed names), so the query is
+        # joined directly: what urlencode would write, without quoting each part.
+        query = f"uploadId={upload_id}&partNumber={part}&" if upload_id else ""
+        signature = self._sign("PUT", key, expires, max_bytes, upload_id, part)
+        return (f"{self.public_base_url}/v1/store/{quote(key, safe='/')}?{query}{EXPIRES_PARAM}={expires}&"
+                f"{MAX_BYTES_PARAM}={max_bytes}&{SIGNATURE_PARAM}={signature}")
 
     def _expiry(self, expires_s: int) -> int:
         if not 1 <= expires_s <= MAX_EXPIRES_S:
@@ -176,7 +194,7 @@ class LocalObjectStore(ObjectStore):
     async def presign_put(
         self, key: str, *, size_bytes: int, content_type: str, expires_s: int
     ) -> PresignedRequest:
-        self.path_for(key)
+        self._check_inside(key)
         self._refuse_if_sealed(key)
         check_object_size(size_bytes, min(self.max_object_bytes, MAX_SINGLE_PUT_BYTES))
         expires = self._expiry(expires_s)
@@ -190,7 +208,7 @@ class LocalObjectStore(ObjectStore):
     async def create_multipart(
         self, key: str, *, size_bytes: int, part_bytes: int, content_type: str, expires_s: int
     ) -> MultipartUpload:
-        self.path_for(key)
+        self._check_inside(key)
         self._refuse_if_sealed(key)
         check_object_size(size_bytes, self.max_object_bytes)
         plan = plan_parts(size_bytes, part_bytes)
@@ -472,7 +490,8 @@ class LocalObjectStore(ObjectStore):
         parts = key.split("/")
         for depth in range(1, len(parts)):
             prefix = "/".join(parts[:depth]) + "/"
-            if prefix in self._frozen or self._seal_path(prefix).exists():
+            if prefix in self._frozen or os.path.exists(
+                    f"{self._seals_str}/{hashlib.sha256(prefix.encode()).hexdigest()}"):
                 raise ObjectSealed(
                     f"{prefix} is sealed: its files were checked and accepted and can no longer change; "
                     "nothing was written"

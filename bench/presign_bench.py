@@ -31,6 +31,10 @@ import aiohttp
 import grpc
 import httpx
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # tests.pg starts PostgreSQL as the tests do (--stores postgresql)
+
 from scale_diffusion.common.v1 import common_pb2
 from scale_diffusion.gateway.v1 import gateway_pb2 as pb
 from scale_diffusion.gateway.v1 import gateway_pb2_grpc
@@ -127,13 +131,20 @@ async def drive(call, seconds: float, concurrency: int, server_pid: int) -> dict
             "server_cpu_us_per_request": 1e6 * cpu / max(len(latencies), 1), "server_cpu_share": cpu / elapsed}
 
 
-def start_gateway(tmp: str, store: str) -> tuple[subprocess.Popen, int, int]:
-    """The gateway on CPU 0 with the local store and every limit out of the way; returns it and its ports."""
+def start_gateway(tmp: str, store: str, database_url: str | None = None) -> tuple[subprocess.Popen, int, int]:
+    """The gateway on CPU 0 with the local store and every limit out of the way; returns it and its ports.
+
+    ``store`` "postgresql" is the cluster's case: the gateway's database (sessions, players and the
+    shared rate-limit buckets) on PostgreSQL at ``database_url``.
+    """
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "SD_GATEWAY_HTTP_PORT": str(http_port), "SD_GATEWAY_GRPC_PORT": str(grpc_port),
            "SD_GATEWAY_STATE_DIR": f"{tmp}/gw-{store}", "SD_STORE_ROOT": f"{tmp}/store-{store}",
            "SD_GATEWAY_LOG_LEVEL": "WARNING", "SD_GATEWAY_UPLOAD_CALLS_PER_MINUTE": "1e9",
-           "SD_GATEWAY_UPLOAD_CALLS_BURST": "1000000000", "SD_GATEWAY_RATE_LIMIT_STORE": store}
+           "SD_GATEWAY_UPLOAD_CALLS_BURST": "1000000000",
+           "SD_GATEWAY_RATE_LIMIT_STORE": "database" if store == "postgresql" else store}
+    if store == "postgresql":
+        env["SD_GATEWAY_DATABASE_URL"] = database_url
     proc = subprocess.Popen([sys.executable, "-m", "sd_gateway"], env=env, preexec_fn=pinned(SERVER_CPU))
     return proc, http_port, grpc_port
 
@@ -180,9 +191,9 @@ def hottest(collapsed: Path, top: int = 25) -> list[tuple[float, str]]:
 
 
 async def bench_gateway(tmp: str, store: str, seconds: float, concurrency: int, profiler: Profiler,
-                        results: dict) -> None:
+                        results: dict, database_url: str | None = None) -> None:
     """The gateway's HTTP and gRPC cases with one rate-limit store."""
-    proc, http_port, grpc_port = start_gateway(tmp, store)
+    proc, http_port, grpc_port = start_gateway(tmp, store, database_url)
     try:
         wait_http(f"http://127.0.0.1:{http_port}/healthz")
         tok = httpx.post(f"http://127.0.0.1:{http_port}/v1/players", json={}).json()["device_token"]
@@ -261,7 +272,15 @@ async def run(seconds: float, concurrency: int, stores: list[str], profiler: Pro
 
                 results["grpc_hello"] = await drive(grpc_hello, seconds, concurrency, procs[1].pid)
             for store in stores:
-                await bench_gateway(tmp, store, seconds, concurrency, profiler, results)
+                if store == "postgresql":
+                    # started after this process moved to the client's core: the server inherits it, so
+                    # the gateway's core is the gateway's alone (in a cluster the database is elsewhere)
+                    from tests.pg import start_postgres
+
+                    with start_postgres() as pg:
+                        await bench_gateway(tmp, store, seconds, concurrency, profiler, results, pg.new_database())
+                else:
+                    await bench_gateway(tmp, store, seconds, concurrency, profiler, results)
         finally:
             for p in procs:
                 p.terminate()
@@ -283,15 +302,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--stores", default="memory,database", help="rate-limit stores to run the gateway with")
+    p.add_argument("--stores", default="memory,database",
+                   help="rate-limit stores to run the gateway with: memory, database (SQLite), postgresql "
+                        "(the gateway's whole database on a PostgreSQL this bench starts)")
     p.add_argument("--profile", type=Path, help="record the gateway's cases with py-spy into this folder")
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args()
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs: one for the servers, one for the load generator")
     stores = [s.strip() for s in a.stores.split(",") if s.strip()]
-    if not stores or set(stores) - {"memory", "database"}:
-        sys.exit("--stores: memory, database or both")
+    if not stores or set(stores) - {"memory", "database", "postgresql"}:
+        sys.exit("--stores: one or more of memory, database, postgresql")
     profiler = Profiler(a.profile)
     results = asyncio.run(run(a.seconds, a.concurrency, stores, profiler))
     print(f"{'case':<36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'cpu us/req':>11} {'cpu share':>9}")

@@ -2,6 +2,8 @@
 
 import threading
 
+import psycopg
+
 from sd_common.problems import Problem
 from sd_gateway.database import STATE_OPEN, STATE_REJECTED, STATE_UPLOADED, GatewayDatabase
 
@@ -180,31 +182,59 @@ def test_a_wallet_challenge_is_consumed_once_across_replicas(db_url):
             r.close()
 
 
-def test_a_replica_reads_what_another_changed_at_once(db_url):
+async def test_a_replica_reads_what_another_changed_at_once(db_url):
     """The upload path's one read (player and session together) never answers from an old snapshot:
-    each change another replica makes is seen by the next read, on SQLite's direct path as on PostgreSQL."""
+    each change another replica makes is seen by the next read, on SQLite's direct path as on
+    PostgreSQL, from a worker thread as from the event loop (PostgreSQL's async pool)."""
     a, b = GatewayDatabase(db_url), GatewayDatabase(db_url)
+    assert (a.async_pg is not None) == db_url.startswith("postgresql")
+
+    async def read(name: str, *args):
+        """The read both ways; they must agree."""
+        sync, from_loop = getattr(a, name)(*args), await getattr(a, f"{name}_async")(*args)
+        assert from_loop == sync, name
+        return sync
+
     try:
         sid = "20261124T120000Z-00000000000000aa"
         b.add_player("p-1", "")
         b.add_player("p-2", "")
         b.add_session(sid, "p-1", f"raw/{sid}", "", "", "")
-        seen = a.player_session("p-1", sid)
+        seen = await read("player_session", "p-1", sid)
         assert (seen.player_status, seen.session.state, seen.uploads_json) == ("active", STATE_OPEN, "{}")
-        assert a.player_session("p-1", "20261124T120000Z-00000000000000bb").session is None
-        assert a.player_session("p-none", sid).player_status is None
-        assert a.player_session("p-2", sid).session.player_id == "p-1"  # another's: the caller decides
+        assert (await read("player_session", "p-1", "20261124T120000Z-00000000000000bb")).session is None
+        assert (await read("player_session", "p-none", sid)).player_status is None
+        assert (await read("player_session", "p-2", sid)).session.player_id == "p-1"  # another's: the caller decides
         assert b.reserve_uploads(sid, {"v.webm": 5}, max_files=4, max_bytes=100, before=seen.uploads_json)
-        seen = a.player_session("p-1", sid)
+        seen = await read("player_session", "p-1", sid)
         assert seen.uploads_json == '{"v.webm": 5}'
         # asked again at the same size: nothing to write, and nothing is written
         assert not a.reserve_uploads(sid, {"v.webm": 5}, max_files=4, max_bytes=100, before=seen.uploads_json)
         b.set_state(sid, STATE_UPLOADED, [], duration_s=3.0)
-        assert a.player_session("p-1", sid).session.state == STATE_UPLOADED
-        assert a.get_session(sid).state == STATE_UPLOADED
+        assert (await read("player_session", "p-1", sid)).session.state == STATE_UPLOADED
+        assert (await read("get_session", sid)).state == STATE_UPLOADED
+        assert await read("get_session", "20261124T120000Z-00000000000000bb") is None
         b.set_player_disabled("p-1", True)
-        assert a.player_session("p-1", sid).player_status == "disabled"
-        assert a.player_status("p-1") == "disabled"
+        assert (await read("player_session", "p-1", sid)).player_status == "disabled"
+        assert await read("player_status", "p-1") == "disabled"
+        assert await read("player_status", "p-none") is None
     finally:
-        a.close()
+        await a.aclose()
         b.close()
+
+
+async def test_the_async_pool_reads_again_after_the_server_dropped_its_connections(pg_cluster):
+    url = pg_cluster.new_database()
+    db = GatewayDatabase(url)
+    try:
+        db.add_player("p-1", "")
+        assert await db.player_status_async("p-1") == "active"  # the pool holds a connection now
+        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
+            dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                    (db.engine.url.database,)).fetchone()[0]
+        assert dropped >= 1
+        db.set_player_disabled("p-1", True)  # the engine's own pool pings and reconnects
+        assert await db.player_status_async("p-1") == "disabled"  # read on a new connection
+    finally:
+        await db.aclose()

@@ -3,6 +3,7 @@ PostgreSQL, and two real gateway processes sharing one PostgreSQL that admit one
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from sd_common.sql import make_engine
+from sd_gateway.pgasync import AsyncPostgres
 from sd_gateway.ratelimit import DatabaseTokenBuckets, RateBucketRow, TokenBucketLimiter
 from tests.ports import free_port
 
@@ -85,6 +87,27 @@ def test_concurrent_takers_on_postgres_get_exactly_the_burst(pg_cluster):
     assert admitted == 40  # 160 attempts, one burst
     with make_engine(url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(RateBucketRow)).scalar() == 1
+
+
+async def test_concurrent_takes_from_the_event_loops_async_pool_get_exactly_the_burst(pg_cluster):
+    """The gateway's own path on PostgreSQL: acquire() through the async pool (no thread), many at once."""
+    url = pg_cluster.new_database()
+    engines = [make_engine(url) for _ in range(2)]
+    pools = [AsyncPostgres(e, max_size=4) for e in engines]
+    limiters = [DatabaseTokenBuckets(e, "sessions", rate_per_minute=0.001, burst=40, pg=p)
+                for e, p in zip(engines, pools)]
+    try:
+        answers = await asyncio.gather(*(limiters[i % 2].acquire("one-player") for i in range(120)))
+        assert sum(a is None for a in answers) == 40  # 120 attempts, one burst
+        assert all(a is None or a > 0 for a in answers)  # the refused are told how long to wait
+        assert limiters[0].take("one-player") is not None  # the thread path sees the same bucket
+        with engines[0].connect() as conn:
+            assert conn.execute(select(func.count()).select_from(RateBucketRow)).scalar() == 1
+    finally:
+        for p in pools:
+            await p.close()
+        for e in engines:
+            e.dispose()
 
 
 def _start_gateway(env: dict[str, str]) -> tuple[subprocess.Popen, str]:

@@ -100,7 +100,7 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
     secret = (settings.token_secret.get_secret_value().encode() if settings.token_secret
               else load_or_create_secret(settings.state_dir / "token-secret"))
     db = GatewayDatabase(settings.database_url or f"sqlite:///{settings.state_dir / 'gateway.db'}")
-    rt.on_stop(lambda: asyncio.to_thread(db.close))
+    rt.on_stop(db.aclose)
     if store_settings.backend == "local" and "public_base_url" not in store_settings.model_fields_set:
         # not configured (neither in the environment nor in code): uploads come to this gateway
         store_settings = store_settings.model_copy(update={"public_base_url": base_url})
@@ -114,7 +114,7 @@ async def build_gateway(rt: GrpcRuntime, store_settings: StoreSettings) -> Gatew
         token_ttl_s=settings.mirage_token_ttl_s, timeout_s=settings.mirage_timeout_s,
         tokens_per_minute=settings.hosted_tokens_per_minute, tokens_burst=settings.hosted_tokens_burst,
         limiter=make_limiter(settings.rate_limit_store, db.engine, "hosted_tokens",
-                             settings.hosted_tokens_per_minute, settings.hosted_tokens_burst))
+                             settings.hosted_tokens_per_minute, settings.hosted_tokens_burst, pg=db.async_pg))
     rt.on_stop(hosted.close)
     service = SessionService(
         settings, db, store, DeviceTokens(secret, settings.token_ttl_days * 86400),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from sd_common.problems import Problem
 from sd_common.sql import add_missing_columns, make_engine
+from sd_gateway.pgasync import AsyncPostgres
 from scale_diffusion.common.v1 import common_pb2
 
 STATE_OPEN = common_pb2.SESSION_STATE_OPEN
@@ -160,12 +162,25 @@ _SESSION = select(*_SESSION_COLUMNS).where(SessionRow.session_id == bindparam("s
 _PLAYER_DISABLED = select(PlayerRow.disabled).where(PlayerRow.player_id == bindparam("player_id"))
 
 
+def _status_of(row) -> str | None:
+    return None if row is None else ("disabled" if row.disabled else "active")
+
+
+def _player_session_of(row) -> PlayerSession:
+    if row is None:
+        return PlayerSession(None, None)
+    status = "disabled" if row.disabled else "active"
+    if row.session_id is None:
+        return PlayerSession(status, None)
+    return PlayerSession(status, _record(row), row.uploads_json)
+
+
 class GatewayDatabase:
     """Synchronous repository; the async service calls it through a worker thread.
 
-    ``reads_inline``: on SQLite (WAL: a reader never waits for the writer) a short indexed read costs
-    less than the hand-off to a worker thread, so the service runs the read methods marked so on
-    its event loop; PostgreSQL reads go through a thread like everything else. Those reads on a
+    The ``*_async`` reads run from the event loop: on SQLite inline (WAL: a reader never waits for
+    the writer, and a short indexed read costs less than the hand-off to a worker thread), on
+    PostgreSQL through an async pool (``async_pg``, pgasync.py), with no thread. Those reads on a
     SQLite file go straight to the sqlite3 module on a connection of the calling thread's own, with
     the SQL SQLAlchemy compiled for them once: the engine's per-statement machinery cost several
     times the query itself.
@@ -182,6 +197,8 @@ class GatewayDatabase:
             self._engine.url) else None
         self._local = threading.local()  # this thread's sqlite3 connection
         self._compiled: dict[int, tuple[str, tuple[str, ...], type]] = {}
+        # PostgreSQL: the hot reads (and the shared rate limits' takes) on the event loop instead
+        self.async_pg = AsyncPostgres(self._engine) if self._engine.dialect.name == "postgresql" else None
 
     def _fetch_one(self, statement, params: dict):
         """The first row of a read, by column name (``created_at`` as a datetime)."""
@@ -208,10 +225,24 @@ class GatewayDatabase:
             row = row._replace(created_at=datetime.fromisoformat(row.created_at))
         return row
 
+    async def _fetch_one_async(self, statement, params: dict):
+        """``_fetch_one`` from the event loop: inline on SQLite, through the async pool on PostgreSQL."""
+        if self.reads_inline:
+            return self._fetch_one(statement, params)
+        if self.async_pg is not None:
+            return await self.async_pg.fetch_one(statement, params)
+        return await asyncio.to_thread(self._fetch_one, statement, params)
+
     @property
     def engine(self) -> Engine:
         """The database's engine, for the gateway's other tables (the shared rate limits)."""
         return self._engine
+
+    async def aclose(self) -> None:
+        """Closes the async pool (PostgreSQL), then what ``close`` releases."""
+        if self.async_pg is not None:
+            await self.async_pg.close()
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Releases pooled connections (and this thread's own SQLite connection)."""
@@ -228,19 +259,21 @@ class GatewayDatabase:
                             disabled=False))
 
     def player_status(self, player_id: str) -> str | None:
-        """'active' or 'disabled', or None if there is no such player (a read that may run inline)."""
-        row = self._fetch_one(_PLAYER_DISABLED, {"player_id": player_id})
-        return None if row is None else ("disabled" if row.disabled else "active")
+        """'active' or 'disabled', or None if there is no such player."""
+        return _status_of(self._fetch_one(_PLAYER_DISABLED, {"player_id": player_id}))
+
+    async def player_status_async(self, player_id: str) -> str | None:
+        """``player_status``, read from the event loop."""
+        return _status_of(await self._fetch_one_async(_PLAYER_DISABLED, {"player_id": player_id}))
 
     def player_session(self, player_id: str, session_id: str) -> PlayerSession:
-        """The player's status and the session, read together (a read that may run inline)."""
-        row = self._fetch_one(_PLAYER_SESSION, {"player_id": player_id, "session_id": session_id})
-        if row is None:
-            return PlayerSession(None, None)
-        status = "disabled" if row.disabled else "active"
-        if row.session_id is None:
-            return PlayerSession(status, None)
-        return PlayerSession(status, _record(row), row.uploads_json)
+        """The player's status and the session, read together."""
+        return _player_session_of(self._fetch_one(_PLAYER_SESSION, {"player_id": player_id, "session_id": session_id}))
+
+    async def player_session_async(self, player_id: str, session_id: str) -> PlayerSession:
+        """``player_session``, read from the event loop (the upload-urls hot path)."""
+        return _player_session_of(await self._fetch_one_async(
+            _PLAYER_SESSION, {"player_id": player_id, "session_id": session_id}))
 
     def set_player_disabled(self, player_id: str, disabled: bool) -> None:
         """Disables (or re-enables) a player: a disabled player's device token is refused."""
@@ -291,8 +324,13 @@ class GatewayDatabase:
         return _record(row)
 
     def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session, or None (a read that may run inline)."""
+        """The session, or None."""
         row = self._fetch_one(_SESSION, {"session_id": session_id})
+        return _record(row) if row else None
+
+    async def get_session_async(self, session_id: str) -> SessionRecord | None:
+        """``get_session``, read from the event loop."""
+        row = await self._fetch_one_async(_SESSION, {"session_id": session_id})
         return _record(row) if row else None
 
     def list_sessions(self, player_id: str, limit: int, before_id: str | None) -> list[SessionRecord]:

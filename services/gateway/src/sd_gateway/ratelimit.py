@@ -21,6 +21,8 @@ from sqlalchemy import Boolean, Engine, Float, String, bindparam, case, delete, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from sd_gateway.pgasync import AsyncPostgres
+
 
 class RateLimiter(Protocol):
     async def acquire(self, key: str) -> float | None:
@@ -86,7 +88,7 @@ class DatabaseTokenBuckets:
     PRUNE_EVERY_S = 300.0
 
     def __init__(self, engine: Engine, bucket: str, rate_per_minute: float, burst: int, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pg: AsyncPostgres | None = None) -> None:
         if not bucket or len(bucket) > 64:
             raise ValueError("bucket must name the limiter in 1-64 characters")
         self._engine = engine
@@ -95,12 +97,22 @@ class DatabaseTokenBuckets:
         self._burst = float(burst)
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
+        self._pg = pg if self._postgres else None
         self._next_prune_s = 0.0
         self._take = None
         _Base.metadata.create_all(engine)
 
     async def acquire(self, key: str) -> float | None:
-        return await asyncio.to_thread(self.take, key)
+        if self._pg is None:
+            return await asyncio.to_thread(self.take, key)
+        # the same upsert, autocommitted (one statement: atomic per key), from the event loop
+        tokens, allowed = await self._pg.fetch_one(self._take_statement(), {"key": key[:256]})
+        if self._clock() >= self._next_prune_s:
+            await asyncio.to_thread(self.prune)
+        return self._wait_s(tokens, allowed)
+
+    def _wait_s(self, tokens: float, allowed: bool) -> float | None:
+        return None if allowed else (1.0 - tokens) / self._rate_per_s
 
     def _now(self):
         # PostgreSQL's clock, the same for every replica; SQLite is one machine's file.
@@ -134,7 +146,7 @@ class DatabaseTokenBuckets:
             tokens, allowed = conn.execute(self._take_statement(), params).one()
         if self._clock() >= self._next_prune_s:
             self.prune()
-        return None if allowed else (1.0 - tokens) / self._rate_per_s
+        return self._wait_s(tokens, allowed)
 
     def prune(self) -> int:
         """Deletes the rows of keys whose buckets are full again; returns how many."""
@@ -147,10 +159,11 @@ class DatabaseTokenBuckets:
 
 
 def make_limiter(store: str, engine: Engine | None, bucket: str, rate_per_minute: float,
-                 burst: int) -> RateLimiter:
-    """The configured store's limiter: "memory" (this replica) or "database" (shared by the replicas)."""
+                 burst: int, *, pg: AsyncPostgres | None = None) -> RateLimiter:
+    """The configured store's limiter: "memory" (this replica) or "database" (shared by the replicas;
+    its takes through ``pg`` from the event loop, when the database is PostgreSQL)."""
     if store == "database":
         if engine is None:
             raise ValueError("the database rate-limit store needs the gateway's database")
-        return DatabaseTokenBuckets(engine, bucket, rate_per_minute, burst)
+        return DatabaseTokenBuckets(engine, bucket, rate_per_minute, burst, pg=pg)
     return TokenBucketLimiter(rate_per_minute, burst)

@@ -102,11 +102,11 @@ class SessionService:
         self._max_object_bytes = max_object_bytes
         store, engine = settings.rate_limit_store, db.engine
         self._players_limit = make_limiter(store, engine, "players_per_ip", settings.players_per_minute_per_ip,
-                                           settings.players_burst_per_ip)
+                                           settings.players_burst_per_ip, pg=db.async_pg)
         self._sessions_limit = make_limiter(store, engine, "sessions", settings.sessions_per_minute,
-                                            settings.sessions_burst)
+                                            settings.sessions_burst, pg=db.async_pg)
         self._uploads_limit = make_limiter(store, engine, "upload_calls", settings.upload_calls_per_minute,
-                                           settings.upload_calls_burst)
+                                           settings.upload_calls_burst, pg=db.async_pg)
         # One completion at a time per session in this replica: a rejected check thaws the prefix,
         # which must never undo the freeze of a concurrent check that accepts.
         self._completing: dict[str, tuple[asyncio.Lock, int]] = {}  # session -> (lock, callers holding or waiting)
@@ -125,7 +125,7 @@ class SessionService:
     async def authenticate(self, authorization: str | None) -> str:
         """The player id behind an Authorization header value, if that player still exists and is enabled."""
         player_id = self._tokens.verify(bearer_token(authorization))
-        self._check_player(await self._read(self._db.player_status, player_id))
+        self._check_player(await self._db.player_status_async(player_id))
         return player_id
 
     @staticmethod
@@ -134,12 +134,6 @@ class SessionService:
             raise Unauthenticated("device token names a player that no longer exists; create a new player identity")
         if status == "disabled":
             raise PermissionDenied("this player identity is disabled")
-
-    async def _read(self, read, *args):
-        """A database read: on the event loop where that is cheaper (SQLite), else on a worker thread."""
-        if self._db.reads_inline:
-            return read(*args)
-        return await asyncio.to_thread(read, *args)
 
     async def player_totals(self, player_id: str) -> PlayerTotals:
         """The player's contribution totals."""
@@ -183,7 +177,7 @@ class SessionService:
         """
         player_id = self._tokens.verify(bearer_token(authorization))
         well_formed = bool(session_id) and _SESSION_ID.match(session_id) is not None
-        found = await self._read(self._db.player_session, player_id, session_id if well_formed else "")
+        found = await self._db.player_session_async(player_id, session_id if well_formed else "")
         self._check_player(found.player_status)
         await self._limit(self._uploads_limit, player_id, "upload calls")
         rec = self._check_owned(player_id, session_id, found.session)
@@ -338,7 +332,7 @@ class SessionService:
     async def _owned(self, player_id: str, session_id: str) -> SessionRecord:
         if not session_id or not _SESSION_ID.match(session_id):
             raise InvalidArgument("session_id is malformed")
-        return self._check_owned(player_id, session_id, await self._read(self._db.get_session, session_id))
+        return self._check_owned(player_id, session_id, await self._db.get_session_async(session_id))
 
     @staticmethod
     def _check_owned(player_id: str, session_id: str, rec: SessionRecord | None) -> SessionRecord:

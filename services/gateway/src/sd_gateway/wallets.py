@@ -56,7 +56,8 @@ class WalletLinking:
         self._ingest = ingest
         self._clock = clock
         self._limit = make_limiter(settings.rate_limit_store, db.engine, "wallet_challenges",
-                                   settings.wallet_challenges_per_minute, settings.wallet_challenges_burst)
+                                   settings.wallet_challenges_per_minute, settings.wallet_challenges_burst,
+                                   pg=db.async_pg)
 
     @property
     def ingest(self) -> IngestRewardsClient:

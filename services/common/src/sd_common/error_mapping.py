@@ -12,13 +12,14 @@ traceback is logged, never sent). Object-store failures have one shared set of r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
+from sd_common.interceptors import MethodWrappingInterceptor
 from sd_common.objectstore.errors import ObjectStoreError
 from sd_common.problems import Problem
 
@@ -177,7 +178,7 @@ def _status_already_set(context: grpc.aio.ServicerContext) -> bool:
     return code is not None and code not in (grpc.StatusCode.OK, grpc.StatusCode.OK.value[0])
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(MethodWrappingInterceptor):
     """Ends every call whose handler raised with the status its service's table gives.
 
     It sits innermost, so the metrics and tracing interceptors see the final status. A status the
@@ -185,10 +186,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, service: str, mapping: Callable[[], ErrorMapping]) -> None:
+        super().__init__()
         self._service = service
         self._mapping = mapping
-        # method -> (the handler it was given, its wrapper), as in MetricsInterceptor: made once per method
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def _end(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)) or _status_already_set(context):
@@ -203,21 +203,6 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         trailing = (() if status.retry_after_s is None
                     else ((RETRY_AFTER_METADATA, f"{status.retry_after_s:g}"),))
         await context.abort(status.grpc_code, status.grpc_details, trailing_metadata=trailing)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, details.method)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary or handler.stream_unary:

@@ -11,13 +11,14 @@ context, the gateway's HTTP API gets server spans, and spans about a session car
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from opentelemetry import trace
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sd_common.interceptors import MethodWrappingInterceptor
 
 SESSION_ATTRIBUTE = "sd.session_id"
 
@@ -95,17 +96,10 @@ def log_processor(_logger: Any, _method: str, event: dict) -> dict:
     return event
 
 
-class _SessionTagInterceptor(grpc.aio.ServerInterceptor):
+class _SessionTagInterceptor(MethodWrappingInterceptor):
     """Tags the call's span with the request's ``session_id`` field, when the request has one."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not (handler.unary_unary or handler.unary_stream):
-            return handler
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             inner = handler.unary_unary
 
@@ -115,6 +109,8 @@ class _SessionTagInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
                                                        response_serializer=handler.response_serializer)
+        if not handler.unary_stream:
+            return handler  # a client-streaming method: no request to read a session id from
         inner_stream = handler.unary_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:

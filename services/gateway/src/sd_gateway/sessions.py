@@ -86,6 +86,10 @@ def _check_text(name: str, value: str) -> str:
     return value
 
 
+def _well_formed(session_id: str) -> bool:
+    return bool(session_id) and _SESSION_ID.match(session_id) is not None
+
+
 class SessionService:
     """What the gateway does for a player; front ends only translate requests and errors."""
 
@@ -176,8 +180,7 @@ class SessionService:
         ``authenticate`` followed by ``_owned``.
         """
         player_id = self._tokens.verify(bearer_token(authorization))
-        well_formed = bool(session_id) and _SESSION_ID.match(session_id) is not None
-        found = await self._db.player_session_async(player_id, session_id if well_formed else "")
+        found = await self._db.player_session_async(player_id, session_id if _well_formed(session_id) else "")
         self._check_player(found.player_status)
         await self._limit(self._uploads_limit, player_id, "upload calls")
         rec = self._check_owned(player_id, session_id, found.session)
@@ -330,13 +333,13 @@ class SessionService:
     # helpers -------------------------------------------------------------------------------------
 
     async def _owned(self, player_id: str, session_id: str) -> SessionRecord:
-        if not session_id or not _SESSION_ID.match(session_id):
-            raise InvalidArgument("session_id is malformed")
-        return self._check_owned(player_id, session_id, await self._db.get_session_async(session_id))
+        rec = await self._db.get_session_async(session_id) if _well_formed(session_id) else None
+        return self._check_owned(player_id, session_id, rec)
 
     @staticmethod
     def _check_owned(player_id: str, session_id: str, rec: SessionRecord | None) -> SessionRecord:
-        if not session_id or not _SESSION_ID.match(session_id):
+        """``rec`` as read for ``session_id`` (not read for a malformed id), if the player owns it."""
+        if not _well_formed(session_id):
             raise InvalidArgument("session_id is malformed")
         if rec is None:
             raise NotFound(f"no session {session_id}")

@@ -158,7 +158,7 @@ def _reprocess_corpus(a: argparse.Namespace) -> int:
 
     from sd_common.logs import configure_logging
     from sd_ingest.catalog import Catalog, SessionState
-    from sd_ingest.reprocessing import DEFAULT_STATES, Selector, SelectorError, parse_time
+    from sd_ingest.reprocessing import DEFAULT_STATES, Selector, SelectorError, check_run, parse_time
     from sd_ingest.settings import IngestSettings
 
     log_level = "INFO" if a.verbose else "WARNING"
@@ -176,16 +176,11 @@ def _reprocess_corpus(a: argparse.Namespace) -> int:
         shards = a.shards or a.workers or 1
         if a.shard is not None and a.workers:
             raise SelectorError("--shard runs one shard in this process; --workers runs every shard of --shards")
-        if a.shard is not None and not 0 <= a.shard < shards:
-            raise SelectorError(f"--shard {a.shard} is not one of 0..{shards - 1} (--shards {shards})")
-        if a.window < 1:
-            raise SelectorError(f"--window must be at least 1, got {a.window}")
-        if a.run_id is not None and not 1 <= len(a.run_id) <= 64:
-            raise SelectorError("--run-id is 1 to 64 characters")
+        run_id = a.run_id if a.run_id is not None else selector.default_run_id()
+        check_run(a.shard if a.shard is not None else 0, shards, a.window, run_id)
     except SelectorError as exc:
         print(f"sdctl catalog reprocess: {exc}", file=sys.stderr)
         return 2
-    run_id = a.run_id or selector.default_run_id()
     url = a.database_url or IngestSettings().sqlalchemy_url()
     try:
         Catalog(url).close()  # brings the schema up to date once, before workers open it side by side

@@ -127,6 +127,18 @@ class ShardReport:
         return out
 
 
+def check_run(shard: int, shards: int, window: int, run_id: str) -> None:
+    """SelectorError unless ``shard`` of ``shards`` can run as run ``run_id`` with ``window``."""
+    if shards < 1:
+        raise SelectorError(f"shards must be at least 1, got {shards}")
+    if not 0 <= shard < shards:
+        raise SelectorError(f"shard {shard} is not one of 0..{shards - 1}")
+    if window < 1:
+        raise SelectorError(f"window must be at least 1, got {window}")
+    if not run_id or len(run_id) > 64:
+        raise SelectorError("a run id is 1 to 64 characters")
+
+
 def run_shard(catalog: Catalog, selector: Selector, *, shard: int, shards: int, run_id: str, window: int = 4,
               wait: bool = True, poll_s: float = 1.0, timeout_s: float | None = None, dry_run: bool = False,
               sleep: Callable[[float], None] = time.sleep, progress_every_s: float = 60.0) -> ShardReport:
@@ -136,12 +148,7 @@ def run_shard(catalog: Catalog, selector: Selector, *, shard: int, shards: int, 
     returns once every session it sent has ended (or ``timeout_s`` passed: the rest count as pending).
     The report so far is logged every ``progress_every_s``.
     """
-    if not 0 <= shard < shards:
-        raise SelectorError(f"shard {shard} is not one of 0..{shards - 1}")
-    if window < 1:
-        raise SelectorError(f"window must be at least 1, got {window}")
-    if not run_id or len(run_id) > 64:
-        raise SelectorError("a run id is 1 to 64 characters")
+    check_run(shard, shards, window, run_id)
     report = ShardReport(shard=shard, shards=shards, run_id=run_id, dry_run=dry_run)
     to_send: list[str] = []
     ours: list[str] = []  # sent by this run before this call

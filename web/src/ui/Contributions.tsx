@@ -9,6 +9,14 @@ import { WalletError, findProvider, linkWallet } from '../record/wallet';
 type Loaded<T> = { data: T | null; error: string | null; loading: boolean };
 const loading = <T,>(): Loaded<T> => ({ data: null, error: null, loading: true });
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
+/** What ``fetch`` gave, or why it failed, as a loaded view. */
+async function settle<T>(fetch: () => Promise<T>): Promise<Loaded<T>> {
+  try {
+    return { data: await fetch(), error: null, loading: false };
+  } catch (e) {
+    return { data: null, error: message(e), loading: false };
+  }
+}
 const pts = (x: number) => x.toFixed(3);
 const STATUS_TEXT: Record<string, string> = { pending: 'pending', in_epoch: 'in a payout', paid: 'paid', reversed: 'reversed' };
 
@@ -40,21 +48,11 @@ export function ContributionsPage({ game, onClose, refreshKey = null }: {
   }, [client]);
 
   const loadContributions = useCallback(async () => {
-    try {
-      await ready();
-      setContrib({ data: await client.contributions(), error: null, loading: false });
-    } catch (e) {
-      setContrib({ data: null, error: message(e), loading: false });
-    }
+    setContrib(await settle(async () => { await ready(); return client.contributions(); }));
   }, [client, ready]);
 
   const loadWallet = useCallback(async () => {
-    try {
-      await ready();
-      setWallet({ data: await client.wallet(), error: null, loading: false });
-    } catch (e) {
-      setWallet({ data: null, error: message(e), loading: false });
-    }
+    setWallet(await settle(async () => { await ready(); return client.wallet(); }));
   }, [client, ready]);
 
   useEffect(() => {
@@ -69,13 +67,8 @@ export function ContributionsPage({ game, onClose, refreshKey = null }: {
     let live = true;
     setBoard((b) => ({ ...b, loading: true }));
     void (async () => {
-      try {
-        await ready();
-        const data = await client.leaderboard(week);
-        if (live) setBoard({ data, error: null, loading: false });
-      } catch (e) {
-        if (live) setBoard({ data: null, error: message(e), loading: false });
-      }
+      const loaded = await settle(async () => { await ready(); return client.leaderboard(week); });
+      if (live) setBoard(loaded);
     })();
     return () => { live = false; };
   }, [client, ready, week, refreshKey]);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from scale_diffusion.processor.v1 import processor_pb2
 
@@ -83,6 +84,10 @@ async def test_a_pod_lost_after_its_slot_was_reserved_fails_the_call_as_fast_as_
         slot = await pool.reserve()
         server = next(srv for srv, port, _ in servers if f"127.0.0.1:{port}" == slot.target)
         await server.stop(0)
+        # The pod is lost before the call: the channel has seen it go (else the call itself would meet
+        # the closed socket and fail at once, whatever the wait).
+        channel = pool._pods[slot.target].client._channel
+        await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
         with pytest.raises(DispatchFailed, match="unreachable for 0.5 s") as failed:
             await asyncio.wait_for(slot.process(processor_pb2.ProcessSessionRequest(session_id="s")), 20)
         assert failed.value.pod_down
